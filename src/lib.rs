@@ -1,0 +1,23 @@
+//! outboxd: a local daemon that owns an embedded PostgreSQL server and drains a
+//! crash-safe SQLite outbox into it, and the library its control tool and
+//! producers share.
+//!
+//! The library holds everything that more than one binary needs: where files
+//! live ([`paths`]), who is running ([`lock`], [`process`]), how to talk to the
+//! daemon ([`protocol`], [`client`]), how the daemon reports readiness
+//! ([`notify`]), and its configuration ([`config`]). See `ARCHITECTURE.md`.
+
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod exit_code;
+pub mod lock;
+pub mod notify;
+pub mod paths;
+pub mod process;
+pub mod protocol;
+
+pub use error::{Error, Result};
+
+/// The version of this build, reported by `hello`, `status` and the lock file.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

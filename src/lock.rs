@@ -1,0 +1,196 @@
+//! The PID lock: the only proof that a daemon is alive.
+//!
+//! The daemon takes an exclusive POSIX record lock (`fcntl(F_SETLK)`) on
+//! `outboxd.lock` and holds it for its whole life; the kernel drops it the
+//! instant the process dies, however it dies. The file also records the
+//! daemon's pid, version, start time and socket, but that record is only
+//! informative: a pid in a file proves nothing. Who holds the lock *now* is
+//! asked of the kernel (`F_GETLK`), and [`signal_holder`] sends a signal only
+//! to a process that the kernel names as the holder at that moment.
+//!
+//! POSIX record locks belong to the process and are released when the process
+//! closes *any* descriptor of the file, so the daemon opens the lock file only
+//! here, once. They are not inherited across `fork`: the daemon takes the lock
+//! after daemonizing.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, IoContext, Result};
+use crate::process::ProcessHandle;
+
+/// What the daemon records in its lock file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockInfo {
+    pub pid: i32,
+    pub version: String,
+    /// Seconds since the Unix epoch.
+    pub started_at: u64,
+    pub socket: PathBuf,
+}
+
+/// The state of a home's lock, as the kernel reports it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockState {
+    /// There is no lock file: no daemon has run on this home.
+    Missing,
+    /// Nobody holds the lock. `info` is what a daemon that did not shut down
+    /// cleanly left behind (a clean shutdown empties the file).
+    Free { info: Option<LockInfo> },
+    /// A process holds the lock. `pid` is the kernel's answer (0 when the
+    /// holder lives in another pid namespace); `info` is the file's record.
+    Held { pid: i32, info: Option<LockInfo> },
+}
+
+/// The lock held by this process. Dropping it releases the lock; a clean
+/// shutdown calls [`PidLock::release`] so the file no longer names a pid.
+#[derive(Debug)]
+pub struct PidLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl PidLock {
+    /// Takes the lock of `home`'s lock file at `path`, or fails with
+    /// [`Error::AlreadyRunning`] naming the holder.
+    pub fn acquire(path: &Path, home: &Path) -> Result<PidLock> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path)
+            .at("open lock file", path)?;
+        match fcntl_lock(&file, libc::F_SETLK, libc::F_WRLCK as i16) {
+            Ok(_) => Ok(PidLock {
+                file,
+                path: path.to_path_buf(),
+            }),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) => {
+                let pid = holder(&file).at("inspect lock file", path)?.unwrap_or(0);
+                Err(Error::AlreadyRunning {
+                    pid,
+                    home: home.to_path_buf(),
+                })
+            }
+            Err(e) => Err(e).at("lock", path),
+        }
+    }
+
+    /// Replaces the file's record with `info` and flushes it to disk.
+    pub fn record(&mut self, info: &LockInfo) -> Result<()> {
+        let mut line = serde_json::to_vec(info).expect("lock info serializes");
+        line.push(b'\n');
+        let path = &self.path;
+        self.file.set_len(0).at("truncate lock file", path)?;
+        std::os::unix::fs::FileExt::write_all_at(&self.file, &line, 0)
+            .at("write lock file", path)?;
+        self.file.sync_data().at("sync lock file", path)
+    }
+
+    /// Empties the record and releases the lock (clean shutdown). The file
+    /// itself stays: unlinking it would let two daemons lock two different
+    /// files of the same name.
+    pub fn release(self) -> Result<()> {
+        self.file.set_len(0).at("truncate lock file", &self.path)?;
+        drop(self.file);
+        Ok(())
+    }
+}
+
+/// Asks the kernel who holds the lock at `path` now, and reads the record.
+pub fn inspect(path: &Path) -> Result<LockState> {
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(LockState::Missing),
+        Err(e) => return Err(e).at("open lock file", path),
+    };
+    let holder = holder(&file).at("inspect lock file", path)?;
+    let mut text = String::new();
+    let info = match file.read_to_string(&mut text) {
+        Ok(_) => serde_json::from_str(text.trim()).ok(),
+        Err(_) => None,
+    };
+    Ok(match holder {
+        Some(pid) => LockState::Held { pid, info },
+        None => LockState::Free { info },
+    })
+}
+
+/// Sends `signal` to `pid` only if the kernel names `pid` as the holder of the
+/// lock at `path` at the moment of sending. Returns `Ok(false)` without
+/// signalling anyone when it is not (the daemon exited; the pid was reused).
+///
+/// The process is pinned with a pidfd *before* the holder is checked, so the
+/// signal goes to the very process that was verified or, if that one has
+/// exited since, to nobody.
+pub fn signal_holder(path: &Path, pid: i32, signal: i32) -> Result<bool> {
+    let process = match ProcessHandle::open(pid) {
+        Ok(process) => process,
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(false),
+        Err(e) => return Err(e).at("pin process of lock holder", path),
+    };
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e).at("open lock file", path),
+    };
+    if holder(&file).at("inspect lock file", path)? != Some(pid) {
+        return Ok(false);
+    }
+    match process.signal(signal) {
+        Ok(()) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(false),
+        Err(e) => Err(e).at("signal the lock holder of", path),
+    }
+}
+
+/// Waits until `pid` no longer holds the lock at `path`, for at most
+/// `timeout`. Returns whether it let go.
+pub fn wait_released(path: &Path, pid: i32, timeout: Duration) -> Result<bool> {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match inspect(path)? {
+            LockState::Held { pid: holder, .. } if holder == pid => {}
+            _ => return Ok(true),
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+/// The pid of the process holding a conflicting lock on `file`, if any.
+fn holder(file: &File) -> io::Result<Option<i32>> {
+    let lock = fcntl_lock(file, libc::F_GETLK, libc::F_WRLCK as i16)?;
+    Ok((lock.l_type != libc::F_UNLCK as i16).then_some(lock.l_pid))
+}
+
+/// One `fcntl` record-lock call over the whole file.
+fn fcntl_lock(file: &File, cmd: i32, kind: i16) -> io::Result<libc::flock> {
+    // SAFETY: flock is plain data; all-zero is a valid value (whole file from
+    // offset 0) before we set the type.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = kind;
+    lock.l_whence = libc::SEEK_SET as i16;
+    // SAFETY: the descriptor is open for the life of `file` and `lock` is a
+    // valid flock for F_SETLK / F_GETLK.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), cmd, &mut lock) };
+    if rc == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(lock)
+    }
+}
