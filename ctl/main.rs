@@ -1,1 +1,86 @@
-fn main() {}
+//! `outboxctl`: controls the outboxd daemon of a home. One module per command;
+//! results go to standard output (text, or JSON with `--json`), progress and
+//! errors to standard error.
+
+mod output;
+mod probe;
+mod start;
+mod status;
+mod stop;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use outboxd::exit_code;
+use outboxd::paths::Paths;
+
+/// Control the outboxd daemon.
+#[derive(Debug, Parser)]
+#[command(version, about, propagate_version = true)]
+struct Cli {
+    /// The daemon's home directory
+    /// [default: ~/.local/state/outboxd, /var/lib/outboxd for root]
+    #[arg(long, global = true, env = "OUTBOXD_HOME", value_name = "DIR")]
+    home: Option<PathBuf>,
+
+    /// Print results as JSON
+    #[arg(long, global = true)]
+    json: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start the daemon in the background and wait until it is ready
+    Start {
+        /// Give up after this many seconds
+        #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+        timeout: f64,
+    },
+    /// Stop the daemon: ask, then SIGTERM, then SIGKILL
+    Stop {
+        /// Seconds to wait after the request, and again after SIGTERM
+        #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+        timeout: f64,
+    },
+    /// Stop the daemon if it runs, then start it
+    Restart {
+        /// Seconds to wait for each of stop and start
+        #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+        timeout: f64,
+    },
+    /// Show whether the daemon runs (exit 0 running, 1 dead with stale files,
+    /// 3 not running, 4 unknown, 150 degraded)
+    Status,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let paths = match Paths::resolve(cli.home.as_deref()) {
+        Ok(paths) => paths,
+        Err(err) => {
+            output::error(&err);
+            return ExitCode::from(exit_code::FAILURE);
+        }
+    };
+    let out = output::Output::new(cli.json);
+    let code = match cli.command {
+        Command::Start { timeout } => start::run(&paths, seconds(timeout), &out),
+        Command::Stop { timeout } => stop::run(&paths, seconds(timeout), &out),
+        Command::Restart { timeout } => match stop::run(&paths, seconds(timeout), &out) {
+            exit_code::OK => start::run(&paths, seconds(timeout), &out),
+            failed => failed,
+        },
+        Command::Status => status::run(&paths, &out),
+    };
+    ExitCode::from(code)
+}
+
+/// Seconds from the command line as a duration; negative or NaN is zero.
+fn seconds(secs: f64) -> Duration {
+    Duration::try_from_secs_f64(secs).unwrap_or(Duration::ZERO)
+}

@@ -89,7 +89,8 @@ fn start(args: &Args, notifier: &Notifier) -> Result<()> {
     let lock = PidLock::acquire(&config.paths.lock, &config.paths.home)?;
     let shutdown = Shutdown::new();
     let log_file = args.daemonize.then(|| config.paths.log_file.clone());
-    let signals = signals::spawn(shutdown.clone(), log_file).at("install signal handlers for", &config.paths.home)?;
+    let signals = signals::spawn(shutdown.clone(), log_file)
+        .at("install signal handlers for", &config.paths.home)?;
     raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -138,7 +139,8 @@ fn raise_open_files_limit() {
     // SAFETY: getrlimit/setrlimit read and write a plain struct.
     unsafe {
         let mut limit: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
             limit.rlim_cur = limit.rlim_max.min(65_536);
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }

@@ -50,7 +50,12 @@ pub struct Context {
 impl Context {
     fn status(&self) -> Status {
         Status {
-            state: if self.shutdown.is_triggered() { "stopping" } else { "running" }.into(),
+            state: if self.shutdown.is_triggered() {
+                "stopping"
+            } else {
+                "running"
+            }
+            .into(),
             pid: self.pid,
             version: outboxd::VERSION.into(),
             protocol: PROTOCOL_VERSION,
@@ -144,7 +149,10 @@ pub async fn serve(listener: Listener, ctx: Arc<Context>) {
     })
     .await;
     if drained.is_err() {
-        debug!(open = connections.len(), "closing connections still open at shutdown");
+        debug!(
+            open = connections.len(),
+            "closing connections still open at shutdown"
+        );
     }
 }
 
@@ -178,7 +186,10 @@ impl Registry {
         let mut open = registry.open.lock().expect("registry lock");
         while open.len() >= registry.max {
             let (old, notify) = open.pop_front().expect("len >= max >= 1");
-            debug!(connection = old, "connection cap reached: closing the oldest connection");
+            debug!(
+                connection = old,
+                "connection cap reached: closing the oldest connection"
+            );
             notify.notify_one();
         }
         open.push_back((id, evicted.clone()));
@@ -210,7 +221,10 @@ async fn serve_connection(stream: Stream, ctx: Arc<Context>, slot: Slot) {
     let peer_uid = peer.and_then(|creds| creds.euid());
     let peer_pid = peer.and_then(|creds| creds.pid());
     if !peer_uid.is_some_and(|uid| uid == ctx.euid || uid == 0) {
-        warn!(peer_uid, peer_pid, "refused a control connection from another user");
+        warn!(
+            peer_uid,
+            peer_pid, "refused a control connection from another user"
+        );
         let error = ErrorBody::new(
             ErrorCode::Forbidden,
             format!(

@@ -34,8 +34,12 @@ pub fn spawn(shutdown: Shutdown, log_file: Option<PathBuf>) -> io::Result<Signal
                 match signal {
                     SIGHUP => match &log_file {
                         Some(path) => match logging::reopen(path) {
-                            Ok(()) => info!(signal = name, log = %path.display(), "reopened the log file"),
-                            Err(e) => warn!(signal = name, error = %e, "could not reopen the log file"),
+                            Ok(()) => {
+                                info!(signal = name, log = %path.display(), "reopened the log file")
+                            }
+                            Err(e) => {
+                                warn!(signal = name, error = %e, "could not reopen the log file")
+                            }
                         },
                         None => info!(signal = name, "logging to stderr: no log file to reopen"),
                     },

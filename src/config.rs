@@ -58,7 +58,9 @@ impl Config {
             Some(secs) => Duration::try_from_secs_f64(secs)
                 .ok()
                 .filter(|d| !d.is_zero())
-                .ok_or_else(|| invalid(format!("idle_timeout_secs must be positive, not {secs}")))?,
+                .ok_or_else(|| {
+                    invalid(format!("idle_timeout_secs must be positive, not {secs}"))
+                })?,
         };
         let max_connections = match settings.max_connections {
             None => DEFAULT_MAX_CONNECTIONS,
@@ -118,11 +120,18 @@ mod tests {
     #[test]
     fn typos_and_bad_values_name_the_file() {
         let (_dir, paths) = home_with(Some("idle_timeout = 3\n"));
-        let err = Config::load(paths.clone(), Settings::default()).unwrap_err().to_string();
-        assert!(err.contains("config.toml") && err.contains("idle_timeout"), "{err}");
+        let err = Config::load(paths.clone(), Settings::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("config.toml") && err.contains("idle_timeout"),
+            "{err}"
+        );
 
         let (_dir, paths) = home_with(Some("idle_timeout_secs = -1\n"));
-        let err = Config::load(paths, Settings::default()).unwrap_err().to_string();
+        let err = Config::load(paths, Settings::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("must be positive"), "{err}");
     }
 }

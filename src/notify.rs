@@ -156,11 +156,17 @@ impl NotifyListener {
 
     /// Waits up to `timeout` for one message; `Ok(None)` when none came.
     pub fn recv(&self, timeout: Duration) -> io::Result<Option<Vec<Event>>> {
-        self.socket.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+        self.socket
+            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
         let mut buf = [0u8; 4096];
         match self.socket.recv(&mut buf) {
             Ok(n) => Ok(Some(parse(&buf[..n]))),
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 Ok(None)
             }
             Err(e) => Err(e),
@@ -192,7 +198,10 @@ mod tests {
         );
         assert_eq!(
             listener.recv(wait).unwrap().unwrap(),
-            vec![Event::Status("already running (pid 5)".into()), Event::Errno(17)]
+            vec![
+                Event::Status("already running (pid 5)".into()),
+                Event::Errno(17)
+            ]
         );
         assert_eq!(listener.recv(Duration::from_millis(10)).unwrap(), None);
     }

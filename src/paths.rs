@@ -108,7 +108,9 @@ fn user_home() -> Result<PathBuf> {
     unsafe {
         let pw = libc::getpwuid(libc::geteuid());
         if pw.is_null() || (*pw).pw_dir.is_null() {
-            return Err(Error::NoHome("HOME is not set and the user has no passwd entry".into()));
+            return Err(Error::NoHome(
+                "HOME is not set and the user has no passwd entry".into(),
+            ));
         }
         let dir = std::ffi::CStr::from_ptr((*pw).pw_dir);
         Ok(PathBuf::from(OsStr::from_bytes(dir.to_bytes())))

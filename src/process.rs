@@ -25,7 +25,9 @@ fn is_zombie(pid: i32) -> bool {
     };
     // The command name in parentheses may itself hold spaces and parentheses:
     // the state is the first field after the last ')'.
-    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
     matches!(state, Some("Z" | "X"))
 }
 

@@ -207,8 +207,13 @@ pub fn decode_request(line: &[u8]) -> Result<(Option<Value>, Request), Rejected>
             format!("request is not valid UTF-8 (at byte {})", e.valid_up_to()),
         )
     })?;
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| reject(None, ErrorCode::BadJson, format!("request is not valid JSON: {e}")))?;
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        reject(
+            None,
+            ErrorCode::BadJson,
+            format!("request is not valid JSON: {e}"),
+        )
+    })?;
     let Value::Object(object) = value else {
         return Err(reject(
             None,
@@ -218,8 +223,13 @@ pub fn decode_request(line: &[u8]) -> Result<(Option<Value>, Request), Rejected>
     };
     let id = object.get("id").cloned();
     check_op(&object).map_err(|(code, message)| reject(id.clone(), code, message))?;
-    let request = serde_json::from_value(Value::Object(object))
-        .map_err(|e| reject(id.clone(), ErrorCode::BadRequest, format!("invalid request: {e}")))?;
+    let request = serde_json::from_value(Value::Object(object)).map_err(|e| {
+        reject(
+            id.clone(),
+            ErrorCode::BadRequest,
+            format!("invalid request: {e}"),
+        )
+    })?;
     Ok((id, request))
 }
 
@@ -286,7 +296,10 @@ mod tests {
         assert_eq!(code(b"[1,2]"), ErrorCode::BadRequest);
         assert_eq!(code(b"{\"id\":1}"), ErrorCode::BadRequest);
         assert_eq!(code(b"{\"op\":\"launch\"}"), ErrorCode::UnknownOp);
-        assert_eq!(code(b"{\"op\":\"stop\",\"component\":5}"), ErrorCode::BadRequest);
+        assert_eq!(
+            code(b"{\"op\":\"stop\",\"component\":5}"),
+            ErrorCode::BadRequest
+        );
     }
 
     #[test]
