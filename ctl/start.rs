@@ -107,10 +107,17 @@ fn launch(paths: &Paths, timeout: Duration, out: &Output) -> Result<Launched, St
                 timeout.as_secs_f64()
             ));
         }
+        // Checked before the wait: whatever a dead daemon sent before it
+        // died is already queued, so the wait below still receives it.
+        let alive = check_alive(&mut child, main_pid);
         let events = listener
             .recv(Duration::from_millis(100))
             .map_err(|e| format!("could not read the notify socket: {e}"))?;
-        for event in events.unwrap_or_default() {
+        let Some(events) = events else {
+            alive?;
+            continue;
+        };
+        for event in events {
             match event {
                 Event::Status(text) => {
                     out.progress(format!("outboxd: {text}"));
@@ -125,7 +132,6 @@ fn launch(paths: &Paths, timeout: Duration, out: &Output) -> Result<Launched, St
                 Event::Stopping => return Err("the daemon began to stop while starting".into()),
             }
         }
-        check_alive(&mut child, main_pid)?;
     }
 }
 

@@ -204,7 +204,7 @@ mod tests {
         let b = Paths::for_home(&home);
         assert_eq!(a.socket, b.socket);
         assert!(a.socket.as_os_str().len() <= MAX_SOCKET_PATH);
-        assert!(a.socket.starts_with("/tmp/outboxd-"));
+        assert!(a.socket.to_str().unwrap().starts_with("/tmp/outboxd-"));
         let other = Paths::for_home(&home.join("x"));
         assert_ne!(a.socket, other.socket);
     }

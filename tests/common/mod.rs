@@ -1,0 +1,297 @@
+//! Helpers shared by the integration tests: a private home per test that
+//! stops everything started in it when it goes out of scope (also when the
+//! test fails), and ways to run the real binaries against it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use outboxd::lock::{self, LockState};
+use outboxd::paths::Paths;
+
+pub const OUTBOXD: &str = env!("CARGO_BIN_EXE_outboxd");
+pub const OUTBOXCTL: &str = env!("CARGO_BIN_EXE_outboxctl");
+
+/// How long any single command may take before the test fails. Generous: it
+/// only catches hangs, it does not measure speed.
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(90);
+
+/// The uid and gid of `nobody`, for tests that need another user.
+pub const NOBODY: u32 = 65534;
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A finished command.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.stdout.trim())
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
+    }
+}
+
+/// Runs a command to completion, failing the test if it hangs.
+pub fn run(command: &mut Command) -> Run {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn command");
+    wait_output(child)
+}
+
+/// Collects a spawned child's output, killing it if it outlives [`COMMAND_LIMIT`].
+pub fn wait_output(mut child: Child) -> Run {
+    let deadline = Instant::now() + COMMAND_LIMIT;
+    while child.try_wait().expect("poll child").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("command did not finish within {COMMAND_LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let output = child.wait_with_output().expect("collect output");
+    Run {
+        code: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Polls `condition` until it holds, failing the test after `limit`.
+pub fn eventually(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A private home directory. Dropping it kills every process started on it
+/// and removes it.
+pub struct Home {
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Home {
+    pub fn new() -> Home {
+        let dir = tempfile::Builder::new()
+            .prefix("outboxd-test-")
+            .tempdir()
+            .expect("create temporary home");
+        Home {
+            path: dir.path().to_path_buf(),
+            _dir: dir,
+        }
+    }
+
+    /// A home whose path is too long for a socket address.
+    pub fn with_long_path() -> Home {
+        let dir = tempfile::Builder::new()
+            .prefix("outboxd-test-")
+            .tempdir()
+            .expect("create temporary home");
+        let path = dir.path().join("a".repeat(60)).join("b".repeat(60));
+        std::fs::create_dir_all(&path).unwrap();
+        Home { path, _dir: dir }
+    }
+
+    pub fn paths(&self) -> Paths {
+        Paths::for_home(&self.path)
+    }
+
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(self.path.join("config.toml"), text).unwrap();
+    }
+
+    /// `outboxctl --home HOME ARGS...`.
+    pub fn ctl_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(OUTBOXCTL);
+        command.arg("--home").arg(&self.path).args(args);
+        command
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> Run {
+        run(&mut self.ctl_command(args))
+    }
+
+    /// `outboxctl start`, which must succeed; returns the daemon's pid.
+    pub fn start(&self) -> i32 {
+        let run = self.ctl(&["start"]);
+        assert_eq!(run.code, 0, "start failed: {run:?}");
+        self.holder().expect("a daemon holds the lock after start")
+    }
+
+    /// The pid the kernel names as the lock holder.
+    pub fn holder(&self) -> Option<i32> {
+        match lock::inspect(&self.paths().lock).expect("inspect lock") {
+            LockState::Held { pid, .. } => Some(pid),
+            _ => None,
+        }
+    }
+
+    /// The daemon's socket as its status reports it.
+    pub fn socket(&self) -> PathBuf {
+        let status = self.ctl(&["status", "--json"]);
+        assert_eq!(status.code, 0, "{status:?}");
+        PathBuf::from(status.json()["socket"].as_str().unwrap())
+    }
+
+    /// Pids of live `outboxd` processes started on this home.
+    pub fn daemons(&self) -> Vec<i32> {
+        processes_mentioning(&self.path)
+            .into_iter()
+            .filter(|(_, args)| args.first().is_some_and(|a| a.ends_with("outboxd")))
+            .map(|(pid, _)| pid)
+            .collect()
+    }
+
+    /// Waits until exactly one daemon runs on this home and returns it.
+    pub fn wait_single_daemon(&self) -> i32 {
+        eventually("exactly one daemon runs", Duration::from_secs(30), || {
+            self.daemons().len() == 1
+        });
+        self.daemons()[0]
+    }
+
+    /// Kills every process that mentions this home on its command line.
+    pub fn kill_all(&self) {
+        for (pid, _) in processes_mentioning(&self.path) {
+            // SAFETY: plain signals to processes this test started.
+            unsafe {
+                libc::kill(pid, libc::SIGCONT);
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+impl Drop for Home {
+    fn drop(&mut self) {
+        self.kill_all();
+        let _ = std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o700));
+        let lock = self.paths().lock;
+        let _ = lock::wait_released(&lock, self.holder_quiet(), Duration::from_secs(10));
+        let socket = self.paths();
+        if socket.socket_is_fallback() {
+            let _ = std::fs::remove_dir_all(&socket.run_dir);
+        }
+    }
+}
+
+impl Home {
+    fn holder_quiet(&self) -> i32 {
+        match lock::inspect(&self.paths().lock) {
+            Ok(LockState::Held { pid, .. }) => pid,
+            _ => 0,
+        }
+    }
+}
+
+/// Live (non-zombie) processes with `needle` in one of their arguments.
+pub fn processes_mentioning(needle: &Path) -> Vec<(i32, Vec<String>)> {
+    let needle = needle.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.iter().any(|a| a.contains(&needle)) && outboxd::process::alive(pid) {
+            found.push((pid, args));
+        }
+    }
+    found
+}
+
+/// A raw connection to the control socket, for protocol tests.
+pub struct Raw {
+    pub reader: BufReader<UnixStream>,
+}
+
+impl Raw {
+    pub fn connect(socket: &Path) -> Raw {
+        let stream = UnixStream::connect(socket).expect("connect to control socket");
+        stream.set_read_timeout(Some(COMMAND_LIMIT)).unwrap();
+        Raw {
+            reader: BufReader::new(stream),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.reader
+            .get_mut()
+            .write_all(bytes)
+            .expect("write to control socket");
+    }
+
+    /// Reads one response line; `None` at end of stream.
+    pub fn read(&mut self) -> Option<serde_json::Value> {
+        let mut line = String::new();
+        match self.reader.read_line(&mut line) {
+            Ok(0) => None,
+            Ok(_) => Some(serde_json::from_str(&line).expect("response is JSON")),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => None,
+            Err(e) => panic!("read from control socket: {e}"),
+        }
+    }
+
+    pub fn call(&mut self, line: &str) -> serde_json::Value {
+        self.send(format!("{line}\n").as_bytes());
+        self.read().expect("a response")
+    }
+}
+
+/// A copy of `outboxctl` that another user can run (the build directory may
+/// sit under a private home such as /root).
+pub fn ctl_for_other_users() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix("outboxctl-bin-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = dir.path().join("outboxctl");
+    std::fs::copy(OUTBOXCTL, &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (dir, exe)
+}
+
+/// Runs `exe args...` as `nobody` (the test must run as root).
+pub fn run_as_nobody(exe: &Path, args: &[&std::ffi::OsStr]) -> Run {
+    let mut command = Command::new(exe);
+    command
+        .args(args)
+        .current_dir("/")
+        .env("HOME", "/")
+        .uid(NOBODY)
+        .gid(NOBODY);
+    // std clears the supplementary groups when it sets the uid as root.
+    run(&mut command)
+}
