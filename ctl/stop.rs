@@ -9,6 +9,7 @@ use outboxd::client::Client;
 use outboxd::exit_code;
 use outboxd::lock::{self, LockState};
 use outboxd::paths::Paths;
+use outboxd::postmaster;
 use outboxd::process::signal_name;
 use outboxd::protocol::Request;
 use serde_json::json;
@@ -16,26 +17,34 @@ use serde_json::json;
 use crate::output::{self, Output};
 use crate::probe::socket_of;
 
+/// How long an orphaned postmaster gets for a fast shutdown.
+const ORPHAN_GRACE: Duration = Duration::from_secs(30);
 /// How long to wait for the lock after SIGKILL.
 const AFTER_KILL: Duration = Duration::from_secs(5);
 /// The longest wait for an answer to the stop request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn run(paths: &Paths, grace: Duration, out: &Output) -> u8 {
-    let (pid, info) = match lock::inspect(&paths.lock) {
-        Ok(LockState::Held { pid, info }) => (pid, info),
-        Ok(LockState::Missing | LockState::Free { .. }) => {
-            out.result(
-                format!("outboxd is not running (home {})", paths.home.display()),
-                json!({"stopped": true, "was_running": false, "home": paths.home}),
+    let (pid, info) =
+        match lock::inspect(&paths.lock) {
+            Ok(LockState::Held { pid, info }) => (pid, info),
+            Ok(LockState::Missing | LockState::Free { .. }) => {
+                let mut steps = Vec::new();
+                if let Err(err) = stop_orphaned_postmaster(paths, &mut steps) {
+                    output::error(err);
+                    return exit_code::FAILURE;
+                }
+                out.result(
+                format!("outboxd is not running (home {}){}", paths.home.display(), suffix(&steps)),
+                json!({"stopped": true, "was_running": false, "home": paths.home, "steps": steps}),
             );
-            return exit_code::OK;
-        }
-        Err(err) => {
-            output::error(format!("cannot tell whether outboxd runs: {err}"));
-            return exit_code::FAILURE;
-        }
-    };
+                return exit_code::OK;
+            }
+            Err(err) => {
+                output::error(format!("cannot tell whether outboxd runs: {err}"));
+                return exit_code::FAILURE;
+            }
+        };
     if pid <= 0 {
         output::error(format!(
             "the lock {} is held by a process outside this pid namespace: \
@@ -46,10 +55,12 @@ pub fn run(paths: &Paths, grace: Duration, out: &Output) -> u8 {
     }
     let mut steps = Vec::new();
     let socket = socket_of(paths, info.as_ref());
-    match stop(paths, pid, &socket, grace, &mut steps) {
+    let stopped = stop(paths, pid, &socket, grace, &mut steps)
+        .and_then(|how| stop_orphaned_postmaster(paths, &mut steps).map(|()| how));
+    match stopped {
         Ok(how) => {
             out.result(
-                format!("outboxd (pid {pid}) {how}"),
+                format!("outboxd (pid {pid}) {how}{}", suffix(&steps)),
                 json!({"stopped": true, "was_running": true, "pid": pid, "how": how, "steps": steps}),
             );
             exit_code::OK
@@ -118,4 +129,33 @@ fn stop(
         "outboxd (pid {pid}) still holds {} after SIGKILL",
         paths.lock.display()
     ))
+}
+
+/// Stops a postmaster still running on this home's data directory after the
+/// daemon is gone (a killed daemon cannot stop its PostgreSQL).
+fn stop_orphaned_postmaster(paths: &Paths, steps: &mut Vec<String>) -> Result<(), String> {
+    let found = postmaster::find(&paths.pg_data).map_err(|e| e.to_string())?;
+    let Some(orphan) = found else {
+        return Ok(());
+    };
+    let how = orphan.stop(ORPHAN_GRACE).map_err(|e| {
+        format!(
+            "could not stop the orphaned postmaster (pid {}): {e}",
+            orphan.pid
+        )
+    })?;
+    steps.push(format!(
+        "stopped the orphaned postmaster (pid {}) with {how}",
+        orphan.pid
+    ));
+    Ok(())
+}
+
+/// The orphan steps, appended to the one-line result.
+fn suffix(steps: &[String]) -> String {
+    steps
+        .iter()
+        .filter(|s| s.contains("orphaned postmaster"))
+        .map(|s| format!("; {s}"))
+        .collect()
 }

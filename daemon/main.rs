@@ -4,9 +4,12 @@
 //! Order matters and is fixed: read the notify socket (and hide it from
 //! children), set up logging, create the home, fork into the background if
 //! asked, take the PID lock (after the fork: record locks are not inherited),
-//! install signal handlers, build the async runtime, [`run::run`].
+//! drop root (before any thread exists), install signal handlers, build the
+//! async runtime, [`run::run`].
 
 mod logging;
+mod pg;
+mod privileges;
 mod run;
 mod server;
 mod shutdown;
@@ -22,7 +25,7 @@ use outboxd::exit_code;
 use outboxd::lock::PidLock;
 use outboxd::notify::Notifier;
 use outboxd::paths::Paths;
-use tracing::error;
+use tracing::{error, info};
 
 use crate::shutdown::Shutdown;
 
@@ -47,6 +50,27 @@ struct Args {
     /// Most control connections served at once [default: 128]
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
+
+    /// Directory of the PostgreSQL binaries [default: search, then download]
+    #[arg(long, env = "OUTBOXD_PG_BIN", value_name = "DIR")]
+    pg_bin: Option<PathBuf>,
+
+    /// Also let PostgreSQL listen on 127.0.0.1 at this port [default: Unix socket only]
+    #[arg(long, value_name = "PORT")]
+    pg_port: Option<u16>,
+
+    /// When started as root, run as this account [default: outboxd, else postgres]
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
+
+    /// Use this PostgreSQL instead of the embedded one
+    #[arg(
+        long,
+        env = "OUTBOXD_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    database_url: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -75,6 +99,10 @@ fn start(args: &Args, notifier: &Notifier) -> Result<()> {
     let flags = Settings {
         idle_timeout_secs: args.idle_timeout,
         max_connections: args.max_connections,
+        pg_bin: args.pg_bin.clone(),
+        pg_port: args.pg_port,
+        user: args.user.clone(),
+        database_url: args.database_url.clone(),
     };
     let config = Config::load(paths, flags)?;
 
@@ -87,6 +115,11 @@ fn start(args: &Args, notifier: &Notifier) -> Result<()> {
 
     notifier.status("taking the lock");
     let lock = PidLock::acquire(&config.paths.lock, &config.paths.home)?;
+    if config.database_url.is_none()
+        && let Some(account) = privileges::drop_root(&config.paths, config.user.as_deref())?
+    {
+        info!(user = %account.name, uid = account.uid, "started as root: now running as an unprivileged account");
+    }
     let shutdown = Shutdown::new();
     let log_file = args.daemonize.then(|| config.paths.log_file.clone());
     let signals = signals::spawn(shutdown.clone(), log_file)

@@ -1,15 +1,19 @@
-//! The daemon's life once it holds the lock: bind, record, announce, serve
-//! until shutdown, then tear down in reverse order.
+//! The daemon's life once it holds the lock: bind the control socket, record
+//! the lock, bring up PostgreSQL, announce READY, serve until shutdown, then
+//! tear down in reverse order.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use outboxd::config::Config;
-use outboxd::error::Result;
+use outboxd::error::{Error, Result};
 use outboxd::lock::{LockInfo, PidLock};
 use outboxd::notify::Notifier;
-use tracing::info;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
 
+use crate::pg;
 use crate::server::{self, Context};
 use crate::shutdown::Shutdown;
 
@@ -32,26 +36,108 @@ pub async fn run(
         started_at: server::unix_secs(started_at),
         socket: paths.socket.clone(),
     })?;
+    let (pg, pg_requests) = pg::channel(pg::initial_status(&config));
     let ctx = Arc::new(Context {
-        config,
+        config: config.clone(),
         pid,
         started_at,
         started: Instant::now(),
         // SAFETY: geteuid has no preconditions and cannot fail.
         euid: unsafe { libc::geteuid() },
         shutdown: shutdown.clone(),
+        pg: pg.clone(),
     });
     let server = tokio::spawn(server::serve(listener, ctx));
 
-    notifier.ready(&format!("running (pid {pid})"));
-    info!(pid, version = outboxd::VERSION, home = %paths.home.display(), socket = %paths.socket.display(), "ready");
+    let postgres = tokio::select! {
+        started = start_postgres(&config, notifier, &pg, pg_requests, &shutdown) => started,
+        reason = shutdown.wait() => Err(Error::Problem {
+            what: "start-up of",
+            path: paths.home.clone(),
+            problem: format!("interrupted by {reason}"),
+            fix: "start it again".into(),
+        }),
+    };
+    if postgres.is_ok() {
+        notifier.ready(&format!("running (pid {pid})"));
+        info!(pid, version = outboxd::VERSION, home = %paths.home.display(), socket = %paths.socket.display(), "ready");
+        let reason = shutdown.wait().await;
+        info!(%reason, "shutting down");
+    }
 
-    let reason = shutdown.wait().await;
-    info!(%reason, "shutting down");
+    shutdown.trigger("start-up failed");
     notifier.stopping();
-
     let _ = server.await;
+    let outcome = match postgres {
+        // The supervisor stops PostgreSQL when shutdown fires; wait for it.
+        Ok(supervisor) => {
+            let _ = supervisor.await;
+            Ok(())
+        }
+        // A start-up cut short may have left a postmaster behind: stop it.
+        Err(e) => {
+            if config.database_url.is_none() {
+                stop_leftover_postmaster(&config).await;
+            }
+            Err(e)
+        }
+    };
     lock.release()?;
     info!("stopped");
-    Ok(())
+    outcome
+}
+
+/// Brings PostgreSQL up (embedded) or starts watching it (external), and
+/// returns the task that supervises it until shutdown.
+async fn start_postgres(
+    config: &Config,
+    notifier: &Notifier,
+    pg: &pg::Handle,
+    requests: mpsc::Receiver<pg::Request>,
+    shutdown: &Shutdown,
+) -> Result<JoinHandle<()>> {
+    if let Some(url) = &config.database_url {
+        info!(url = %pg::redact(url), "using an external PostgreSQL");
+        return Ok(tokio::spawn(pg::watch_external(
+            url.clone(),
+            pg.clone(),
+            shutdown.clone(),
+        )));
+    }
+    let embedded = pg::prepare(config, notifier, pg).await?;
+    notifier.status("starting PostgreSQL");
+    let first = embedded
+        .start_or_adopt()
+        .await
+        .map_err(|why| Error::Problem {
+            what: "PostgreSQL on",
+            path: config.paths.pg_data.clone(),
+            problem: format!("could not start: {why}"),
+            fix: format!("see {}", config.paths.pg_log.display()),
+        })?;
+    Ok(tokio::spawn(pg::supervise(
+        embedded,
+        first,
+        pg.clone(),
+        requests,
+        shutdown.clone(),
+    )))
+}
+
+async fn stop_leftover_postmaster(config: &Config) {
+    let data = config.paths.pg_data.clone();
+    let stopped = tokio::task::spawn_blocking(move || match outboxd::postmaster::find(&data) {
+        Ok(Some(postmaster)) => postmaster
+            .stop(std::time::Duration::from_secs(30))
+            .map(Some),
+        Ok(None) => Ok(None),
+        Err(e) => Err(std::io::Error::other(e.to_string())),
+    })
+    .await;
+    match stopped {
+        Ok(Ok(Some(how))) => info!(how, "stopped the postmaster of an interrupted start-up"),
+        Ok(Ok(None)) => {}
+        Ok(Err(e)) => warn!(error = %e, "could not stop the postmaster of an interrupted start-up"),
+        Err(e) => warn!(error = %e, "could not stop the postmaster of an interrupted start-up"),
+    }
 }

@@ -24,14 +24,15 @@ use interprocess::os::unix::local_socket::ListenerOptionsExt;
 use outboxd::config::Config;
 use outboxd::error::{Error, IoContext, Result};
 use outboxd::protocol::{
-    self, ErrorBody, ErrorCode, Hello, MAX_LINE, OPS, PROTOCOL_VERSION, Request, Response, Status,
-    Stopping,
+    self, COMPONENTS, ErrorBody, ErrorCode, Hello, MAX_LINE, OPS, PROTOCOL_VERSION, Request,
+    Response, Status, Stopping,
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
+use crate::pg;
 use crate::shutdown::Shutdown;
 
 /// How long shutdown waits for connections to finish the request in hand.
@@ -45,9 +46,21 @@ pub struct Context {
     pub started: Instant,
     pub euid: u32,
     pub shutdown: Shutdown,
+    pub pg: pg::Handle,
 }
 
 impl Context {
+    /// `starting` until PostgreSQL is up, `running`, then `stopping`.
+    fn state(&self) -> &'static str {
+        if self.shutdown.is_triggered() {
+            "stopping"
+        } else if self.pg.status().state == "starting" && self.pg.status().restarts == 0 {
+            "starting"
+        } else {
+            "running"
+        }
+    }
+
     fn status(&self) -> Status {
         Status {
             state: if self.shutdown.is_triggered() {
@@ -63,6 +76,7 @@ impl Context {
             uptime_secs: self.started.elapsed().as_secs(),
             home: self.config.paths.home.clone(),
             socket: self.config.paths.socket.clone(),
+            postgres: Some(self.pg.status()),
         }
     }
 }
@@ -99,7 +113,7 @@ fn remove_stale_socket(socket: &Path) -> Result<()> {
         Err(e) => return Err(e).at("inspect control socket", socket),
     };
     if !meta.file_type().is_socket() {
-        return Err(Error::Unsafe {
+        return Err(Error::Problem {
             what: "control socket",
             path: socket.to_path_buf(),
             problem: "exists and is not a socket".into(),
@@ -107,7 +121,7 @@ fn remove_stale_socket(socket: &Path) -> Result<()> {
         });
     }
     match std::os::unix::net::UnixStream::connect(socket) {
-        Ok(_) => Err(Error::Unsafe {
+        Ok(_) => Err(Error::Problem {
             what: "control socket",
             path: socket.to_path_buf(),
             problem: "is answered by another live process".into(),
@@ -257,7 +271,7 @@ async fn serve_connection(stream: Stream, ctx: Arc<Context>, slot: Slot) {
                 Response::failure(None, ErrorBody::new(ErrorCode::FrameTooLarge, message))
             }
             Ok(Ok(Frame::Line)) if line.iter().all(u8::is_ascii_whitespace) => continue,
-            Ok(Ok(Frame::Line)) => handle(&ctx, &line),
+            Ok(Ok(Frame::Line)) => handle(&ctx, &line).await,
         };
         let closing = matches!(frame, Err(_) | Ok(Ok(Frame::TooLarge)));
         if write_line(reader.get_mut(), &response, idle).await.is_err() || closing {
@@ -297,7 +311,7 @@ async fn write_line(stream: &mut Stream, response: &Response, idle: Duration) ->
 }
 
 /// Answers one request line.
-fn handle(ctx: &Context, line: &[u8]) -> Response {
+async fn handle(ctx: &Context, line: &[u8]) -> Response {
     let (id, request) = match protocol::decode_request(line) {
         Ok(decoded) => decoded,
         Err(rejected) => {
@@ -322,9 +336,35 @@ fn handle(ctx: &Context, line: &[u8]) -> Response {
             ctx.shutdown.trigger("stop request");
             Response::success(id, Stopping { stopping: true })
         }
-        Request::Start { component: Some(c) } | Request::Stop { component: Some(c) } => {
-            let message = format!("unknown component {c:?}: this daemon has no components yet");
-            Response::failure(id, ErrorBody::new(ErrorCode::BadRequest, message))
-        }
+        Request::Start { component: Some(c) } => component(ctx, id, &c, pg::Request::Start).await,
+        Request::Stop { component: Some(c) } => component(ctx, id, &c, pg::Request::Stop).await,
+    }
+}
+
+/// Starts or stops a component; the result is the component's status.
+async fn component(
+    ctx: &Context,
+    id: Option<serde_json::Value>,
+    name: &str,
+    request: fn(tokio::sync::oneshot::Sender<std::result::Result<(), String>>) -> pg::Request,
+) -> Response {
+    if !COMPONENTS.contains(&name) {
+        let message = format!(
+            "unknown component {name:?}; components: {}",
+            COMPONENTS.join(", ")
+        );
+        return Response::failure(id, ErrorBody::new(ErrorCode::BadRequest, message));
+    }
+    if ctx.config.database_url.is_some() {
+        let message = "postgres is external (--database-url): outboxd does not start or stop it";
+        return Response::failure(id, ErrorBody::new(ErrorCode::Unavailable, message));
+    }
+    if ctx.state() != "running" {
+        let message = format!("the daemon is {}: try again when it runs", ctx.state());
+        return Response::failure(id, ErrorBody::new(ErrorCode::Unavailable, message));
+    }
+    match ctx.pg.ask(request).await {
+        Ok(()) => Response::success(id, ctx.pg.status()),
+        Err(why) => Response::failure(id, ErrorBody::new(ErrorCode::Internal, why)),
     }
 }

@@ -2,6 +2,7 @@
 //! home, overlaid by command-line flags.
 
 use std::io;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -24,6 +25,14 @@ pub struct Settings {
     pub idle_timeout_secs: Option<f64>,
     /// The most control connections served at once.
     pub max_connections: Option<usize>,
+    /// The directory holding the PostgreSQL binaries to use.
+    pub pg_bin: Option<PathBuf>,
+    /// A TCP port on 127.0.0.1 for PostgreSQL; without it, only its Unix socket.
+    pub pg_port: Option<u16>,
+    /// The account to run as when started as root.
+    pub user: Option<String>,
+    /// Use this existing PostgreSQL instead of the embedded one.
+    pub database_url: Option<String>,
 }
 
 impl Settings {
@@ -32,6 +41,10 @@ impl Settings {
         Settings {
             idle_timeout_secs: over.idle_timeout_secs.or(self.idle_timeout_secs),
             max_connections: over.max_connections.or(self.max_connections),
+            pg_bin: over.pg_bin.or(self.pg_bin),
+            pg_port: over.pg_port.or(self.pg_port),
+            user: over.user.or(self.user),
+            database_url: over.database_url.or(self.database_url),
         }
     }
 }
@@ -42,6 +55,25 @@ pub struct Config {
     pub paths: Paths,
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// The PostgreSQL binaries asked for, if any (else they are searched for).
+    pub pg_bin: Option<PathBuf>,
+    /// The TCP port PostgreSQL listens on (loopback), if any.
+    pub pg_port: Option<u16>,
+    /// The account to run as when started as root, if named.
+    pub user: Option<String>,
+    /// An external PostgreSQL to use instead of the embedded one.
+    pub database_url: Option<String>,
+}
+
+/// The port that names PostgreSQL's Unix socket when no TCP port is set.
+pub const DEFAULT_PG_PORT: u16 = 5432;
+
+impl Config {
+    /// The port PostgreSQL uses: the TCP port if set, else the default (which
+    /// then only names the socket file).
+    pub fn pg_port(&self) -> u16 {
+        self.pg_port.unwrap_or(DEFAULT_PG_PORT)
+    }
 }
 
 impl Config {
@@ -67,10 +99,26 @@ impl Config {
             Some(0) => return Err(invalid("max_connections must be at least 1".into())),
             Some(n) => n,
         };
+        if settings.pg_port == Some(0) {
+            return Err(invalid(
+                "pg_port must be a port number from 1 to 65535".into(),
+            ));
+        }
+        if let Some(url) = &settings.database_url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "database_url must start with postgres:// or postgresql://".into(),
+            ));
+        }
         Ok(Config {
             paths,
             idle_timeout,
             max_connections,
+            pg_bin: settings.pg_bin,
+            pg_port: settings.pg_port,
+            user: settings.user,
+            database_url: settings.database_url,
         })
     }
 }

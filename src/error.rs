@@ -21,9 +21,9 @@ pub enum Error {
     /// Another daemon holds the lock of this home.
     #[error("already running (pid {pid}) on home {}", home.display())]
     AlreadyRunning { pid: i32, home: PathBuf },
-    /// A file or directory exists but is not safe or usable as it is.
+    /// Something is not as it must be: what, where, the problem, the fix.
     #[error("{what} {}: {problem}; {fix}", path.display())]
-    Unsafe {
+    Problem {
         what: &'static str,
         path: PathBuf,
         problem: String,
@@ -43,7 +43,7 @@ impl Error {
         match self {
             Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             Error::AlreadyRunning { .. } => libc::EEXIST,
-            Error::Unsafe { .. } => libc::EPERM,
+            Error::Problem { .. } => libc::EPERM,
             Error::Config { .. } | Error::NoHome(_) => libc::EINVAL,
         }
     }

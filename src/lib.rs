@@ -14,6 +14,7 @@ pub mod exit_code;
 pub mod lock;
 pub mod notify;
 pub mod paths;
+pub mod postmaster;
 pub mod process;
 pub mod protocol;
 

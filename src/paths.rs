@@ -34,6 +34,18 @@ pub struct Paths {
     pub log_file: PathBuf,
     /// `config.toml`: optional configuration.
     pub config_file: PathBuf,
+    /// `pg/`: everything of the embedded PostgreSQL.
+    pub pg_dir: PathBuf,
+    /// `pg/data/`: the PostgreSQL cluster (0700).
+    pub pg_data: PathBuf,
+    /// `pg/secret`: the generated PostgreSQL password (0600).
+    pub pg_secret: PathBuf,
+    /// PostgreSQL's Unix socket directory: `pg/socket/`, or a short fallback.
+    pub pg_socket_dir: PathBuf,
+    /// `pg/install/`: PostgreSQL binaries downloaded when none are installed.
+    pub pg_install: PathBuf,
+    /// `log/postgres.log`: PostgreSQL's own log.
+    pub pg_log: PathBuf,
 }
 
 impl Paths {
@@ -50,6 +62,12 @@ impl Paths {
     /// Paths for an absolute home directory.
     pub fn for_home(home: &Path) -> Paths {
         let (run_dir, socket) = socket_location(home);
+        let pg_dir = home.join("pg");
+        // PostgreSQL names its socket `.s.PGSQL.<port>` inside this directory.
+        let mut pg_socket_dir = pg_dir.join("socket");
+        if pg_socket_dir.as_os_str().len() + "/.s.PGSQL.65535".len() > MAX_SOCKET_PATH {
+            pg_socket_dir = socket.with_file_name("pg");
+        }
         Paths {
             home: home.to_path_buf(),
             lock: home.join("outboxd.lock"),
@@ -58,6 +76,12 @@ impl Paths {
             log_dir: home.join("log"),
             log_file: home.join("log").join("outboxd.log"),
             config_file: home.join("config.toml"),
+            pg_data: pg_dir.join("data"),
+            pg_secret: pg_dir.join("secret"),
+            pg_install: pg_dir.join("install"),
+            pg_log: home.join("log").join("postgres.log"),
+            pg_socket_dir,
+            pg_dir,
         }
     }
 
@@ -70,7 +94,12 @@ impl Paths {
         let paths = Paths::for_home(&home);
         create_private_dir(&paths.log_dir)?;
         create_private_dir(&paths.run_dir)?;
-        check_private_dir(&paths.run_dir)?;
+        // Root may find the home handed to the account it drops to: that
+        // account may own the socket directory too.
+        let home_owner = fs::metadata(&home).at("inspect", &home)?.uid();
+        check_private_dir(&paths.run_dir, home_owner)?;
+        create_private_dir(&paths.pg_dir)?;
+        create_private_dir(&paths.pg_socket_dir)?;
         Ok(paths)
     }
 
@@ -148,7 +177,7 @@ fn socket_location(home: &Path) -> (PathBuf, PathBuf) {
 }
 
 /// Creates a directory (and its parents) with mode 0700 if it is missing.
-fn create_private_dir(dir: &Path) -> Result<()> {
+pub fn create_private_dir(dir: &Path) -> Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -157,22 +186,23 @@ fn create_private_dir(dir: &Path) -> Result<()> {
 }
 
 /// Makes sure a directory that holds the control socket is ours and private:
-/// owned by this user and closed to everyone else. A group- or world-open
-/// directory of ours is tightened; someone else's is refused.
-fn check_private_dir(dir: &Path) -> Result<()> {
+/// owned by this user (or, for root, by the home's owner) and closed to
+/// everyone else. A group- or world-open directory of ours is tightened;
+/// someone else's is refused.
+fn check_private_dir(dir: &Path, home_owner: u32) -> Result<()> {
     let meta = fs::symlink_metadata(dir).at("inspect directory", dir)?;
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc::geteuid() };
     if !meta.is_dir() {
-        return Err(Error::Unsafe {
+        return Err(Error::Problem {
             what: "socket directory",
             path: dir.to_path_buf(),
             problem: "is not a directory".into(),
             fix: "remove it and start again".into(),
         });
     }
-    if meta.uid() != euid {
-        return Err(Error::Unsafe {
+    if meta.uid() != euid && !(euid == 0 && meta.uid() == home_owner) {
+        return Err(Error::Problem {
             what: "socket directory",
             path: dir.to_path_buf(),
             problem: format!("is owned by uid {}, not by uid {euid}", meta.uid()),
@@ -207,5 +237,8 @@ mod tests {
         assert!(a.socket.to_str().unwrap().starts_with("/tmp/outboxd-"));
         let other = Paths::for_home(&home.join("x"));
         assert_ne!(a.socket, other.socket);
+        let pg_socket = a.pg_socket_dir.join(".s.PGSQL.65535");
+        assert!(pg_socket.as_os_str().len() <= MAX_SOCKET_PATH);
+        assert!(pg_socket.starts_with(&a.run_dir));
     }
 }

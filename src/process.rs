@@ -33,6 +33,7 @@ fn is_zombie(pid: i32) -> bool {
 
 /// One process, pinned: on Linux a pidfd, which keeps naming the same process
 /// even after it exits and its pid is reused; elsewhere only the pid.
+#[derive(Debug)]
 pub struct ProcessHandle {
     pid: i32,
     #[cfg(target_os = "linux")]

@@ -49,6 +49,9 @@ pub enum Request {
 /// The ops this version knows, for `unknown_op` messages and `hello`.
 pub const OPS: &[&str] = &["hello", "status", "start", "stop"];
 
+/// The components `start` and `stop` can name.
+pub const COMPONENTS: &[&str] = &["postgres"];
+
 /// The stable error codes. Clients match on these, never on messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -267,6 +270,69 @@ pub struct Status {
     pub uptime_secs: u64,
     pub home: PathBuf,
     pub socket: PathBuf,
+    /// The PostgreSQL component (absent from daemons that predate it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresStatus>,
+}
+
+impl Status {
+    /// Why the daemon runs but does not do its whole job; empty when healthy.
+    pub fn degraded(&self) -> Vec<String> {
+        let mut reasons = Vec::new();
+        if let Some(pg) = &self.postgres
+            && pg.state != "running"
+        {
+            let why = pg
+                .last_failure
+                .as_deref()
+                .map(|f| format!(": {f}"))
+                .unwrap_or_default();
+            reasons.push(format!("postgres is {}{why}", pg.state));
+        }
+        reasons
+    }
+}
+
+/// The PostgreSQL component in `status`. Fields are only ever added.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PostgresStatus {
+    /// `embedded` (the daemon runs it) or `external` (`--database-url`).
+    pub mode: String,
+    /// `starting`, `running`, `stopped` (on request), `restarting`, `failed`
+    /// or, in external mode, `unreachable`.
+    pub state: String,
+    /// The postmaster's pid (embedded mode, while it runs).
+    #[serde(default)]
+    pub pid: Option<i32>,
+    /// The server version, as `SHOW server_version` reports it.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// The directory of the binaries in use.
+    #[serde(default)]
+    pub bin_dir: Option<PathBuf>,
+    /// Where the binaries came from: `configured`, `installed` or `downloaded`.
+    #[serde(default)]
+    pub binaries: Option<String>,
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub socket_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Whether PostgreSQL also listens on TCP (127.0.0.1).
+    #[serde(default)]
+    pub tcp: bool,
+    /// A connection URL without the password.
+    pub url: String,
+    /// The operating-system account PostgreSQL runs as.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// How often the daemon restarted PostgreSQL after it died.
+    #[serde(default)]
+    pub restarts: u32,
+    /// The last failure, if any.
+    #[serde(default)]
+    pub last_failure: Option<String>,
 }
 
 /// The result of `stop`.

@@ -1,0 +1,132 @@
+//! Finding and stopping a PostgreSQL postmaster that runs on a home's data
+//! directory without a daemon to own it (the daemon was killed). Used by the
+//! daemon at start-up and by `outboxctl stop`; only the daemon's `pg` module
+//! *starts* PostgreSQL.
+//!
+//! A postmaster is recognised only when all of these hold: `postmaster.pid`
+//! names a live (non-zombie) process, that process's program is `postgres`,
+//! and the pid file's data directory is ours. Signals go through a pidfd
+//! opened before the checks, so a reused pid is never signalled.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::error::{IoContext, Result};
+use crate::process::{self, ProcessHandle};
+
+/// A live postmaster on a data directory.
+#[derive(Debug)]
+pub struct Postmaster {
+    pub pid: i32,
+    /// Its command line, as `/proc` shows it (empty where there is no `/proc`).
+    pub args: Vec<String>,
+    handle: ProcessHandle,
+}
+
+/// The live postmaster running on `data`, if any.
+pub fn find(data: &Path) -> Result<Option<Postmaster>> {
+    let pid_file = data.join("postmaster.pid");
+    let text = match fs::read_to_string(&pid_file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).at("read", &pid_file),
+    };
+    let mut lines = text.lines();
+    let Some(pid) = lines.next().and_then(|l| l.trim().parse::<i32>().ok()) else {
+        return Ok(None);
+    };
+    let recorded_data = lines.next().map(PathBuf::from);
+    let Ok(handle) = ProcessHandle::open(pid) else {
+        return Ok(None);
+    };
+    if !process::alive(pid) || !same_dir(recorded_data.as_deref(), data) {
+        return Ok(None);
+    }
+    let args = command_line(pid);
+    if cfg!(target_os = "linux") && !is_postgres(&args) {
+        return Ok(None);
+    }
+    Ok(Some(Postmaster { pid, args, handle }))
+}
+
+impl Postmaster {
+    /// Pins the process `pid` (a postmaster this caller started).
+    pub fn pin(pid: i32, args: Vec<String>) -> io::Result<Postmaster> {
+        Ok(Postmaster {
+            pid,
+            args,
+            handle: ProcessHandle::open(pid)?,
+        })
+    }
+
+    /// Stops the postmaster: SIGINT (fast shutdown: clients are disconnected,
+    /// work is flushed), then SIGQUIT after `grace`, then SIGKILL. Returns the
+    /// signal that ended it.
+    pub fn stop(&self, grace: Duration) -> io::Result<&'static str> {
+        let steps = [
+            (libc::SIGINT, grace),
+            (libc::SIGQUIT, Duration::from_secs(5)),
+            (libc::SIGKILL, Duration::from_secs(5)),
+        ];
+        for (signal, wait) in steps {
+            match self.handle.signal(signal) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok("already gone"),
+                Err(e) => return Err(e),
+            }
+            if wait_gone(self.pid, wait) {
+                return Ok(process::signal_name(signal));
+            }
+        }
+        Err(io::Error::other(format!(
+            "postmaster {} survived SIGKILL",
+            self.pid
+        )))
+    }
+
+    /// Waits until the postmaster has exited, at most `timeout`.
+    pub fn wait_gone(&self, timeout: Duration) -> bool {
+        wait_gone(self.pid, timeout)
+    }
+}
+
+fn wait_gone(pid: i32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while process::alive(pid) {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
+fn same_dir(recorded: Option<&Path>, data: &Path) -> bool {
+    let canonical = |p: &Path| fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    recorded.is_some_and(|r| canonical(r) == canonical(data))
+}
+
+fn command_line(pid: i32) -> Vec<String> {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            raw.split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn is_postgres(args: &[String]) -> bool {
+    args.first()
+        .map(|a| {
+            Path::new(a)
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .is_some_and(|name| name == "postgres" || name == "postmaster")
+}
