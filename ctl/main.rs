@@ -2,11 +2,13 @@
 //! results go to standard output (text, or JSON with `--json`), progress and
 //! errors to standard error.
 
+mod component;
 mod output;
 mod probe;
 mod start;
 mod status;
 mod stop;
+mod url;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,14 +37,20 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Start the daemon in the background and wait until it is ready
+    /// Start the daemon in the background and wait until it is ready;
+    /// with a component (postgres), start that component of the running daemon
     Start {
+        /// A component of the running daemon: postgres
+        component: Option<String>,
         /// Give up after this many seconds
         #[arg(long, value_name = "SECS", default_value_t = 60.0)]
         timeout: f64,
     },
-    /// Stop the daemon: ask, then SIGTERM, then SIGKILL
+    /// Stop the daemon: ask, then SIGTERM, then SIGKILL; with a component
+    /// (postgres), stop only that component (maintenance) and keep it stopped
     Stop {
+        /// A component of the running daemon: postgres
+        component: Option<String>,
         /// Seconds to wait after the request, and again after SIGTERM
         #[arg(long, value_name = "SECS", default_value_t = 10.0)]
         timeout: f64,
@@ -56,6 +64,17 @@ enum Command {
     /// Show whether the daemon runs (exit 0 running, 1 dead with stale files,
     /// 3 not running, 4 unknown, 150 degraded)
     Status,
+    /// Print the PostgreSQL connection URL
+    Url {
+        /// Include the password
+        #[arg(long)]
+        with_password: bool,
+    },
+    /// Run psql against the daemon's PostgreSQL (arguments go to psql)
+    Psql {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -69,13 +88,23 @@ fn main() -> ExitCode {
     };
     let out = output::Output::new(cli.json);
     let code = match cli.command {
-        Command::Start { timeout } => start::run(&paths, seconds(timeout), &out),
-        Command::Stop { timeout } => stop::run(&paths, seconds(timeout), &out),
+        Command::Start {
+            component: Some(name),
+            ..
+        } => component::run(&paths, "start", &name, &out),
+        Command::Stop {
+            component: Some(name),
+            ..
+        } => component::run(&paths, "stop", &name, &out),
+        Command::Start { timeout, .. } => start::run(&paths, seconds(timeout), &out),
+        Command::Stop { timeout, .. } => stop::run(&paths, seconds(timeout), &out),
         Command::Restart { timeout } => match stop::run(&paths, seconds(timeout), &out) {
             exit_code::OK => start::run(&paths, seconds(timeout), &out),
             failed => failed,
         },
         Command::Status => status::run(&paths, &out),
+        Command::Url { with_password } => url::url(&paths, with_password, &out),
+        Command::Psql { args } => url::psql(&paths, &args),
     };
     ExitCode::from(code)
 }

@@ -25,13 +25,20 @@ pub fn run(paths: &Paths, timeout: Duration, out: &Output) -> u8 {
     match probe(paths) {
         Probe::Running(status) => return already_running(&status, out),
         Probe::Stopped { .. } => {}
-        Probe::Unresponsive { pid, error } => {
-            output::error(format!(
-                "outboxd (pid {pid}) holds the lock of {} but does not answer: {error}; \
-                 run `outboxctl stop` first",
-                paths.home.display()
-            ));
-            return exit_code::FAILURE;
+        // Another start is under way (the lock is taken before the socket
+        // serves): wait for it like a start that lost the race.
+        Probe::Unresponsive { pid, .. } => {
+            return match wait_until_serving(paths, Instant::now() + timeout) {
+                Ok(status) => already_running(&status, out),
+                Err(error) => {
+                    output::error(format!(
+                        "outboxd (pid {pid}) holds the lock of {} but does not serve: {error}; \
+                         run `outboxctl stop` first",
+                        paths.home.display()
+                    ));
+                    exit_code::FAILURE
+                }
+            };
         }
         Probe::Unknown { error } => {
             output::error(format!("cannot tell whether outboxd runs: {error}"));

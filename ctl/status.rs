@@ -2,6 +2,7 @@
 
 use outboxd::exit_code;
 use outboxd::paths::Paths;
+use outboxd::protocol::PostgresStatus;
 use serde_json::json;
 
 use crate::output::Output;
@@ -11,9 +12,15 @@ pub fn run(paths: &Paths, out: &Output) -> u8 {
     let home = paths.home.display();
     match probe(paths) {
         Probe::Running(status) => {
-            let text = format!(
-                "outboxd is {} (pid {})\n  version  {} (protocol {})\n  uptime   {}\n  home     {}\n  socket   {}",
+            let degraded = status.degraded();
+            let mut text = format!(
+                "outboxd is {}{} (pid {})\n  version   {} (protocol {})\n  uptime    {}\n  home      {}\n  socket    {}",
                 status.state,
+                if degraded.is_empty() {
+                    ""
+                } else {
+                    ", degraded"
+                },
                 status.pid,
                 status.version,
                 status.protocol,
@@ -21,11 +28,20 @@ pub fn run(paths: &Paths, out: &Output) -> u8 {
                 status.home.display(),
                 status.socket.display(),
             );
-            out.result(
-                text,
-                serde_json::to_value(&status).expect("status serializes"),
-            );
-            exit_code::OK
+            if let Some(pg) = &status.postgres {
+                text.push_str(&postgres_lines(pg));
+            }
+            for reason in &degraded {
+                text.push_str(&format!("\n  degraded: {reason}"));
+            }
+            let mut json = serde_json::to_value(&status).expect("status serializes");
+            json["degraded"] = json!(degraded);
+            out.result(text, json);
+            if degraded.is_empty() {
+                exit_code::OK
+            } else {
+                exit_code::DEGRADED
+            }
         }
         Probe::Stopped { stale } if stale.is_empty() => {
             out.result(
@@ -64,6 +80,31 @@ pub fn run(paths: &Paths, out: &Output) -> u8 {
             exit_code::UNKNOWN
         }
     }
+}
+
+fn postgres_lines(pg: &PostgresStatus) -> String {
+    let mut text = format!("\n  postgres  {} ({})", pg.state, pg.mode);
+    if let Some(pid) = pg.pid {
+        text.push_str(&format!(", pid {pid}"));
+    }
+    if let Some(version) = &pg.version {
+        text.push_str(&format!(", version {version}"));
+    }
+    if let Some(bin) = &pg.bin_dir {
+        let source = pg.binaries.as_deref().unwrap_or("unknown");
+        text.push_str(&format!("\n  binaries  {} ({source})", bin.display()));
+    }
+    if let Some(user) = &pg.user {
+        text.push_str(&format!("\n  runs as   {user}"));
+    }
+    text.push_str(&format!("\n  url       {}", pg.url));
+    if pg.restarts > 0 || pg.last_failure.is_some() {
+        text.push_str(&format!("\n  restarts  {}", pg.restarts));
+    }
+    if let Some(failure) = &pg.last_failure {
+        text.push_str(&format!("\n  last failure: {failure}"));
+    }
+    text
 }
 
 /// `93784` → `1d 2h 3m 4s`, leading zero units left out.

@@ -280,6 +280,7 @@ impl Status {
     pub fn degraded(&self) -> Vec<String> {
         let mut reasons = Vec::new();
         if let Some(pg) = &self.postgres
+            && self.state == "running"
             && pg.state != "running"
         {
             let why = pg

@@ -109,6 +109,10 @@ impl Home {
             .expect("create temporary home");
         let path = dir.path().join("a".repeat(60)).join("b".repeat(60));
         std::fs::create_dir_all(&path).unwrap();
+        // As root the daemon runs as another account, which must reach the home.
+        for open in [dir.path(), path.parent().unwrap()] {
+            std::fs::set_permissions(open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
         Home { path, _dir: dir }
     }
 
@@ -184,6 +188,13 @@ impl Home {
 
 impl Drop for Home {
     fn drop(&mut self) {
+        // The real tool first (it also stops an orphaned PostgreSQL cleanly),
+        // then SIGKILL for whatever is left.
+        for (pid, _) in processes_mentioning(&self.path) {
+            // SAFETY: a plain signal to a process this test started.
+            unsafe { libc::kill(pid, libc::SIGCONT) };
+        }
+        let _ = run(self.ctl_command(&["stop", "--timeout", "5"]).stdout(Stdio::null()));
         self.kill_all();
         let _ = std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o700));
         let lock = self.paths().lock;
