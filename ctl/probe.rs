@@ -15,7 +15,7 @@ pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
 /// What is known about the daemon of a home.
 pub enum Probe {
     /// It holds the lock and answered `status`.
-    Running(Status),
+    Running(Box<Status>),
     /// A process holds the lock but the control socket did not answer.
     Unresponsive { pid: i32, error: String },
     /// Nobody holds the lock. `stale` lists files a killed daemon left.
@@ -55,7 +55,7 @@ pub fn probe(paths: &Paths) -> Probe {
             let answer = Client::connect(&socket, ANSWER_TIMEOUT)
                 .and_then(|mut client| client.call_as::<Status>(&Request::Status));
             match answer {
-                Ok(status) => Probe::Running(status),
+                Ok(status) => Probe::Running(Box::new(status)),
                 Err(err) => Probe::Unresponsive {
                     pid,
                     error: err.to_string(),

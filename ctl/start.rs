@@ -162,7 +162,7 @@ fn check_alive(child: &mut Child, main_pid: Option<i32>) -> Result<(), String> {
 fn wait_until_serving(paths: &Paths, deadline: Instant) -> Result<Status, String> {
     loop {
         let last = match probe(paths) {
-            Probe::Running(status) if status.state == "running" => return Ok(status),
+            Probe::Running(status) if status.state == "running" => return Ok(*status),
             Probe::Running(status) => format!("it is {}", status.state),
             Probe::Unresponsive { error, .. } => error,
             Probe::Stopped { .. } => "it exited".into(),

@@ -293,7 +293,7 @@ fn candidate_dirs() -> Vec<PathBuf> {
                 Some((major, entry.path().join("bin")))
             })
             .collect();
-        versions.sort_by(|a, b| b.0.cmp(&a.0));
+        versions.sort_by_key(|v| std::cmp::Reverse(v.0));
         dirs.extend(versions.into_iter().map(|(_, dir)| dir));
     }
     for fixed in [

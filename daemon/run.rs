@@ -66,7 +66,10 @@ pub async fn run(
     }
 
     shutdown.trigger("start-up failed");
-    notifier.stopping();
+    if postgres.is_ok() {
+        // A failed start-up reports ERRNO= instead (in main).
+        notifier.stopping();
+    }
     let _ = server.await;
     let outcome = match postgres {
         // The supervisor stops PostgreSQL when shutdown fires; wait for it.

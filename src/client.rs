@@ -80,15 +80,20 @@ impl Client {
             socket: self.socket.clone(),
             source,
         };
-        self.stream.get_mut().write_all(&line).map_err(io_error)?;
+        // A daemon that refuses a connection (forbidden) answers and closes at
+        // once, so the write may fail with EPIPE: its answer is still worth
+        // reading.
+        let written = self.stream.get_mut().write_all(&line);
         let mut answer = Vec::new();
-        (&mut self.stream)
+        let read = (&mut self.stream)
             .take(MAX_RESPONSE)
-            .read_until(b'\n', &mut answer)
-            .map_err(|source| ClientError::Io {
-                socket: self.socket.clone(),
-                source,
-            })?;
+            .read_until(b'\n', &mut answer);
+        match (written, read) {
+            (_, Ok(_)) if !answer.is_empty() => {}
+            (Err(source), _) => return Err(io_error(source)),
+            (Ok(()), Err(source)) => return Err(io_error(source)),
+            (Ok(()), Ok(_)) => {}
+        }
         if answer.is_empty() {
             return Err(ClientError::Closed {
                 socket: self.socket.clone(),

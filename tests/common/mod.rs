@@ -166,6 +166,30 @@ impl Home {
             .collect()
     }
 
+    /// Pids of live postmasters running on this home's data directory.
+    pub fn postmasters(&self) -> Vec<i32> {
+        processes_mentioning(&self.path)
+            .into_iter()
+            .filter(|(_, args)| args.first().is_some_and(|a| a.ends_with("/postgres")))
+            .map(|(pid, _)| pid)
+            .collect()
+    }
+
+    /// The daemon's `status --json`, which must say it runs.
+    pub fn status(&self) -> serde_json::Value {
+        let status = self.ctl(&["status", "--json"]);
+        assert!(status.code == 0 || status.code == 150, "{status:?}");
+        status.json()
+    }
+
+    /// The generated PostgreSQL password.
+    pub fn secret(&self) -> String {
+        std::fs::read_to_string(self.paths().pg_secret)
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
     /// Waits until exactly one daemon runs on this home and returns it.
     pub fn wait_single_daemon(&self) -> i32 {
         eventually("exactly one daemon runs", Duration::from_secs(30), || {
@@ -194,7 +218,9 @@ impl Drop for Home {
             // SAFETY: a plain signal to a process this test started.
             unsafe { libc::kill(pid, libc::SIGCONT) };
         }
-        let _ = run(self.ctl_command(&["stop", "--timeout", "5"]).stdout(Stdio::null()));
+        let _ = run(self
+            .ctl_command(&["stop", "--timeout", "5"])
+            .stdout(Stdio::null()));
         self.kill_all();
         let _ = std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o700));
         let lock = self.paths().lock;

@@ -1,0 +1,342 @@
+//! The embedded PostgreSQL: a real server, started, watched, restarted and
+//! stopped by the real daemon. Passes as root (the daemon then drops to an
+//! unprivileged account) and as an ordinary user.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use common::{Home, eventually};
+use outboxd::exit_code;
+
+fn kill(pid: i32, signal: i32) {
+    // SAFETY: a plain signal to a process this test started.
+    assert_eq!(
+        unsafe { libc::kill(pid, signal) },
+        0,
+        "kill({pid}, {signal})"
+    );
+}
+
+fn postgres_pid(home: &Home) -> i64 {
+    home.status()["postgres"]["pid"]
+        .as_i64()
+        .expect("postgres runs")
+}
+
+/// The uid a process runs as, from /proc.
+fn uid_of(pid: i64) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn cold_start_warm_start_query_and_clean_stop() {
+    let home = Home::new();
+    home.start();
+    let status = home.status();
+    let pg = &status["postgres"];
+    assert_eq!(pg["mode"], "embedded");
+    assert_eq!(pg["state"], "running", "{status}");
+    assert!(
+        pg["version"]
+            .as_str()
+            .unwrap()
+            .starts_with(char::is_numeric),
+        "{pg}"
+    );
+    assert!(
+        pg["bin_dir"].as_str().is_some(),
+        "status says which binaries: {pg}"
+    );
+
+    let query = home.ctl(&["psql", "-tA", "-c", "select 6 * 7"]);
+    assert_eq!(query.code, 0, "{query:?}");
+    assert_eq!(query.stdout.trim(), "42");
+
+    let paths = home.paths();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&paths.pg_data), 0o700);
+    assert_eq!(mode(&paths.pg_secret), 0o600);
+    let conf = std::fs::read_to_string(paths.pg_data.join("pg_hba.conf")).unwrap();
+    assert!(
+        conf.lines()
+            .filter(|l| !l.starts_with('#'))
+            .all(|l| l.is_empty() || l.ends_with("scram-sha-256"))
+    );
+
+    assert_eq!(home.ctl(&["stop"]).code, 0);
+    assert!(
+        home.postmasters().is_empty(),
+        "stop leaves no postmaster of the home"
+    );
+
+    // Warm start: the cluster is reused, not initialized again.
+    home.start();
+    assert_eq!(
+        home.ctl(&["psql", "-tA", "-c", "select 1"]).stdout.trim(),
+        "1"
+    );
+    let log = std::fs::read_to_string(&paths.log_file).unwrap();
+    assert_eq!(
+        log.matches("initialized the PostgreSQL cluster").count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(home.ctl(&["stop"]).code, 0);
+    assert!(home.postmasters().is_empty());
+}
+
+#[test]
+fn kill_9_of_the_daemon_then_start_leaves_exactly_one_postmaster() {
+    let home = Home::new();
+    let daemon = home.start();
+    let before = postgres_pid(&home);
+    kill(daemon, libc::SIGKILL);
+    eventually("the lock is released", Duration::from_secs(10), || {
+        home.holder().is_none()
+    });
+    assert_eq!(
+        home.postmasters(),
+        vec![before as i32],
+        "the postmaster outlives its daemon"
+    );
+
+    home.start();
+    let status = home.status();
+    assert_eq!(status["postgres"]["state"], "running", "{status}");
+    let now = postgres_pid(&home);
+    eventually(
+        "exactly one postmaster runs",
+        Duration::from_secs(30),
+        || home.postmasters() == vec![now as i32],
+    );
+    let log = std::fs::read_to_string(home.paths().log_file).unwrap();
+    assert!(
+        log.contains("adopted the postmaster") || log.contains("stopped the orphaned postmaster"),
+        "{log}"
+    );
+    assert_eq!(
+        home.ctl(&["psql", "-tA", "-c", "select 1"]).stdout.trim(),
+        "1"
+    );
+    assert_eq!(home.ctl(&["stop"]).code, 0);
+    assert!(home.postmasters().is_empty());
+}
+
+#[test]
+fn kill_9_of_the_daemon_then_stop_leaves_nothing_running() {
+    let home = Home::new();
+    let daemon = home.start();
+    kill(daemon, libc::SIGKILL);
+    eventually("the lock is released", Duration::from_secs(10), || {
+        home.holder().is_none()
+    });
+    assert!(!home.postmasters().is_empty());
+
+    let stop = home.ctl(&["stop"]);
+    assert_eq!(stop.code, 0, "{stop:?}");
+    assert!(
+        stop.stdout.contains("orphaned postmaster"),
+        "stop says what it did: {stop:?}"
+    );
+    eventually("nothing of the home runs", Duration::from_secs(10), || {
+        common::processes_mentioning(&home.path).is_empty()
+    });
+}
+
+#[test]
+fn a_killed_postmaster_is_restarted_and_status_shows_it() {
+    let home = Home::new();
+    home.start();
+    let first = postgres_pid(&home);
+    kill(first as i32, libc::SIGKILL);
+    eventually("PostgreSQL is restarted", Duration::from_secs(60), || {
+        let pg = &home.status()["postgres"];
+        pg["state"] == "running" && pg["restarts"] == 1 && pg["pid"].as_i64() != Some(first)
+    });
+    let status = home.status();
+    let failure = status["postgres"]["last_failure"].as_str().unwrap();
+    assert!(failure.contains("signal 9"), "{failure}");
+    let text = home.ctl(&["status"]);
+    assert!(text.stdout.contains("restarts  1"), "{text:?}");
+    assert_eq!(
+        home.ctl(&["psql", "-tA", "-c", "select 1"]).stdout.trim(),
+        "1"
+    );
+    assert_eq!(home.ctl(&["stop"]).code, 0);
+}
+
+#[test]
+fn postgres_can_be_stopped_for_maintenance_and_started_again() {
+    let home = Home::new();
+    home.start();
+    let stop = home.ctl(&["stop", "postgres"]);
+    assert_eq!(stop.code, 0, "{stop:?}");
+    assert!(home.postmasters().is_empty());
+    let status = home.ctl(&["status"]);
+    assert_eq!(status.code, i32::from(exit_code::DEGRADED), "{status:?}");
+    assert!(status.stdout.contains("postgres is stopped"), "{status:?}");
+
+    // It stays stopped: maintenance is not a crash.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(home.postmasters().is_empty());
+
+    let start = home.ctl(&["start", "postgres"]);
+    assert_eq!(start.code, 0, "{start:?}");
+    assert_eq!(home.ctl(&["status"]).code, 0);
+    assert_eq!(
+        home.ctl(&["psql", "-tA", "-c", "select 1"]).stdout.trim(),
+        "1"
+    );
+    let unknown = home.ctl(&["stop", "warp-drive"]);
+    assert_ne!(unknown.code, 0);
+    assert!(unknown.stderr.contains("unknown component"), "{unknown:?}");
+    assert_eq!(home.ctl(&["stop"]).code, 0);
+}
+
+#[test]
+fn the_password_stays_secret() {
+    let home = Home::new();
+    home.start();
+    let secret = home.secret();
+    assert!(secret.len() >= 32);
+    let status = home.ctl(&["status", "--json"]);
+    let url = home.ctl(&["url"]);
+    assert!(!status.stdout.contains(&secret));
+    assert!(!url.stdout.contains(&secret));
+    assert!(url.stdout.starts_with("postgresql://postgres@"), "{url:?}");
+    let with = home.ctl(&["url", "--with-password"]);
+    assert!(
+        with.stdout.contains(&format!("postgres:{secret}@")),
+        "{with:?}"
+    );
+    // The URL with the password really connects (psql through PGPASSWORD).
+    assert_eq!(home.ctl(&["psql", "-tA", "-c", "select 1"]).code, 0);
+    assert_eq!(home.ctl(&["stop"]).code, 0);
+    for log in [home.paths().log_file, home.paths().pg_log] {
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            !text.contains(&secret),
+            "{} holds the password",
+            log.display()
+        );
+    }
+}
+
+#[test]
+fn missing_binaries_are_a_clear_error() {
+    let home = Home::new();
+    let start = common::run(
+        home.ctl_command(&["start"])
+            .env("OUTBOXD_PG_BIN", "/nonexistent/bin"),
+    );
+    assert_eq!(start.code, 1, "{start:?}");
+    assert!(start.stderr.contains("/nonexistent/bin"), "{start:?}");
+    assert!(
+        start.stderr.contains("lacks postgres, initdb, pg_ctl"),
+        "{start:?}"
+    );
+    assert!(
+        start.stderr.contains("--pg-bin"),
+        "names the fix: {start:?}"
+    );
+    assert_eq!(home.holder(), None);
+    assert!(common::processes_mentioning(&home.path).is_empty());
+}
+
+#[test]
+fn as_root_postgres_runs_as_an_unprivileged_account() {
+    if !common::is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let home = Home::new();
+    home.start();
+    let status = home.status();
+    let user = status["postgres"]["user"].as_str().unwrap();
+    assert_ne!(user, "root");
+    let postmaster = postgres_pid(&home);
+    assert_ne!(uid_of(postmaster), 0, "the postmaster does not run as root");
+    assert_ne!(
+        uid_of(status["pid"].as_i64().unwrap()),
+        0,
+        "the daemon dropped root"
+    );
+    let log = std::fs::read_to_string(home.paths().log_file).unwrap();
+    assert!(
+        log.contains(&format!(
+            "now running as an unprivileged account user={user}"
+        )),
+        "{log}"
+    );
+    assert_eq!(home.ctl(&["stop"]).code, 0);
+
+    // Without a usable account: a clear refusal that names the fix.
+    let refused = common::run(
+        std::process::Command::new(common::OUTBOXD)
+            .arg("--home")
+            .arg(&home.path)
+            .args(["--user", "no-such-account-here"]),
+    );
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("no account named \"no-such-account-here\""),
+        "{refused:?}"
+    );
+    assert!(
+        refused.stderr.contains("useradd") && refused.stderr.contains("--user NAME"),
+        "{refused:?}"
+    );
+}
+
+#[test]
+fn external_mode_uses_an_existing_server_and_starts_nothing() {
+    // The "existing server": a PostgreSQL that another home's daemon runs.
+    let server = Home::new();
+    server.start();
+    let url = server
+        .ctl(&["url", "--with-password"])
+        .stdout
+        .trim()
+        .to_string();
+    let secret = server.secret();
+
+    let home = Home::new();
+    home.write_config(&format!("database_url = {url:?}\n"));
+    home.start();
+    eventually(
+        "the external server is checked",
+        Duration::from_secs(30),
+        || home.status()["postgres"]["state"] == "running",
+    );
+    let status = home.ctl(&["status", "--json"]);
+    let pg = &status.json()["postgres"];
+    assert_eq!(pg["mode"], "external", "{pg}");
+    assert!(pg["version"].as_str().is_some(), "{pg}");
+    assert!(
+        !status.stdout.contains(&secret),
+        "status hides the password"
+    );
+    assert!(
+        home.postmasters().is_empty(),
+        "nothing started for the home"
+    );
+    assert!(!home.paths().pg_data.exists(), "no cluster created");
+
+    let maintenance = home.ctl(&["stop", "postgres"]);
+    assert_ne!(maintenance.code, 0, "{maintenance:?}");
+    assert!(maintenance.stderr.contains("external"), "{maintenance:?}");
+
+    assert_eq!(home.ctl(&["stop"]).code, 0);
+    assert_eq!(
+        server.status()["postgres"]["state"],
+        "running",
+        "the external server is untouched"
+    );
+    assert_eq!(server.ctl(&["stop"]).code, 0);
+}
