@@ -186,12 +186,10 @@ pub async fn prepare(config: &Config, notifier: &Notifier, handle: &Handle) -> R
             (download(paths).await?, "downloaded")
         }
     };
-    let version = server_version(&bin_dir);
-    info!(bin_dir = %bin_dir.display(), source, version = version.as_deref().unwrap_or("unknown"), "using PostgreSQL binaries");
+    info!(bin_dir = %bin_dir.display(), source, "using PostgreSQL binaries");
     handle.update(|s| {
         s.bin_dir = Some(bin_dir.clone());
         s.binaries = Some(source.into());
-        s.version = version.clone();
         s.user = crate::privileges::account_name(unsafe { libc::geteuid() });
     });
     if !paths.pg_data.join("PG_VERSION").exists() {
@@ -316,18 +314,6 @@ fn missing_binaries(dir: &Path) -> Option<String> {
     (!missing.is_empty()).then(|| missing.join(", "))
 }
 
-/// `15.18` from `postgres --version`.
-fn server_version(bin_dir: &Path) -> Option<String> {
-    let out = std::process::Command::new(bin_dir.join("postgres"))
-        .arg("--version")
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace()
-        .find(|word| word.chars().next().is_some_and(|c| c.is_ascii_digit()))
-        .map(str::to_string)
-}
-
 /// Settings for postgresql_embedded, built field by field: its `new()` and
 /// `default()` create two temporary directories per call and never remove
 /// them.
@@ -417,6 +403,8 @@ async fn init_cluster(paths: &Paths, bin_dir: &Path, password: &str, port: u16) 
 /// A postmaster this supervisor owns: its child, or one it adopted.
 pub struct Running {
     postmaster: Postmaster,
+    /// The server version, as the server reports it.
+    version: String,
     child: Option<tokio::process::Child>,
     since: Instant,
 }
@@ -459,12 +447,15 @@ impl Embedded {
         let found = postmaster::find(&self.data).map_err(|e| e.to_string())?;
         if let Some(orphan) = found {
             let pid = orphan.pid;
-            if orphan.args == self.command_line()
-                && query_version(&self.client_config()).await.is_ok()
-            {
+            let answer = match orphan.args == self.command_line() {
+                true => query_version(&self.client_config()).await.ok(),
+                false => None,
+            };
+            if let Some(version) = answer {
                 info!(pid, "adopted the postmaster left by a previous daemon");
                 return Ok(Running {
                     postmaster: orphan,
+                    version,
                     child: None,
                     since: Instant::now(),
                 });
@@ -503,7 +494,7 @@ impl Embedded {
         let postmaster = Postmaster::pin(pid, args).map_err(|e| e.to_string())?;
         let deadline = Instant::now() + READY_TIMEOUT;
         let config = self.client_config();
-        loop {
+        let version = loop {
             if let Some(exit) = child.try_wait().map_err(|e| e.to_string())? {
                 return Err(format!(
                     "postgres exited during start-up ({exit}): {}",
@@ -511,7 +502,7 @@ impl Embedded {
                 ));
             }
             match query_version(&config).await {
-                Ok(_) => break,
+                Ok(version) => break version,
                 Err(e) if Instant::now() >= deadline => {
                     let _ = child.start_kill();
                     let _ = child.wait().await;
@@ -521,9 +512,10 @@ impl Embedded {
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
             }
-        }
+        };
         Ok(Running {
             postmaster,
+            version,
             child: Some(child),
             since: Instant::now(),
         })
@@ -696,6 +688,7 @@ pub async fn supervise(
 fn set_running(status: &mut PostgresStatus, run: Option<&Running>) {
     status.state = "running".into();
     status.pid = run.map(|r| r.postmaster.pid);
+    status.version = run.map(|r| r.version.clone());
 }
 
 fn backoff(failures: u32) -> Duration {

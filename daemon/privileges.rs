@@ -47,10 +47,7 @@ pub fn drop_root(paths: &Paths, wanted: Option<&str>) -> Result<Option<Account>>
             account.name
         )));
     }
-    hand_over(&paths.home, &account)?;
-    if paths.socket_is_fallback() {
-        hand_over(&paths.run_dir, &account)?;
-    }
+    hand_over(paths, &account)?;
     become_account(&account).at("switch to account", Path::new(&account.name))?;
     check_access(paths, &account)?;
     Ok(Some(account))
@@ -110,21 +107,47 @@ pub fn account_name(uid: libc::uid_t) -> Option<String> {
     }
 }
 
-/// Gives `dir` and everything below it to `account` (symlinks themselves,
-/// not their targets).
-fn hand_over(dir: &Path, account: &Account) -> Result<()> {
-    let meta = fs::symlink_metadata(dir).at("inspect", dir)?;
-    if meta.uid() != account.uid || meta.gid() != account.gid {
-        std::os::unix::fs::lchown(dir, Some(account.uid), Some(account.gid))
-            .at("change owner of", dir)?;
+/// Gives the home to `account`: the whole tree the first time (or when the
+/// home changes hands), afterwards only what this process created as root
+/// before dropping it. Walking the data directory's thousands of files on
+/// every start would be wasted work.
+fn hand_over(paths: &Paths, account: &Account) -> Result<()> {
+    let home = fs::symlink_metadata(&paths.home).at("inspect", &paths.home)?;
+    if home.uid() != account.uid {
+        hand_over_tree(&paths.home, account)?;
     }
-    if meta.is_dir() {
-        for entry in fs::read_dir(dir).at("read directory", dir)? {
-            let entry = entry.at("read directory", dir)?;
-            hand_over(&entry.path(), account)?;
+    // The socket directory may live outside the home (long home paths).
+    let made_as_root = [
+        &paths.log_dir,
+        &paths.log_file,
+        &paths.run_dir,
+        &paths.lock,
+        &paths.pg_dir,
+        &paths.pg_socket_dir,
+    ];
+    for path in made_as_root {
+        if path.exists() {
+            chown(path, account)?;
         }
     }
     Ok(())
+}
+
+/// Gives `path` and everything below it to `account` (symlinks themselves,
+/// not their targets).
+fn hand_over_tree(path: &Path, account: &Account) -> Result<()> {
+    chown(path, account)?;
+    if fs::symlink_metadata(path).at("inspect", path)?.is_dir() {
+        for entry in fs::read_dir(path).at("read directory", path)? {
+            hand_over_tree(&entry.at("read directory", path)?.path(), account)?;
+        }
+    }
+    Ok(())
+}
+
+fn chown(path: &Path, account: &Account) -> Result<()> {
+    std::os::unix::fs::lchown(path, Some(account.uid), Some(account.gid))
+        .at("change owner of", path)
 }
 
 fn become_account(account: &Account) -> io::Result<()> {
