@@ -55,6 +55,17 @@ fn cold_start_warm_start_query_and_clean_stop() {
     let query = home.ctl(&["psql", "-tA", "-c", "select 6 * 7"]);
     assert_eq!(query.code, 0, "{query:?}");
     assert_eq!(query.stdout.trim(), "42");
+    let settings = home.ctl(&[
+        "psql",
+        "-tA",
+        "-c",
+        "select current_setting('fsync'), current_setting('listen_addresses')",
+    ]);
+    assert_eq!(
+        settings.stdout.trim(),
+        "on|",
+        "fsync on, no TCP by default: {settings:?}"
+    );
 
     let paths = home.paths();
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
@@ -339,4 +350,54 @@ fn external_mode_uses_an_existing_server_and_starts_nothing() {
         "the external server is untouched"
     );
     assert_eq!(server.ctl(&["stop"]).code, 0);
+}
+
+#[test]
+fn tcp_on_loopback_only_when_configured_and_only_with_the_password() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let home = Home::new();
+    home.write_config(&format!("pg_port = {port}\n"));
+    home.start();
+    let pg = &home.status()["postgres"];
+    assert_eq!(pg["tcp"], true, "{pg}");
+    assert_eq!(pg["port"], port, "{pg}");
+    let psql = |password: &str| {
+        common::run(
+            std::process::Command::new("psql")
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "-U",
+                    "postgres",
+                    "-tA",
+                    "-w",
+                    "-c",
+                    "select 1",
+                    "postgres",
+                ])
+                .env("PGPASSWORD", password),
+        )
+    };
+    let good = psql(&home.secret());
+    assert_eq!(good.stdout.trim(), "1", "{good:?}");
+    let bad = psql("wrong");
+    assert_ne!(bad.code, 0);
+    assert!(
+        bad.stderr.contains("password authentication failed"),
+        "{bad:?}"
+    );
+    let listen = home.ctl(&[
+        "psql",
+        "-tA",
+        "-c",
+        "select current_setting('listen_addresses')",
+    ]);
+    assert_eq!(listen.stdout.trim(), "127.0.0.1");
+    assert_eq!(home.ctl(&["stop"]).code, 0);
 }
