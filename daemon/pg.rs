@@ -192,7 +192,7 @@ pub async fn prepare(config: &Config, notifier: &Notifier, handle: &Handle) -> R
         s.binaries = Some(source.into());
         s.user = crate::privileges::account_name(unsafe { libc::geteuid() });
     });
-    if !paths.pg_data.join("PG_VERSION").exists() {
+    if !paths.pg_initialized.exists() {
         notifier.status("initializing the PostgreSQL cluster (initdb)");
         init_cluster(paths, &bin_dir, &password, config.pg_port()).await?;
     }
@@ -358,15 +358,13 @@ async fn download(paths: &Paths) -> Result<PathBuf> {
     Ok(pg.settings().binary_dir())
 }
 
-/// Runs initdb through postgresql_embedded, then requires scram-sha-256 for
-/// every connection. A data directory left half-made by an interrupted
-/// initdb (no `PG_VERSION`) holds nothing and is cleared first.
+/// Runs initdb through postgresql_embedded into a fresh sibling directory,
+/// requires scram-sha-256 for every connection, moves the cluster into
+/// place, and only then writes the `pg/initialized` marker. A daemon killed
+/// half-way leaves a directory that the next start clears; an initdb process
+/// that outlived its daemon keeps writing into its own directory, never into
+/// the next attempt's.
 async fn init_cluster(paths: &Paths, bin_dir: &Path, password: &str, port: u16) -> Result<()> {
-    let data = &paths.pg_data;
-    if data.exists() {
-        warn!(data = %data.display(), "clearing a data directory left by an interrupted initdb");
-        fs::remove_dir_all(data).at("clear incomplete data directory", data)?;
-    }
     let installation_dir = match bin_dir.file_name() {
         Some(name) if name == "bin" => bin_dir.parent().unwrap_or(bin_dir).to_path_buf(),
         _ => {
@@ -378,16 +376,23 @@ async fn init_cluster(paths: &Paths, bin_dir: &Path, password: &str, port: u16) 
             });
         }
     };
+    let data = &paths.pg_data;
+    clear_interrupted_initdb(paths)?;
+    let fresh = paths
+        .pg_dir
+        .join(format!("data.initdb-{}", std::process::id()));
     let started = Instant::now();
-    let mut pg = PostgreSQL::new(settings(installation_dir, true, paths, password, port));
+    let mut settings = settings(installation_dir, true, paths, password, port);
+    settings.data_dir = fresh.clone();
+    let mut pg = PostgreSQL::new(settings);
     pg.setup().await.map_err(|e| Error::Problem {
         what: "PostgreSQL cluster",
-        path: data.clone(),
+        path: fresh.clone(),
         problem: format!("initdb failed: {e}"),
-        fix: format!("see {} and the messages above", paths.pg_log.display()),
+        fix: "check the messages above and the free space of the disk".into(),
     })?;
     drop(pg);
-    let hba = data.join("pg_hba.conf");
+    let hba = fresh.join("pg_hba.conf");
     fs::write(
         &hba,
         "# Written by outboxd: every connection authenticates with its password.\n\
@@ -396,7 +401,31 @@ async fn init_cluster(paths: &Paths, bin_dir: &Path, password: &str, port: u16) 
          host    all   all   ::1/128        scram-sha-256\n",
     )
     .at("write", &hba)?;
+    fs::rename(&fresh, data).at("move the new cluster into", data)?;
+    fs::File::create(&paths.pg_initialized)
+        .and_then(|f| f.sync_all())
+        .and_then(|()| fs::File::open(&paths.pg_dir)?.sync_all())
+        .at("create", &paths.pg_initialized)?;
     info!(data = %data.display(), elapsed_ms = started.elapsed().as_millis() as u64, "initialized the PostgreSQL cluster");
+    Ok(())
+}
+
+/// Removes what an initdb interrupted before the marker was written left
+/// behind: `pg/data` itself, and `pg/data.initdb-*` of earlier attempts.
+fn clear_interrupted_initdb(paths: &Paths) -> Result<()> {
+    for entry in fs::read_dir(&paths.pg_dir).at("read directory", &paths.pg_dir)? {
+        let path = entry.at("read directory", &paths.pg_dir)?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if path == paths.pg_data {
+            warn!(dir = %path.display(), "clearing a cluster left by an interrupted initdb");
+            fs::remove_dir_all(&path).at("clear the incomplete cluster", &path)?;
+        } else if name.starts_with("data.initdb-") {
+            // Best effort: an initdb that outlived its daemon may still write here.
+            if let Err(e) = fs::remove_dir_all(&path) {
+                warn!(dir = %path.display(), error = %e, "could not clear an interrupted initdb");
+            }
+        }
+    }
     Ok(())
 }
 

@@ -49,15 +49,7 @@ pub async fn run(
     });
     let server = tokio::spawn(server::serve(listener, ctx));
 
-    let postgres = tokio::select! {
-        started = start_postgres(&config, notifier, &pg, pg_requests, &shutdown) => started,
-        reason = shutdown.wait() => Err(Error::Problem {
-            what: "start-up of",
-            path: paths.home.clone(),
-            problem: format!("interrupted by {reason}"),
-            fix: "start it again".into(),
-        }),
-    };
+    let postgres = start_postgres(&config, notifier, &pg, pg_requests, &shutdown).await;
     if postgres.is_ok() {
         notifier.ready(&format!("running (pid {pid})"));
         info!(pid, version = outboxd::VERSION, home = %paths.home.display(), socket = %paths.socket.display(), "ready");
@@ -107,17 +99,20 @@ async fn start_postgres(
             shutdown.clone(),
         )));
     }
+    // Not cut short by a shutdown: an initdb interrupted half-way would have
+    // to be redone, and its process would outlive the daemon.
     let embedded = pg::prepare(config, notifier, pg).await?;
     notifier.status("starting PostgreSQL");
-    let first = embedded
-        .start_or_adopt()
-        .await
-        .map_err(|why| Error::Problem {
-            what: "PostgreSQL on",
-            path: config.paths.pg_data.clone(),
-            problem: format!("could not start: {why}"),
-            fix: format!("see {}", config.paths.pg_log.display()),
-        })?;
+    let first = tokio::select! {
+        started = embedded.start_or_adopt() => started,
+        reason = shutdown.wait() => Err(format!("start-up interrupted by {reason}")),
+    };
+    let first = first.map_err(|why| Error::Problem {
+        what: "PostgreSQL on",
+        path: config.paths.pg_data.clone(),
+        problem: format!("could not start: {why}"),
+        fix: format!("see {}", config.paths.pg_log.display()),
+    })?;
     Ok(tokio::spawn(pg::supervise(
         embedded,
         first,

@@ -401,3 +401,40 @@ fn tcp_on_loopback_only_when_configured_and_only_with_the_password() {
     assert_eq!(listen.stdout.trim(), "127.0.0.1");
     assert_eq!(home.ctl(&["stop"]).code, 0);
 }
+
+#[test]
+fn kill_9_during_initdb_then_start_recovers() {
+    use outboxd::notify::{Event, NOTIFY_SOCKET, NotifyListener};
+    for delay_ms in [0u64, 150, 400] {
+        let home = Home::new();
+        let listener = NotifyListener::bind().unwrap();
+        let mut daemon = std::process::Command::new(common::OUTBOXD)
+            .arg("--home")
+            .arg(&home.path)
+            .env(NOTIFY_SOCKET, listener.path())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        eventually("initdb begins", Duration::from_secs(30), || {
+            let events = listener
+                .recv(Duration::from_millis(20))
+                .unwrap()
+                .unwrap_or_default();
+            events
+                .iter()
+                .any(|e| matches!(e, Event::Status(s) if s.contains("initdb")))
+        });
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        daemon.kill().unwrap();
+        daemon.wait().unwrap();
+
+        let start = home.ctl(&["start"]);
+        assert_eq!(
+            start.code, 0,
+            "after a kill {delay_ms} ms into initdb: {start:?}"
+        );
+        let query = home.ctl(&["psql", "-tA", "-c", "select 1"]);
+        assert_eq!(query.stdout.trim(), "1", "{query:?}");
+        assert_eq!(home.ctl(&["stop"]).code, 0);
+    }
+}
