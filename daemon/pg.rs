@@ -32,7 +32,7 @@ use outboxd::config::Config;
 use outboxd::error::{Error, IoContext, Result};
 use outboxd::notify::Notifier;
 use outboxd::paths::Paths;
-use outboxd::postmaster::{self, Postmaster};
+use outboxd::postmaster::{self, PidFile, Postmaster};
 use outboxd::protocol::PostgresStatus;
 use postgresql_embedded::{PostgreSQL, Settings, VersionReq};
 use tokio::sync::{mpsc, oneshot};
@@ -473,8 +473,16 @@ impl Embedded {
     /// it runs exactly as this daemon would run it and answers; else stops
     /// it. Then starts one if none was adopted.
     pub async fn start_or_adopt(&self) -> std::result::Result<Running, String> {
-        let found = postmaster::find(&self.data).map_err(|e| e.to_string())?;
-        if let Some(orphan) = found {
+        let found = postmaster::inspect(&self.data).map_err(|e| e.to_string())?;
+        if let PidFile::Reused { pid } = found {
+            // PostgreSQL would refuse to start while the stale file names a
+            // live process; that process is not a postmaster of ours.
+            let pid_file = self.data.join("postmaster.pid");
+            warn!(pid, file = %pid_file.display(), "removing a stale postmaster.pid that names a reused pid");
+            fs::remove_file(&pid_file)
+                .map_err(|e| format!("could not remove {}: {e}", pid_file.display()))?;
+        }
+        if let PidFile::Running(orphan) = found {
             let pid = orphan.pid;
             let answer = match orphan.args == self.command_line() {
                 true => query_version(&self.client_config()).await.ok(),

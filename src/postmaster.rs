@@ -25,30 +25,63 @@ pub struct Postmaster {
     handle: ProcessHandle,
 }
 
+/// What `postmaster.pid` of a data directory says, checked against the
+/// process table.
+#[derive(Debug)]
+pub enum PidFile {
+    /// No pid file, or one naming no live process: PostgreSQL copes.
+    Absent,
+    /// A live postmaster runs on this data directory.
+    Running(Postmaster),
+    /// The file names a live process that is *not* a postmaster on this data
+    /// directory: its pid was reused after PostgreSQL died. PostgreSQL's own
+    /// check would refuse to start because of it.
+    Reused { pid: i32 },
+}
+
 /// The live postmaster running on `data`, if any.
 pub fn find(data: &Path) -> Result<Option<Postmaster>> {
+    Ok(match inspect(data)? {
+        PidFile::Running(postmaster) => Some(postmaster),
+        PidFile::Absent | PidFile::Reused { .. } => None,
+    })
+}
+
+/// Reads `postmaster.pid` of `data` and checks who has that pid now.
+pub fn inspect(data: &Path) -> Result<PidFile> {
     let pid_file = data.join("postmaster.pid");
     let text = match fs::read_to_string(&pid_file) {
         Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(PidFile::Absent),
         Err(e) => return Err(e).at("read", &pid_file),
     };
     let mut lines = text.lines();
     let Some(pid) = lines.next().and_then(|l| l.trim().parse::<i32>().ok()) else {
-        return Ok(None);
+        return Ok(PidFile::Absent);
     };
     let recorded_data = lines.next().map(PathBuf::from);
     let Ok(handle) = ProcessHandle::open(pid) else {
-        return Ok(None);
+        return Ok(PidFile::Absent);
     };
-    if !process::alive(pid) || !same_dir(recorded_data.as_deref(), data) {
-        return Ok(None);
+    if !process::alive(pid) {
+        return Ok(PidFile::Absent);
     }
     let args = command_line(pid);
-    if cfg!(target_os = "linux") && !is_postgres(&args) {
-        return Ok(None);
+    let ours = same_dir(recorded_data.as_deref(), data)
+        && (!cfg!(target_os = "linux") || (is_postgres(&args) && runs_in(pid, data)));
+    Ok(match ours {
+        true => PidFile::Running(Postmaster { pid, args, handle }),
+        false => PidFile::Reused { pid },
+    })
+}
+
+/// Whether the process's working directory is `data` (a postmaster changes
+/// into its data directory). Unknown (no permission to look) counts as yes.
+fn runs_in(pid: i32, data: &Path) -> bool {
+    match fs::read_link(format!("/proc/{pid}/cwd")) {
+        Ok(cwd) => same_dir(Some(&cwd), data),
+        Err(_) => true,
     }
-    Ok(Some(Postmaster { pid, args, handle }))
 }
 
 impl Postmaster {

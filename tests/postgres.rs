@@ -438,3 +438,38 @@ fn kill_9_during_initdb_then_start_recovers() {
         assert_eq!(home.ctl(&["stop"]).code, 0);
     }
 }
+
+#[test]
+fn a_stale_postmaster_pid_naming_a_reused_pid_is_never_signalled() {
+    let home = Home::new();
+    home.start();
+    assert_eq!(home.ctl(&["stop"]).code, 0);
+    // As if PostgreSQL had died and its pid had gone to an unrelated program.
+    let mut bystander = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let pid_file = home.paths().pg_data.join("postmaster.pid");
+    std::fs::write(
+        &pid_file,
+        format!("{}\n{}\n", bystander.id(), home.paths().pg_data.display()),
+    )
+    .unwrap();
+
+    assert_eq!(home.ctl(&["stop"]).code, 0);
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "stop left the bystander alone"
+    );
+    let start = home.ctl(&["start"]);
+    assert_eq!(start.code, 0, "{start:?}");
+    assert_eq!(home.status()["postgres"]["state"], "running");
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "start left the bystander alone"
+    );
+    assert_eq!(home.ctl(&["stop"]).code, 0);
+    assert!(bystander.try_wait().unwrap().is_none());
+    bystander.kill().unwrap();
+    bystander.wait().unwrap();
+}
