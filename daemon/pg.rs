@@ -190,7 +190,7 @@ pub async fn prepare(config: &Config, notifier: &Notifier, handle: &Handle) -> R
     handle.update(|s| {
         s.bin_dir = Some(bin_dir.clone());
         s.binaries = Some(source.into());
-        s.user = crate::privileges::account_name(unsafe { libc::geteuid() });
+        s.user = crate::privileges::account_name(outboxd::process::euid());
     });
     if !paths.pg_initialized.exists() {
         notifier.status("initializing the PostgreSQL cluster (initdb)");

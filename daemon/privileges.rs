@@ -28,8 +28,7 @@ pub struct Account {
 /// Becomes `wanted` (or the first default account that exists) when running
 /// as root; does nothing otherwise. Returns the account switched to.
 pub fn drop_root(paths: &Paths, wanted: Option<&str>) -> Result<Option<Account>> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if outboxd::process::euid() != 0 {
         return Ok(None);
     }
     let account = match wanted {

@@ -42,8 +42,7 @@ pub async fn run(
         pid,
         started_at,
         started: Instant::now(),
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        euid: unsafe { libc::geteuid() },
+        euid: outboxd::process::euid(),
         shutdown: shutdown.clone(),
         pg: pg.clone(),
     });

@@ -117,8 +117,7 @@ impl Paths {
 /// `~/Library/Application Support/outboxd` on macOS, and
 /// `$XDG_STATE_HOME/outboxd` (default `~/.local/state/outboxd`) elsewhere.
 pub fn default_home() -> Result<PathBuf> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    if crate::process::euid() == 0 {
         return Ok(PathBuf::from("/var/lib/outboxd"));
     }
     if cfg!(target_os = "macos") {
@@ -195,8 +194,7 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
 /// someone else's is refused.
 fn check_private_dir(dir: &Path, home_owner: u32) -> Result<()> {
     let meta = fs::symlink_metadata(dir).at("inspect directory", dir)?;
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
+    let euid = crate::process::euid();
     if !meta.is_dir() {
         return Err(Error::Problem {
             what: "socket directory",

@@ -4,6 +4,12 @@
 
 use std::io;
 
+/// This process's effective user id.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 /// Whether `pid` names a live process. A zombie (exited, not yet reaped by
 /// its parent) counts as dead: this machine's init reaps late, and a zombie
 /// still answers `kill(pid, 0)`.

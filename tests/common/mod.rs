@@ -25,8 +25,7 @@ pub const COMMAND_LIMIT: Duration = Duration::from_secs(90);
 pub const NOBODY: u32 = 65534;
 
 pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    outboxd::process::euid() == 0
 }
 
 /// A finished command.
