@@ -3,6 +3,7 @@
 //! tear down in reverse order.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime};
 
 use outboxd::config::Config;
@@ -45,11 +46,13 @@ pub async fn run(
         euid: outboxd::process::euid(),
         shutdown: shutdown.clone(),
         pg: pg.clone(),
+        ready: AtomicBool::new(false),
     });
-    let server = tokio::spawn(server::serve(listener, ctx));
+    let server = tokio::spawn(server::serve(listener, ctx.clone()));
 
     let postgres = start_postgres(&config, notifier, &pg, pg_requests, &shutdown).await;
     if postgres.is_ok() {
+        ctx.ready.store(true, Ordering::Release);
         notifier.ready(&format!("running (pid {pid})"));
         info!(pid, version = outboxd::VERSION, home = %paths.home.display(), socket = %paths.socket.display(), "ready");
         let reason = shutdown.wait().await;

@@ -14,7 +14,7 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -47,6 +47,8 @@ pub struct Context {
     pub euid: u32,
     pub shutdown: Shutdown,
     pub pg: pg::Handle,
+    /// Set once start-up is complete (READY=1 sent).
+    pub ready: AtomicBool,
 }
 
 impl Context {
@@ -54,10 +56,10 @@ impl Context {
     fn state(&self) -> &'static str {
         if self.shutdown.is_triggered() {
             "stopping"
-        } else if self.pg.status().state == "starting" && self.pg.status().restarts == 0 {
-            "starting"
-        } else {
+        } else if self.ready.load(Ordering::Acquire) {
             "running"
+        } else {
+            "starting"
         }
     }
 
