@@ -62,10 +62,13 @@ pub struct Handle {
     commands: mpsc::Sender<Request>,
 }
 
+/// Where a request's outcome goes: done, or why not.
+pub type Reply = oneshot::Sender<std::result::Result<(), String>>;
+
 /// A maintenance request: stop PostgreSQL and keep it stopped, or start it.
 pub enum Request {
-    Start(oneshot::Sender<std::result::Result<(), String>>),
-    Stop(oneshot::Sender<std::result::Result<(), String>>),
+    Start(Reply),
+    Stop(Reply),
 }
 
 impl Handle {
@@ -74,10 +77,7 @@ impl Handle {
     }
 
     /// Sends a request and waits for its outcome.
-    pub async fn ask(
-        &self,
-        make: fn(oneshot::Sender<std::result::Result<(), String>>) -> Request,
-    ) -> std::result::Result<(), String> {
+    pub async fn ask(&self, make: fn(Reply) -> Request) -> std::result::Result<(), String> {
         let (reply, outcome) = oneshot::channel();
         self.commands
             .send(make(reply))
@@ -119,20 +119,17 @@ pub fn initial_status(config: &Config) -> PostgresStatus {
             socket_dir: Some(config.paths.pg_socket_dir.clone()),
             port: Some(config.pg_port()),
             tcp: config.pg_port.is_some(),
-            url: url(&config.paths.pg_socket_dir, config.pg_port(), None),
+            url: url(&config.paths.pg_socket_dir, config.pg_port()),
             ..PostgresStatus::default()
         },
     }
 }
 
-/// A connection URL for the embedded server, with the password if given.
-pub fn url(socket_dir: &Path, port: u16, password: Option<&str>) -> String {
-    let credentials = match password {
-        Some(password) => format!("{SUPERUSER}:{password}"),
-        None => SUPERUSER.to_string(),
-    };
+/// The connection URL of the embedded server, without the password
+/// (`outboxctl url --with-password` adds it).
+pub fn url(socket_dir: &Path, port: u16) -> String {
     format!(
-        "postgresql://{credentials}@/{DATABASE}?host={}&port={port}",
+        "postgresql://{SUPERUSER}@/{DATABASE}?host={}&port={port}",
         percent_encode(&socket_dir.to_string_lossy())
     )
 }
@@ -785,12 +782,10 @@ mod tests {
             redact("postgresql:///x?host=/tmp"),
             "postgresql:///x?host=/tmp"
         );
-        let with = url(Path::new("/h/pg/socket"), 5432, Some("pw"));
         assert_eq!(
-            with,
-            "postgresql://postgres:pw@/postgres?host=%2Fh%2Fpg%2Fsocket&port=5432"
+            url(Path::new("/h/pg/socket"), 5432),
+            "postgresql://postgres@/postgres?host=%2Fh%2Fpg%2Fsocket&port=5432"
         );
-        assert!(!url(Path::new("/h"), 1, None).contains("pw"));
     }
 
     #[test]

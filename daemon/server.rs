@@ -348,7 +348,7 @@ async fn component(
     ctx: &Context,
     id: Option<serde_json::Value>,
     name: &str,
-    request: fn(tokio::sync::oneshot::Sender<std::result::Result<(), String>>) -> pg::Request,
+    request: fn(pg::Reply) -> pg::Request,
 ) -> Response {
     if !COMPONENTS.contains(&name) {
         let message = format!(
