@@ -473,3 +473,26 @@ fn a_stale_postmaster_pid_naming_a_reused_pid_is_never_signalled() {
     bystander.kill().unwrap();
     bystander.wait().unwrap();
 }
+
+#[test]
+fn no_temporary_directories_are_left_behind() {
+    // postgresql_embedded's Settings::new() leaks two temporary directories
+    // per call; the daemon must never call it. Give the whole run a private
+    // TMPDIR (open to the account the daemon may drop to) and look inside.
+    let tmp = tempfile::Builder::new()
+        .prefix("outboxd-tmp-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let home = Home::new();
+    for command in [&["start"][..], &["stop"], &["start"], &["stop"]] {
+        let run = common::run(home.ctl_command(command).env("TMPDIR", tmp.path()));
+        assert_eq!(run.code, 0, "{command:?}: {run:?}");
+    }
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
