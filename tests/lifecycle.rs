@@ -7,18 +7,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Home, OUTBOXD, eventually, run};
+use common::{Home, OUTBOXD, eventually, kill, run};
 use outboxd::exit_code;
 use outboxd::notify::{Event, NOTIFY_SOCKET, NotifyListener};
-
-fn kill(pid: i32, signal: i32) {
-    // SAFETY: a plain signal to a process this test started.
-    assert_eq!(
-        unsafe { libc::kill(pid, signal) },
-        0,
-        "kill({pid}, {signal})"
-    );
-}
 
 fn mode(path: &std::path::Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
@@ -116,10 +107,7 @@ fn twenty_concurrent_starts_make_one_daemon() {
 fn kill_9_then_start_needs_no_cleanup() {
     let home = Home::new();
     let pid = home.start();
-    kill(pid, libc::SIGKILL);
-    eventually("the lock is released", Duration::from_secs(10), || {
-        home.holder().is_none()
-    });
+    home.crash_daemon(pid);
 
     // The dead daemon left its socket and its record: status says so (LSB 1).
     let status = home.ctl(&["status", "--json"]);

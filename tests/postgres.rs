@@ -7,17 +7,8 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use common::{Home, eventually};
+use common::{Home, eventually, kill};
 use outboxd::exit_code;
-
-fn kill(pid: i32, signal: i32) {
-    // SAFETY: a plain signal to a process this test started.
-    assert_eq!(
-        unsafe { libc::kill(pid, signal) },
-        0,
-        "kill({pid}, {signal})"
-    );
-}
 
 fn postgres_pid(home: &Home) -> i64 {
     home.status()["postgres"]["pid"]
@@ -105,10 +96,7 @@ fn kill_9_of_the_daemon_then_start_leaves_exactly_one_postmaster() {
     let home = Home::new();
     let daemon = home.start();
     let before = postgres_pid(&home);
-    kill(daemon, libc::SIGKILL);
-    eventually("the lock is released", Duration::from_secs(10), || {
-        home.holder().is_none()
-    });
+    home.crash_daemon(daemon);
     assert_eq!(
         home.postmasters(),
         vec![before as i32],
@@ -141,10 +129,7 @@ fn kill_9_of_the_daemon_then_start_leaves_exactly_one_postmaster() {
 fn kill_9_of_the_daemon_then_stop_leaves_nothing_running() {
     let home = Home::new();
     let daemon = home.start();
-    kill(daemon, libc::SIGKILL);
-    eventually("the lock is released", Duration::from_secs(10), || {
-        home.holder().is_none()
-    });
+    home.crash_daemon(daemon);
     assert!(!home.postmasters().is_empty());
 
     let stop = home.ctl(&["stop"]);

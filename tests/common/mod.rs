@@ -72,6 +72,16 @@ pub fn wait_output(mut child: Child) -> Run {
     }
 }
 
+/// Sends `signal` to a process the test started; it must exist.
+pub fn kill(pid: i32, signal: i32) {
+    // SAFETY: a plain signal to a process this test started.
+    assert_eq!(
+        unsafe { libc::kill(pid, signal) },
+        0,
+        "kill({pid}, {signal})"
+    );
+}
+
 /// Polls `condition` until it holds, failing the test after `limit`.
 pub fn eventually(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
@@ -158,20 +168,31 @@ impl Home {
 
     /// Pids of live `outboxd` processes started on this home.
     pub fn daemons(&self) -> Vec<i32> {
-        processes_mentioning(&self.path)
-            .into_iter()
-            .filter(|(_, args)| args.first().is_some_and(|a| a.ends_with("outboxd")))
-            .map(|(pid, _)| pid)
-            .collect()
+        self.running("/outboxd")
     }
 
     /// Pids of live postmasters running on this home's data directory.
     pub fn postmasters(&self) -> Vec<i32> {
+        self.running("/postgres")
+    }
+
+    /// Pids of live processes of the program ending in `program` whose
+    /// command line names this home.
+    fn running(&self, program: &str) -> Vec<i32> {
         processes_mentioning(&self.path)
             .into_iter()
-            .filter(|(_, args)| args.first().is_some_and(|a| a.ends_with("/postgres")))
+            .filter(|(_, args)| args.first().is_some_and(|a| a.ends_with(program)))
             .map(|(pid, _)| pid)
             .collect()
+    }
+
+    /// Kills the daemon with SIGKILL, as a crash would, and waits until the
+    /// kernel has released its lock.
+    pub fn crash_daemon(&self, pid: i32) {
+        kill(pid, libc::SIGKILL);
+        eventually("the lock is released", Duration::from_secs(10), || {
+            self.holder().is_none()
+        });
     }
 
     /// The daemon's `status --json`, which must say it runs.
