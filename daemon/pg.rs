@@ -52,6 +52,8 @@ const STOP_GRACE: Duration = Duration::from_secs(30);
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(10);
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
+/// How long a start waits for a dead postmaster that init has not yet reaped.
+const ZOMBIE_WAIT: Duration = Duration::from_secs(10);
 /// How often an external server is checked.
 const EXTERNAL_CHECK: Duration = Duration::from_secs(5);
 
@@ -501,7 +503,21 @@ impl Embedded {
                 .map_err(|e| format!("could not stop the orphaned postmaster {pid}: {e}"))?;
             info!(pid, how, "stopped the orphaned postmaster");
         }
-        self.start().await
+        // A postmaster that died by SIGKILL leaves postmaster.pid behind, and
+        // while init has not yet reaped it (a zombie, seconds on some
+        // machines) PostgreSQL takes it for alive and refuses to start.
+        let deadline = Instant::now() + ZOMBIE_WAIT;
+        loop {
+            match self.start().await {
+                Err(why)
+                    if why.contains("postmaster.pid\" already exists")
+                        && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                outcome => return outcome,
+            }
+        }
     }
 
     /// Starts the postmaster and waits until it answers a query.

@@ -481,3 +481,25 @@ fn no_temporary_directories_are_left_behind() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+#[test]
+fn a_zombie_postmaster_does_not_block_the_next_start() {
+    let home = Home::new();
+    let daemon = home.start();
+    let postmaster = postgres_pid(&home) as i32;
+    // Freeze the daemon so that it cannot reap its postmaster, kill the
+    // postmaster (a zombie now), then kill the daemon: the zombie passes to
+    // init, which reaps it late, and postmaster.pid still names it.
+    kill(daemon, libc::SIGSTOP);
+    kill(postmaster, libc::SIGKILL);
+    home.crash_daemon(daemon);
+    let start = home.ctl(&["start"]);
+    assert_eq!(start.code, 0, "{start:?}");
+    assert_eq!(home.status()["postgres"]["state"], "running");
+    assert_eq!(
+        home.ctl(&["psql", "-tA", "-c", "select 1"]).stdout.trim(),
+        "1"
+    );
+    assert_eq!(home.ctl(&["stop"]).code, 0);
+    assert!(home.postmasters().is_empty());
+}
