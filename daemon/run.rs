@@ -64,7 +64,9 @@ pub async fn run(
         // A failed start-up reports ERRNO= instead (in main).
         notifier.stopping();
     }
-    let _ = server.await;
+    // Teardown in the contract's order: stop accepting, stop PostgreSQL,
+    // remove the socket, release the lock.
+    let listener = server.await;
     let outcome = match postgres {
         // The supervisor stops PostgreSQL when shutdown fires; wait for it.
         Ok(supervisor) => {
@@ -79,6 +81,7 @@ pub async fn run(
             Err(e)
         }
     };
+    drop(listener);
     lock.release()?;
     info!("stopped");
     outcome

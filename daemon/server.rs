@@ -137,9 +137,10 @@ fn remove_stale_socket(socket: &Path) -> Result<()> {
     }
 }
 
-/// Accepts and serves connections until shutdown, then closes the listener
-/// (which unlinks the socket) and gives open connections a moment to finish.
-pub async fn serve(listener: Listener, ctx: Arc<Context>) {
+/// Accepts and serves connections until shutdown, then gives open
+/// connections a moment to finish. Returns the listener, no longer
+/// accepting: dropping it unlinks the socket, which the caller does last.
+pub async fn serve(listener: Listener, ctx: Arc<Context>) -> Listener {
     let registry = Arc::new(Registry::new(ctx.config.max_connections));
     let mut connections = JoinSet::new();
     loop {
@@ -159,7 +160,6 @@ pub async fn serve(listener: Listener, ctx: Arc<Context>) {
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
-    drop(listener);
     let drained = tokio::time::timeout(DRAIN_CONNECTIONS, async {
         while connections.join_next().await.is_some() {}
     })
@@ -170,6 +170,7 @@ pub async fn serve(listener: Listener, ctx: Arc<Context>) {
             "closing connections still open at shutdown"
         );
     }
+    listener
 }
 
 /// The open connections, oldest first, each with a way to close it.
