@@ -8,7 +8,7 @@ use outboxd::paths::Paths;
 use outboxd::protocol::{PostgresStatus, Request};
 use serde_json::json;
 
-use crate::output::{self, Output};
+use crate::output::Output;
 use crate::probe::socket_of;
 
 /// Starting PostgreSQL may take a while on a slow disk.
@@ -18,14 +18,14 @@ pub fn run(paths: &Paths, action: &str, name: &str, out: &Output) -> u8 {
     let info = match lock::inspect(&paths.lock) {
         Ok(LockState::Held { info, .. }) => info,
         Ok(_) => {
-            output::error(format!(
+            out.error(format!(
                 "outboxd is not running (home {})",
                 paths.home.display()
             ));
             return exit_code::NOT_RUNNING;
         }
         Err(err) => {
-            output::error(err);
+            out.error(err);
             return exit_code::UNKNOWN;
         }
     };
@@ -45,7 +45,7 @@ pub fn run(paths: &Paths, action: &str, name: &str, out: &Output) -> u8 {
             exit_code::OK
         }
         Err(err) => {
-            output::error(err);
+            out.error(err);
             exit_code::FAILURE
         }
     }

@@ -79,14 +79,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let out = output::Output::new(cli.json);
     let paths = match Paths::resolve(cli.home.as_deref()) {
         Ok(paths) => paths,
         Err(err) => {
-            output::error(&err);
+            out.error(&err);
             return ExitCode::from(exit_code::FAILURE);
         }
     };
-    let out = output::Output::new(cli.json);
     let code = match cli.command {
         Command::Start {
             component: Some(name),
@@ -104,7 +104,7 @@ fn main() -> ExitCode {
         },
         Command::Status => status::run(&paths, &out),
         Command::Url { with_password } => url::url(&paths, with_password, &out),
-        Command::Psql { args } => url::psql(&paths, &args),
+        Command::Psql { args } => url::psql(&paths, &args, &out),
     };
     ExitCode::from(code)
 }

@@ -1,5 +1,6 @@
 //! How `outboxctl` prints: a result as text or as one JSON object on standard
-//! output; progress and errors on standard error.
+//! output; progress and errors on standard error (errors also as JSON on
+//! standard output with `--json`).
 
 use std::fmt::Display;
 
@@ -31,7 +32,13 @@ impl Output {
     }
 }
 
-/// An error line on standard error.
-pub fn error(err: impl Display) {
-    eprintln!("outboxctl: error: {err}");
+impl Output {
+    /// A failure: a line on standard error and, with `--json`, an
+    /// `{"error": ...}` object on standard output for the calling tool.
+    pub fn error(&self, err: impl Display) {
+        eprintln!("outboxctl: error: {err}");
+        if self.json {
+            println!("{}", serde_json::json!({ "error": err.to_string() }));
+        }
+    }
 }

@@ -15,7 +15,7 @@ use outboxd::process;
 use outboxd::protocol::Status;
 use serde_json::json;
 
-use crate::output::{self, Output};
+use crate::output::Output;
 use crate::probe::{Probe, probe};
 
 /// How many lines of the log a failed start shows.
@@ -31,7 +31,7 @@ pub fn run(paths: &Paths, timeout: Duration, out: &Output) -> u8 {
             return match wait_until_serving(paths, Instant::now() + timeout) {
                 Ok(status) => already_running(&status, out),
                 Err(error) => {
-                    output::error(format!(
+                    out.error(format!(
                         "outboxd (pid {pid}) holds the lock of {} but does not serve: {error}; \
                          run `outboxctl stop` first",
                         paths.home.display()
@@ -41,7 +41,7 @@ pub fn run(paths: &Paths, timeout: Duration, out: &Output) -> u8 {
             };
         }
         Probe::Unknown { error } => {
-            output::error(format!("cannot tell whether outboxd runs: {error}"));
+            out.error(format!("cannot tell whether outboxd runs: {error}"));
             return exit_code::UNKNOWN;
         }
     }
@@ -59,7 +59,7 @@ pub fn run(paths: &Paths, timeout: Duration, out: &Output) -> u8 {
         }
         Ok(Launched::Lost(status)) => already_running(&status, out),
         Err(reason) => {
-            output::error(format!("outboxd did not start: {reason}"));
+            out.error(format!("outboxd did not start: {reason}"));
             print_log_tail(&paths.log_file);
             exit_code::FAILURE
         }

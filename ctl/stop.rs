@@ -14,7 +14,7 @@ use outboxd::process::signal_name;
 use outboxd::protocol::Request;
 use serde_json::json;
 
-use crate::output::{self, Output};
+use crate::output::Output;
 use crate::probe::socket_of;
 
 /// How long an orphaned postmaster gets for a fast shutdown.
@@ -31,7 +31,7 @@ pub fn run(paths: &Paths, grace: Duration, out: &Output) -> u8 {
             Ok(LockState::Missing | LockState::Free { .. }) => {
                 let mut steps = Vec::new();
                 if let Err(err) = stop_orphaned_postmaster(paths, &mut steps) {
-                    output::error(err);
+                    out.error(err);
                     return exit_code::FAILURE;
                 }
                 out.result(
@@ -41,12 +41,12 @@ pub fn run(paths: &Paths, grace: Duration, out: &Output) -> u8 {
                 return exit_code::OK;
             }
             Err(err) => {
-                output::error(format!("cannot tell whether outboxd runs: {err}"));
+                out.error(format!("cannot tell whether outboxd runs: {err}"));
                 return exit_code::FAILURE;
             }
         };
     if pid <= 0 {
-        output::error(format!(
+        out.error(format!(
             "the lock {} is held by a process outside this pid namespace: \
              stop it from the namespace it runs in",
             paths.lock.display()
@@ -69,7 +69,7 @@ pub fn run(paths: &Paths, grace: Duration, out: &Output) -> u8 {
             for step in &steps {
                 out.progress(step);
             }
-            output::error(err);
+            out.error(err);
             exit_code::FAILURE
         }
     }

@@ -11,7 +11,7 @@ use outboxd::paths::Paths;
 use outboxd::protocol::{PostgresStatus, Request, Status};
 use serde_json::json;
 
-use crate::output::{self, Output};
+use crate::output::Output;
 use crate::probe::{ANSWER_TIMEOUT, socket_of};
 
 pub fn url(paths: &Paths, with_password: bool, out: &Output) -> u8 {
@@ -25,17 +25,17 @@ pub fn url(paths: &Paths, with_password: bool, out: &Output) -> u8 {
             exit_code::OK
         }
         Err(err) => {
-            output::error(err);
+            out.error(err);
             exit_code::FAILURE
         }
     }
 }
 
-pub fn psql(paths: &Paths, args: &[String]) -> u8 {
+pub fn psql(paths: &Paths, args: &[String], out: &Output) -> u8 {
     let (pg, password) = match connection(paths) {
         Ok(found) => found,
         Err(err) => {
-            output::error(err);
+            out.error(err);
             return exit_code::FAILURE;
         }
     };
@@ -45,7 +45,7 @@ pub fn psql(paths: &Paths, args: &[String]) -> u8 {
         command.env("PGPASSWORD", password);
     }
     let err = command.exec();
-    output::error(format!(
+    out.error(format!(
         "could not run psql: {err}; install the PostgreSQL client (for example apt install postgresql-client)"
     ));
     exit_code::FAILURE

@@ -281,6 +281,16 @@ fn a_failed_start_says_why_and_shows_the_log() {
     assert_eq!(start.code, 1, "{start:?}");
     assert!(start.stderr.contains("config.toml"), "{start:?}");
     assert!(start.stderr.contains("unknown field"), "{start:?}");
+    // With --json, tools get the failure as JSON on standard output too.
+    let json = home.ctl(&["start", "--json"]);
+    assert_eq!(json.code, 1, "{json:?}");
+    assert!(
+        json.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("config.toml"),
+        "{json:?}"
+    );
     assert_eq!(home.holder(), None);
     assert!(home.daemons().is_empty());
 }
