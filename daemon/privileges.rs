@@ -1,7 +1,8 @@
 //! Dropping root. PostgreSQL refuses to run as root, so a daemon started as
 //! root with the embedded server becomes an unprivileged account before it
 //! builds its async runtime: `--user NAME` (or `user` in config.toml), else
-//! an existing `outboxd` account, else `postgres`. It hands the home to that
+//! the home's owner when that is not root, else an existing `outboxd`
+//! account, else `postgres`. It hands the home to that
 //! account, clears supplementary groups (initgroups, setgid, setuid) and
 //! checks that root cannot be regained.
 
@@ -34,11 +35,16 @@ pub fn drop_root(paths: &Paths, wanted: Option<&str>) -> Result<Option<Account>>
     let account = match wanted {
         Some(name) => lookup(name)?
             .ok_or_else(|| refuse(&format!("there is no account named {name:?} (--user)")))?,
-        None => DEFAULT_ACCOUNTS
-            .iter()
-            .find_map(|name| lookup(name).transpose())
-            .transpose()?
-            .ok_or_else(|| refuse("neither an `outboxd` nor a `postgres` account exists"))?,
+        // A home that already belongs to an ordinary user stays theirs:
+        // handing it to another account would lock its owner out.
+        None => match home_owner(paths)? {
+            Some(owner) => owner,
+            None => DEFAULT_ACCOUNTS
+                .iter()
+                .find_map(|name| lookup(name).transpose())
+                .transpose()?
+                .ok_or_else(|| refuse("neither an `outboxd` nor a `postgres` account exists"))?,
+        },
     };
     if account.uid == 0 {
         return Err(refuse(&format!(
@@ -92,6 +98,18 @@ pub fn lookup(name: &str) -> Result<Option<Account>> {
         uid: pwd.pw_uid,
         gid: pwd.pw_gid,
     }))
+}
+
+/// The account that owns the home, unless that is root (or unknown).
+fn home_owner(paths: &Paths) -> Result<Option<Account>> {
+    let uid = fs::metadata(&paths.home).at("inspect", &paths.home)?.uid();
+    if uid == 0 {
+        return Ok(None);
+    }
+    match account_name(uid) {
+        Some(name) => lookup(&name),
+        None => Ok(None),
+    }
 }
 
 /// The name of the account with `uid`, for status and logs.

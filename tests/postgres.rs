@@ -503,3 +503,20 @@ fn a_zombie_postmaster_does_not_block_the_next_start() {
     assert_eq!(home.ctl(&["stop"]).code, 0);
     assert!(home.postmasters().is_empty());
 }
+
+#[test]
+fn as_root_a_home_of_an_ordinary_user_stays_theirs() {
+    if !common::is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let home = Home::new();
+    std::os::unix::fs::chown(&home.path, Some(common::NOBODY), Some(common::NOBODY)).unwrap();
+    home.start();
+    let status = home.status();
+    assert_eq!(status["postgres"]["user"], "nobody", "{status}");
+    assert_eq!(status["postgres"]["state"], "running", "{status}");
+    let meta = std::fs::metadata(home.paths().pg_data).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), common::NOBODY);
+    assert_eq!(home.ctl(&["stop"]).code, 0);
+}
