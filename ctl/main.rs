@@ -3,6 +3,7 @@
 //! errors to standard error.
 
 mod component;
+mod logs;
 mod output;
 mod probe;
 mod start;
@@ -64,6 +65,17 @@ enum Command {
     /// Show whether the daemon runs (exit 0 running, 1 dead with stale files,
     /// 3 not running, 4 unknown, 150 degraded)
     Status,
+    /// Print the daemon's log (the last lines; with -f, follow it)
+    Logs {
+        /// How many lines from the end
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: usize,
+        /// Keep printing lines as they are written (across log rotation)
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions { shell: clap_complete::Shell },
     /// Print the PostgreSQL connection URL
     Url {
         /// Include the password
@@ -103,6 +115,12 @@ fn main() -> ExitCode {
             failed => failed,
         },
         Command::Status => status::run(&paths, &out),
+        Command::Logs { lines, follow } => logs::run(&paths, lines, follow, &out),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "outboxctl", &mut std::io::stdout());
+            exit_code::OK
+        }
         Command::Url { with_password } => url::url(&paths, with_password, &out),
         Command::Psql { args } => url::psql(&paths, &args, &out),
     };

@@ -59,7 +59,8 @@ struct Args {
     #[arg(long, value_name = "PORT")]
     pg_port: Option<u16>,
 
-    /// When started as root, run as this account [default: outboxd, else postgres]
+    /// When started as root, run as this account [default: the home's owner
+    /// unless root, else outboxd, else postgres]
     #[arg(long, value_name = "NAME")]
     user: Option<String>,
 

@@ -317,3 +317,50 @@ fn status_is_unknown_when_permission_is_denied() {
     assert!(status.stdout.contains("outboxd.lock"), "{status:?}");
     assert_eq!(home.ctl(&["stop"]).code, 0);
 }
+
+#[test]
+fn logs_shows_the_tail_and_follows_across_rotation() {
+    let home = Home::new();
+    assert_eq!(home.ctl(&["logs"]).code, 1, "no log before the first start");
+    let pid = home.start();
+    let tail = home.ctl(&["logs", "-n", "5"]);
+    assert_eq!(tail.code, 0, "{tail:?}");
+    assert!(tail.stdout.contains("ready"), "{tail:?}");
+    assert!(tail.stdout.lines().count() <= 5);
+
+    let mut follower = home
+        .ctl_command(&["logs", "-f", "-n", "1"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    // The last line arrives once the follower has the file open.
+    seen.recv_timeout(Duration::from_secs(30))
+        .expect("the last line of the log");
+    // Rotate the log as logrotate would, and tell the daemon.
+    let log = home.paths().log_file;
+    std::fs::rename(&log, log.with_extension("log.1")).unwrap();
+    kill(pid, libc::SIGHUP);
+    assert_eq!(home.ctl(&["stop"]).code, 0);
+    let mut followed = String::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !followed.contains("INFO stopped") && std::time::Instant::now() < deadline {
+        if let Ok(line) = seen.recv_timeout(Duration::from_millis(100)) {
+            followed.push_str(&line);
+            followed.push('\n');
+        }
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert!(followed.contains("reopened the log file"), "{followed}");
+    assert!(
+        followed.contains("INFO stopped"),
+        "followed into the new file: {followed}"
+    );
+}
