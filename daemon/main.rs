@@ -17,6 +17,7 @@ mod signals;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
 use outboxd::config::{Config, Settings};
@@ -25,6 +26,7 @@ use outboxd::exit_code;
 use outboxd::lock::PidLock;
 use outboxd::notify::Notifier;
 use outboxd::paths::Paths;
+use tokio::sync::Notify;
 use tracing::{error, info};
 
 use crate::shutdown::Shutdown;
@@ -123,7 +125,8 @@ fn start(args: &Args, notifier: &Notifier) -> Result<()> {
     }
     let shutdown = Shutdown::new();
     let log_file = args.daemonize.then(|| config.paths.log_file.clone());
-    let signals = signals::spawn(shutdown.clone(), log_file)
+    let reload = Arc::new(Notify::new());
+    let signals = signals::spawn(shutdown.clone(), log_file, reload.clone())
         .at("install signal handlers for", &config.paths.home)?;
     raise_open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -133,7 +136,7 @@ fn start(args: &Args, notifier: &Notifier) -> Result<()> {
         .build()
         .at("start the async runtime for", &config.paths.home)?;
 
-    let result = runtime.block_on(run::run(config, lock, notifier, shutdown));
+    let result = runtime.block_on(run::run(config, lock, notifier, shutdown, reload));
 
     drop(runtime);
     signals.stop();

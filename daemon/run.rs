@@ -3,6 +3,7 @@
 //! tear down in reverse order.
 
 use std::sync::Arc;
+use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime};
 
@@ -10,12 +11,12 @@ use outboxd::config::Config;
 use outboxd::error::{Error, Result};
 use outboxd::lock::{LockInfo, PidLock};
 use outboxd::notify::Notifier;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::pg;
-use crate::server::{self, Context};
+use crate::server::{self, Context, Limits};
 use crate::shutdown::Shutdown;
 
 /// Runs the daemon until `shutdown` is triggered.
@@ -24,6 +25,7 @@ pub async fn run(
     mut lock: PidLock,
     notifier: &Notifier,
     shutdown: Shutdown,
+    reload: Arc<Notify>,
 ) -> Result<()> {
     let started_at = SystemTime::now();
     let pid = std::process::id() as i32;
@@ -47,7 +49,9 @@ pub async fn run(
         shutdown: shutdown.clone(),
         pg: pg.clone(),
         ready: AtomicBool::new(false),
+        limits: RwLock::new(Limits::of(&config)),
     });
+    tokio::spawn(reload_on_signal(ctx.clone(), reload));
     let server = tokio::spawn(server::serve(listener, ctx.clone()));
 
     let postgres = start_postgres(&config, notifier, &pg, pg_requests, &shutdown).await;
@@ -142,5 +146,37 @@ async fn stop_leftover_postmaster(config: &Config) {
         Ok(Ok(None)) => {}
         Ok(Err(e)) => warn!(error = %e, "could not stop the postmaster of an interrupted start-up"),
         Err(e) => warn!(error = %e, "could not stop the postmaster of an interrupted start-up"),
+    }
+}
+
+/// Rereads `config.toml` whenever SIGHUP asks, and applies what can change
+/// live (the connection limits). A bad file keeps the running configuration.
+async fn reload_on_signal(ctx: Arc<Context>, reload: Arc<Notify>) {
+    loop {
+        tokio::select! {
+            _ = ctx.shutdown.wait() => return,
+            _ = reload.notified() => {}
+        }
+        match ctx.config.reload() {
+            Ok(new) => {
+                let limits = Limits::of(&new);
+                *ctx.limits.write().expect("limits lock") = limits;
+                info!(
+                    idle_timeout_secs = limits.idle_timeout.as_secs_f64(),
+                    max_connections = limits.max_connections,
+                    "reloaded the configuration"
+                );
+                let restart_only = new.pg_bin != ctx.config.pg_bin
+                    || new.pg_port != ctx.config.pg_port
+                    || new.user != ctx.config.user
+                    || new.database_url != ctx.config.database_url;
+                if restart_only {
+                    warn!(
+                        "PostgreSQL settings (pg_bin, pg_port, user, database_url) change only at restart"
+                    );
+                }
+            }
+            Err(e) => warn!(error = %e, "kept the running configuration"),
+        }
     }
 }

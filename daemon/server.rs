@@ -15,7 +15,7 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use interprocess::local_socket::tokio::{Listener, Stream, prelude::*};
@@ -49,9 +49,31 @@ pub struct Context {
     pub pg: pg::Handle,
     /// Set once start-up is complete (READY=1 sent).
     pub ready: AtomicBool,
+    /// The limits in force; SIGHUP may change them.
+    pub limits: RwLock<Limits>,
+}
+
+/// The connection limits, which a configuration reload changes live.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Limits {
+    pub fn of(config: &Config) -> Limits {
+        Limits {
+            idle_timeout: config.idle_timeout,
+            max_connections: config.max_connections,
+        }
+    }
 }
 
 impl Context {
+    pub fn limits(&self) -> Limits {
+        *self.limits.read().expect("limits lock")
+    }
+
     /// `starting` until PostgreSQL is up, `running`, then `stopping`.
     fn state(&self) -> &'static str {
         if self.shutdown.is_triggered() {
@@ -141,14 +163,14 @@ fn remove_stale_socket(socket: &Path) -> Result<()> {
 /// connections a moment to finish. Returns the listener, no longer
 /// accepting: dropping it unlinks the socket, which the caller does last.
 pub async fn serve(listener: Listener, ctx: Arc<Context>) -> Listener {
-    let registry = Arc::new(Registry::new(ctx.config.max_connections));
+    let registry = Arc::new(Registry::new());
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             _ = ctx.shutdown.wait() => break,
             accepted = listener.accept() => match accepted {
                 Ok(stream) => {
-                    let slot = Registry::admit(&registry);
+                    let slot = Registry::admit(&registry, ctx.limits().max_connections);
                     connections.spawn(serve_connection(stream, ctx.clone(), slot));
                 }
                 Err(e) => {
@@ -175,7 +197,6 @@ pub async fn serve(listener: Listener, ctx: Arc<Context>) -> Listener {
 
 /// The open connections, oldest first, each with a way to close it.
 struct Registry {
-    max: usize,
     open: Mutex<VecDeque<(u64, Arc<Notify>)>>,
     next_id: AtomicU64,
 }
@@ -188,20 +209,19 @@ struct Slot {
 }
 
 impl Registry {
-    fn new(max: usize) -> Registry {
+    fn new() -> Registry {
         Registry {
-            max,
             open: Mutex::new(VecDeque::new()),
             next_id: AtomicU64::new(0),
         }
     }
 
     /// Registers a new connection, evicting the oldest ones beyond the cap.
-    fn admit(registry: &Arc<Registry>) -> Slot {
+    fn admit(registry: &Arc<Registry>, max: usize) -> Slot {
         let id = registry.next_id.fetch_add(1, Ordering::Relaxed);
         let evicted = Arc::new(Notify::new());
         let mut open = registry.open.lock().expect("registry lock");
-        while open.len() >= registry.max {
+        while open.len() >= max.max(1) {
             let (old, notify) = open.pop_front().expect("len >= max >= 1");
             debug!(
                 connection = old,
@@ -233,7 +253,7 @@ enum Frame {
 }
 
 async fn serve_connection(stream: Stream, ctx: Arc<Context>, slot: Slot) {
-    let idle = ctx.config.idle_timeout;
+    let idle = ctx.limits().idle_timeout;
     let peer = stream.peer_creds().ok();
     let peer_uid = peer.and_then(|creds| creds.euid());
     let peer_pid = peer.and_then(|creds| creds.pid());

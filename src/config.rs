@@ -63,6 +63,8 @@ pub struct Config {
     pub user: Option<String>,
     /// An external PostgreSQL to use instead of the embedded one.
     pub database_url: Option<String>,
+    /// The command-line settings, kept so that a reload applies them again.
+    pub flags: Settings,
 }
 
 /// The port that names PostgreSQL's Unix socket when no TCP port is set.
@@ -77,10 +79,15 @@ impl Config {
 }
 
 impl Config {
+    /// Reads `config.toml` again, with the same command-line flags on top.
+    pub fn reload(&self) -> Result<Config> {
+        Config::load(self.paths.clone(), self.flags.clone())
+    }
+
     /// Reads `config.toml` (if present) and overlays `flags` on it.
     pub fn load(paths: Paths, flags: Settings) -> Result<Config> {
         let file = read_file(&paths)?;
-        let settings = file.overlay(flags);
+        let settings = file.overlay(flags.clone());
         let invalid = |message: String| Error::Config {
             path: paths.config_file.clone(),
             message,
@@ -119,6 +126,7 @@ impl Config {
             pg_port: settings.pg_port,
             user: settings.user,
             database_url: settings.database_url,
+            flags,
         })
     }
 }

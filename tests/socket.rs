@@ -195,3 +195,41 @@ fn a_client_of_another_user_is_forbidden() {
         "{log}"
     );
 }
+
+#[test]
+fn sighup_reloads_the_limits_and_a_bad_file_changes_nothing() {
+    let home = Home::new();
+    let pid = home.start();
+    let log = home.paths().log_file;
+    let count = |needle: &str| {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .matches(needle)
+            .count()
+    };
+
+    home.write_config("idle_timeout_secs = 0.5\n");
+    common::kill(pid, libc::SIGHUP);
+    common::eventually(
+        "the configuration is reloaded",
+        Duration::from_secs(30),
+        || count("reloaded the configuration") == 1,
+    );
+    let mut raw = Raw::connect(&home.socket());
+    assert_eq!(
+        raw.read().expect("a response")["error"]["code"],
+        "idle_timeout"
+    );
+
+    home.write_config("idle_timeout_secs = \"soon\"\n");
+    common::kill(pid, libc::SIGHUP);
+    common::eventually("the bad file is refused", Duration::from_secs(30), || {
+        count("kept the running configuration") == 1
+    });
+    assert_serving(&home);
+    let mut raw = Raw::connect(&home.socket());
+    assert_eq!(
+        raw.read().expect("a response")["error"]["code"],
+        "idle_timeout"
+    );
+}
