@@ -134,20 +134,11 @@ fn stop(
 /// Stops a postmaster still running on this home's data directory after the
 /// daemon is gone (a killed daemon cannot stop its PostgreSQL).
 fn stop_orphaned_postmaster(paths: &Paths, steps: &mut Vec<String>) -> Result<(), String> {
-    let found = postmaster::find(&paths.pg_data).map_err(|e| e.to_string())?;
-    let Some(orphan) = found else {
-        return Ok(());
-    };
-    let how = orphan.stop(ORPHAN_GRACE).map_err(|e| {
-        format!(
-            "could not stop the orphaned postmaster (pid {}): {e}",
-            orphan.pid
-        )
-    })?;
-    steps.push(format!(
-        "stopped the orphaned postmaster (pid {}) with {how}",
-        orphan.pid
-    ));
+    if let Some((pid, how)) = postmaster::stop_any(&paths.pg_data, ORPHAN_GRACE)? {
+        steps.push(format!(
+            "stopped the orphaned postmaster (pid {pid}) with {how}"
+        ));
+    }
     Ok(())
 }
 

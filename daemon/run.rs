@@ -133,16 +133,14 @@ async fn start_postgres(
 
 async fn stop_leftover_postmaster(config: &Config) {
     let data = config.paths.pg_data.clone();
-    let stopped = tokio::task::spawn_blocking(move || match outboxd::postmaster::find(&data) {
-        Ok(Some(postmaster)) => postmaster
-            .stop(std::time::Duration::from_secs(30))
-            .map(Some),
-        Ok(None) => Ok(None),
-        Err(e) => Err(std::io::Error::other(e.to_string())),
-    })
-    .await;
+    let grace = std::time::Duration::from_secs(30);
+    let stopped =
+        tokio::task::spawn_blocking(move || outboxd::postmaster::stop_any(&data, grace)).await;
     match stopped {
-        Ok(Ok(Some(how))) => info!(how, "stopped the postmaster of an interrupted start-up"),
+        Ok(Ok(Some((pid, how)))) => info!(
+            pid,
+            how, "stopped the postmaster of an interrupted start-up"
+        ),
         Ok(Ok(None)) => {}
         Ok(Err(e)) => warn!(error = %e, "could not stop the postmaster of an interrupted start-up"),
         Err(e) => warn!(error = %e, "could not stop the postmaster of an interrupted start-up"),

@@ -47,6 +47,25 @@ pub fn find(data: &Path) -> Result<Option<Postmaster>> {
     })
 }
 
+/// Stops whatever postmaster runs on `data` (see [`Postmaster::stop`]).
+/// Returns its pid and the signal that ended it, or `None` when none ran.
+pub fn stop_any(
+    data: &Path,
+    grace: Duration,
+) -> std::result::Result<Option<(i32, &'static str)>, String> {
+    let Some(postmaster) = find(data).map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let pid = postmaster.pid;
+    match postmaster.stop(grace) {
+        Ok(how) => Ok(Some((pid, how))),
+        Err(e) => Err(format!(
+            "could not stop the postmaster (pid {pid}) on {}: {e}",
+            data.display()
+        )),
+    }
+}
+
 /// Reads `postmaster.pid` of `data` and checks who has that pid now.
 pub fn inspect(data: &Path) -> Result<PidFile> {
     let pid_file = data.join("postmaster.pid");

@@ -294,8 +294,10 @@ impl Status {
     }
 }
 
-/// The PostgreSQL component in `status`. Fields are only ever added.
+/// The PostgreSQL component in `status`. Fields are only ever added; a
+/// field a peer's version lacks takes its default.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct PostgresStatus {
     /// `embedded` (the daemon runs it) or `external` (`--database-url`).
     pub mode: String,
@@ -303,36 +305,25 @@ pub struct PostgresStatus {
     /// or, in external mode, `unreachable`.
     pub state: String,
     /// The postmaster's pid (embedded mode, while it runs).
-    #[serde(default)]
     pub pid: Option<i32>,
     /// The server version, as `SHOW server_version` reports it.
-    #[serde(default)]
     pub version: Option<String>,
     /// The directory of the binaries in use.
-    #[serde(default)]
     pub bin_dir: Option<PathBuf>,
     /// Where the binaries came from: `configured`, `installed` or `downloaded`.
-    #[serde(default)]
     pub binaries: Option<String>,
-    #[serde(default)]
     pub data_dir: Option<PathBuf>,
-    #[serde(default)]
     pub socket_dir: Option<PathBuf>,
-    #[serde(default)]
     pub port: Option<u16>,
     /// Whether PostgreSQL also listens on TCP (127.0.0.1).
-    #[serde(default)]
     pub tcp: bool,
     /// A connection URL without the password.
     pub url: String,
     /// The operating-system account PostgreSQL runs as.
-    #[serde(default)]
     pub user: Option<String>,
     /// How often the daemon restarted PostgreSQL after it died.
-    #[serde(default)]
     pub restarts: u32,
     /// The last failure, if any.
-    #[serde(default)]
     pub last_failure: Option<String>,
 }
 

@@ -70,7 +70,7 @@ fn start_status_stop_round_trip() {
         i32::from(exit_code::NOT_RUNNING)
     );
     // Stopping a stopped daemon succeeds.
-    assert_eq!(home.ctl(&["stop"]).code, 0);
+    home.stop();
 }
 
 #[test]
@@ -100,7 +100,7 @@ fn twenty_concurrent_starts_make_one_daemon() {
     }
     assert_eq!(started, 1, "exactly one start launched the daemon");
     assert_eq!(home.wait_single_daemon(), holder);
-    assert_eq!(home.ctl(&["stop"]).code, 0);
+    home.stop();
 }
 
 #[test]
@@ -121,7 +121,7 @@ fn kill_9_then_start_needs_no_cleanup() {
     let new_pid = home.start();
     assert_ne!(new_pid, pid);
     assert_eq!(home.ctl(&["status"]).code, 0);
-    assert_eq!(home.ctl(&["stop"]).code, 0);
+    home.stop();
 }
 
 #[test]
@@ -249,7 +249,7 @@ fn sighup_reopens_the_log_file() {
         std::fs::read_to_string(&log).is_ok_and(|text| text.contains("reopened the log file"))
     });
     assert_eq!(home.ctl(&["status"]).code, 0, "the daemon keeps running");
-    assert_eq!(home.ctl(&["stop"]).code, 0);
+    home.stop();
     assert!(std::fs::read_to_string(&log).unwrap().contains("stopped"));
 }
 
@@ -269,7 +269,7 @@ fn a_long_home_path_uses_the_short_fallback_socket() {
     // Owned by the daemon's account (another one when the test runs as root).
     let home_owner = std::fs::metadata(&home.path).unwrap().uid();
     assert_eq!(std::fs::metadata(dir).unwrap().uid(), home_owner);
-    assert_eq!(home.ctl(&["stop"]).code, 0);
+    home.stop();
     assert!(!socket.exists());
 }
 
@@ -315,7 +315,7 @@ fn status_is_unknown_when_permission_is_denied() {
     assert_eq!(status.code, i32::from(exit_code::UNKNOWN), "{status:?}");
     assert!(status.stdout.contains("Permission denied"), "{status:?}");
     assert!(status.stdout.contains("outboxd.lock"), "{status:?}");
-    assert_eq!(home.ctl(&["stop"]).code, 0);
+    home.stop();
 }
 
 #[test]
@@ -347,7 +347,7 @@ fn logs_shows_the_tail_and_follows_across_rotation() {
     let log = home.paths().log_file;
     std::fs::rename(&log, log.with_extension("log.1")).unwrap();
     kill(pid, libc::SIGHUP);
-    assert_eq!(home.ctl(&["stop"]).code, 0);
+    home.stop();
     let mut followed = String::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !followed.contains("INFO stopped") && std::time::Instant::now() < deadline {

@@ -43,19 +43,11 @@ fn cold_start_warm_start_query_and_clean_stop() {
         "status says which binaries: {pg}"
     );
 
-    let query = home.ctl(&["psql", "-tA", "-c", "select 6 * 7"]);
-    assert_eq!(query.code, 0, "{query:?}");
-    assert_eq!(query.stdout.trim(), "42");
-    let settings = home.ctl(&[
-        "psql",
-        "-tA",
-        "-c",
-        "select current_setting('fsync'), current_setting('listen_addresses')",
-    ]);
+    assert_eq!(home.query("select 6 * 7"), "42");
     assert_eq!(
-        settings.stdout.trim(),
+        home.query("select current_setting('fsync'), current_setting('listen_addresses')"),
         "on|",
-        "fsync on, no TCP by default: {settings:?}"
+        "fsync on, no TCP by default"
     );
 
     let paths = home.paths();
@@ -69,7 +61,7 @@ fn cold_start_warm_start_query_and_clean_stop() {
             .all(|l| l.is_empty() || l.ends_with("scram-sha-256"))
     );
 
-    assert_eq!(home.ctl(&["stop"]).code, 0);
+    home.stop();
     assert!(
         home.postmasters().is_empty(),
         "stop leaves no postmaster of the home"
@@ -77,18 +69,14 @@ fn cold_start_warm_start_query_and_clean_stop() {
 
     // Warm start: the cluster is reused, not initialized again.
     home.start();
-    assert_eq!(
-        home.ctl(&["psql", "-tA", "-c", "select 1"]).stdout.trim(),
-        "1"
-    );
+    assert_eq!(home.query("select 1"), "1");
     let log = std::fs::read_to_string(&paths.log_file).unwrap();
     assert_eq!(
         log.matches("initialized the PostgreSQL cluster").count(),
         1,
         "{log}"
     );
-    assert_eq!(home.ctl(&["stop"]).code, 0);
-    assert!(home.postmasters().is_empty());
+    home.stop();
 }
 
 #[test]
@@ -117,12 +105,8 @@ fn kill_9_of_the_daemon_then_start_leaves_exactly_one_postmaster() {
         log.contains("adopted the postmaster") || log.contains("stopped the orphaned postmaster"),
         "{log}"
     );
-    assert_eq!(
-        home.ctl(&["psql", "-tA", "-c", "select 1"]).stdout.trim(),
-        "1"
-    );
-    assert_eq!(home.ctl(&["stop"]).code, 0);
-    assert!(home.postmasters().is_empty());
+    assert_eq!(home.query("select 1"), "1");
+    home.stop();
 }
 
 #[test]
@@ -158,11 +142,8 @@ fn a_killed_postmaster_is_restarted_and_status_shows_it() {
     assert!(failure.contains("signal 9"), "{failure}");
     let text = home.ctl(&["status"]);
     assert!(text.stdout.contains("restarts  1"), "{text:?}");
-    assert_eq!(
-        home.ctl(&["psql", "-tA", "-c", "select 1"]).stdout.trim(),
-        "1"
-    );
-    assert_eq!(home.ctl(&["stop"]).code, 0);
+    assert_eq!(home.query("select 1"), "1");
+    home.stop();
 }
 
 #[test]
@@ -183,14 +164,11 @@ fn postgres_can_be_stopped_for_maintenance_and_started_again() {
     let start = home.ctl(&["start", "postgres"]);
     assert_eq!(start.code, 0, "{start:?}");
     assert_eq!(home.ctl(&["status"]).code, 0);
-    assert_eq!(
-        home.ctl(&["psql", "-tA", "-c", "select 1"]).stdout.trim(),
-        "1"
-    );
+    assert_eq!(home.query("select 1"), "1");
     let unknown = home.ctl(&["stop", "warp-drive"]);
     assert_ne!(unknown.code, 0);
     assert!(unknown.stderr.contains("unknown component"), "{unknown:?}");
-    assert_eq!(home.ctl(&["stop"]).code, 0);
+    home.stop();
 }
 
 #[test]
@@ -210,8 +188,8 @@ fn the_password_stays_secret() {
         "{with:?}"
     );
     // The URL with the password really connects (psql through PGPASSWORD).
-    assert_eq!(home.ctl(&["psql", "-tA", "-c", "select 1"]).code, 0);
-    assert_eq!(home.ctl(&["stop"]).code, 0);
+    assert_eq!(home.query("select 1"), "1");
+    home.stop();
     for log in [home.paths().log_file, home.paths().pg_log] {
         let text = std::fs::read_to_string(&log).unwrap();
         assert!(
@@ -268,7 +246,7 @@ fn as_root_postgres_runs_as_an_unprivileged_account() {
         )),
         "{log}"
     );
-    assert_eq!(home.ctl(&["stop"]).code, 0);
+    home.stop();
 
     // Without a usable account: a clear refusal that names the fix.
     let refused = common::run(
@@ -328,13 +306,13 @@ fn external_mode_uses_an_existing_server_and_starts_nothing() {
     assert_ne!(maintenance.code, 0, "{maintenance:?}");
     assert!(maintenance.stderr.contains("external"), "{maintenance:?}");
 
-    assert_eq!(home.ctl(&["stop"]).code, 0);
+    home.stop();
     assert_eq!(
         server.status()["postgres"]["state"],
         "running",
         "the external server is untouched"
     );
-    assert_eq!(server.ctl(&["stop"]).code, 0);
+    server.stop();
 }
 
 #[test]
@@ -377,14 +355,11 @@ fn tcp_on_loopback_only_when_configured_and_only_with_the_password() {
         bad.stderr.contains("password authentication failed"),
         "{bad:?}"
     );
-    let listen = home.ctl(&[
-        "psql",
-        "-tA",
-        "-c",
-        "select current_setting('listen_addresses')",
-    ]);
-    assert_eq!(listen.stdout.trim(), "127.0.0.1");
-    assert_eq!(home.ctl(&["stop"]).code, 0);
+    assert_eq!(
+        home.query("select current_setting('listen_addresses')"),
+        "127.0.0.1"
+    );
+    home.stop();
 }
 
 #[test]
@@ -418,9 +393,8 @@ fn kill_9_during_initdb_then_start_recovers() {
             start.code, 0,
             "after a kill {delay_ms} ms into initdb: {start:?}"
         );
-        let query = home.ctl(&["psql", "-tA", "-c", "select 1"]);
-        assert_eq!(query.stdout.trim(), "1", "{query:?}");
-        assert_eq!(home.ctl(&["stop"]).code, 0);
+        assert_eq!(home.query("select 1"), "1");
+        home.stop();
     }
 }
 
@@ -428,7 +402,7 @@ fn kill_9_during_initdb_then_start_recovers() {
 fn a_stale_postmaster_pid_naming_a_reused_pid_is_never_signalled() {
     let home = Home::new();
     home.start();
-    assert_eq!(home.ctl(&["stop"]).code, 0);
+    home.stop();
     // As if PostgreSQL had died and its pid had gone to an unrelated program.
     let mut bystander = std::process::Command::new("sleep")
         .arg("60")
@@ -441,7 +415,7 @@ fn a_stale_postmaster_pid_naming_a_reused_pid_is_never_signalled() {
     )
     .unwrap();
 
-    assert_eq!(home.ctl(&["stop"]).code, 0);
+    home.stop();
     assert!(
         bystander.try_wait().unwrap().is_none(),
         "stop left the bystander alone"
@@ -453,7 +427,7 @@ fn a_stale_postmaster_pid_naming_a_reused_pid_is_never_signalled() {
         bystander.try_wait().unwrap().is_none(),
         "start left the bystander alone"
     );
-    assert_eq!(home.ctl(&["stop"]).code, 0);
+    home.stop();
     assert!(bystander.try_wait().unwrap().is_none());
     bystander.kill().unwrap();
     bystander.wait().unwrap();
@@ -496,12 +470,8 @@ fn a_zombie_postmaster_does_not_block_the_next_start() {
     let start = home.ctl(&["start"]);
     assert_eq!(start.code, 0, "{start:?}");
     assert_eq!(home.status()["postgres"]["state"], "running");
-    assert_eq!(
-        home.ctl(&["psql", "-tA", "-c", "select 1"]).stdout.trim(),
-        "1"
-    );
-    assert_eq!(home.ctl(&["stop"]).code, 0);
-    assert!(home.postmasters().is_empty());
+    assert_eq!(home.query("select 1"), "1");
+    home.stop();
 }
 
 #[test]
@@ -518,5 +488,5 @@ fn as_root_a_home_of_an_ordinary_user_stays_theirs() {
     assert_eq!(status["postgres"]["state"], "running", "{status}");
     let meta = std::fs::metadata(home.paths().pg_data).unwrap();
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), common::NOBODY);
-    assert_eq!(home.ctl(&["stop"]).code, 0);
+    home.stop();
 }

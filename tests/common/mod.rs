@@ -151,6 +151,22 @@ impl Home {
         self.holder().expect("a daemon holds the lock after start")
     }
 
+    /// `outboxctl stop`, which must succeed and leave no postmaster of the
+    /// home behind.
+    pub fn stop(&self) {
+        let stop = self.ctl(&["stop"]);
+        assert_eq!(stop.code, 0, "stop failed: {stop:?}");
+        assert!(self.postmasters().is_empty(), "a postmaster outlived stop");
+    }
+
+    /// Runs `sql` through `outboxctl psql`, which must succeed; returns the
+    /// unaligned, tuples-only output.
+    pub fn query(&self, sql: &str) -> String {
+        let run = self.ctl(&["psql", "-tA", "-c", sql]);
+        assert_eq!(run.code, 0, "psql failed: {run:?}");
+        run.stdout.trim().to_string()
+    }
+
     /// The pid the kernel names as the lock holder.
     pub fn holder(&self) -> Option<i32> {
         match lock::inspect(&self.paths().lock).expect("inspect lock") {
