@@ -18,6 +18,18 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// An SQLite operation on the spool failed.
+    #[error("could not {op} {}: {source}", path.display())]
+    Sqlite {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// Input a producer gave is not acceptable (an event's topic, key, id or
+    /// payload); `what` names the field.
+    #[error("invalid {what}: {message}")]
+    Invalid { what: &'static str, message: String },
     /// Another daemon holds the lock of this home.
     #[error("already running (pid {pid}) on home {}", home.display())]
     AlreadyRunning { pid: i32, home: PathBuf },
@@ -43,6 +55,14 @@ impl Error {
         match self {
             Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             Error::AlreadyRunning { .. } => libc::EEXIST,
+            Error::Sqlite { source, .. } => match source.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::DiskFull) => libc::ENOSPC,
+                Some(rusqlite::ErrorCode::PermissionDenied | rusqlite::ErrorCode::ReadOnly) => {
+                    libc::EACCES
+                }
+                _ => libc::EIO,
+            },
+            Error::Invalid { .. } => libc::EINVAL,
             Error::Problem { .. } => libc::EPERM,
             Error::Config { .. } | Error::NoHome(_) => libc::EINVAL,
         }
@@ -53,6 +73,22 @@ impl Error {
 pub trait IoContext<T> {
     /// Turns an I/O error into [`Error::Io`] naming `op` and `path`.
     fn at(self, op: &'static str, path: &Path) -> Result<T>;
+}
+
+/// Attaches the operation and path to an SQLite result.
+pub trait SqlContext<T> {
+    /// Turns an SQLite error into [`Error::Sqlite`] naming `op` and `path`.
+    fn at(self, op: &'static str, path: &Path) -> Result<T>;
+}
+
+impl<T> SqlContext<T> for rusqlite::Result<T> {
+    fn at(self, op: &'static str, path: &Path) -> Result<T> {
+        self.map_err(|source| Error::Sqlite {
+            op,
+            path: path.to_path_buf(),
+            source,
+        })
+    }
 }
 
 impl<T> IoContext<T> for io::Result<T> {

@@ -12,6 +12,7 @@ pub mod config;
 pub mod error;
 pub mod exit_code;
 pub mod lock;
+pub mod nudge;
 pub mod notify;
 pub mod paths;
 pub mod postmaster;

@@ -34,6 +34,11 @@ pub struct Paths {
     pub log_file: PathBuf,
     /// `config.toml`: optional configuration.
     pub config_file: PathBuf,
+    /// `outbox.db`: the SQLite spool (WAL; `-wal` and `-shm` beside it).
+    pub spool: PathBuf,
+    /// `run/nudge.sock`: a datagram socket the daemon binds; producers send
+    /// it an empty datagram after each commit so the drain wakes at once.
+    pub nudge_socket: PathBuf,
     /// `pg/`: everything of the embedded PostgreSQL.
     pub pg_dir: PathBuf,
     /// `pg/data/`: the PostgreSQL cluster (0700).
@@ -74,11 +79,13 @@ impl Paths {
         Paths {
             home: home.to_path_buf(),
             lock: home.join("outboxd.lock"),
+            nudge_socket: run_dir.join("nudge.sock"),
             run_dir,
             socket,
             log_dir: home.join("log"),
             log_file: home.join("log").join("outboxd.log"),
             config_file: home.join("config.toml"),
+            spool: home.join("outbox.db"),
             pg_data: pg_dir.join("data"),
             pg_secret: pg_dir.join("secret"),
             pg_install: pg_dir.join("install"),
