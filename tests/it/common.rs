@@ -1,7 +1,7 @@
 //! Helpers shared by the integration tests: a private home per test that
 //! stops everything started in it when it goes out of scope (also when the
 //! test fails), and ways to run the real binaries against it.
-#![allow(dead_code)]
+
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;

@@ -1,13 +1,13 @@
 //! The daemon's life seen from outside: start, status, stop, crashes, races.
 //! Every test spawns the real binaries on its own home.
 
-mod common;
+
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Home, OUTBOXD, eventually, kill, run};
+use crate::common::{Home, OUTBOXD, eventually, kill, run};
 use outboxd::exit_code;
 use outboxd::notify::{Event, NOTIFY_SOCKET, NotifyListener};
 
@@ -86,7 +86,7 @@ fn twenty_concurrent_starts_make_one_daemon() {
                 .unwrap()
         })
         .collect();
-    let runs: Vec<_> = children.into_iter().map(common::wait_output).collect();
+    let runs: Vec<_> = children.into_iter().map(crate::common::wait_output).collect();
     let holder = home.holder().expect("a daemon holds the lock");
     let mut started = 0;
     for run in &runs {
@@ -299,10 +299,10 @@ fn a_failed_start_says_why_and_shows_the_log() {
 fn status_is_unknown_when_permission_is_denied() {
     let home = Home::new();
     home.start();
-    let status = if common::is_root() {
+    let status = if crate::common::is_root() {
         // Root reads everything: ask as nobody, who cannot enter the home.
-        let (_bin, exe) = common::ctl_for_other_users();
-        common::run_as_nobody(
+        let (_bin, exe) = crate::common::ctl_for_other_users();
+        crate::common::run_as_nobody(
             &exe,
             &["--home".as_ref(), home.path.as_os_str(), "status".as_ref()],
         )

@@ -2,12 +2,12 @@
 //! stopped by the real daemon. Passes as root (the daemon then drops to an
 //! unprivileged account) and as an ordinary user.
 
-mod common;
+
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use common::{Home, eventually, kill};
+use crate::common::{Home, eventually, kill};
 use outboxd::exit_code;
 
 fn postgres_pid(home: &Home) -> i64 {
@@ -123,7 +123,7 @@ fn kill_9_of_the_daemon_then_stop_leaves_nothing_running() {
         "stop says what it did: {stop:?}"
     );
     eventually("nothing of the home runs", Duration::from_secs(10), || {
-        common::processes_mentioning(&home.path).is_empty()
+        crate::common::processes_mentioning(&home.path).is_empty()
     });
 }
 
@@ -203,7 +203,7 @@ fn the_password_stays_secret() {
 #[test]
 fn missing_binaries_are_a_clear_error() {
     let home = Home::new();
-    let start = common::run(
+    let start = crate::common::run(
         home.ctl_command(&["start"])
             .env("OUTBOXD_PG_BIN", "/nonexistent/bin"),
     );
@@ -218,12 +218,12 @@ fn missing_binaries_are_a_clear_error() {
         "names the fix: {start:?}"
     );
     assert_eq!(home.holder(), None);
-    assert!(common::processes_mentioning(&home.path).is_empty());
+    assert!(crate::common::processes_mentioning(&home.path).is_empty());
 }
 
 #[test]
 fn as_root_postgres_runs_as_an_unprivileged_account() {
-    if !common::is_root() {
+    if !crate::common::is_root() {
         eprintln!("skipped: needs root");
         return;
     }
@@ -249,8 +249,8 @@ fn as_root_postgres_runs_as_an_unprivileged_account() {
     home.stop();
 
     // Without a usable account: a clear refusal that names the fix.
-    let refused = common::run(
-        std::process::Command::new(common::OUTBOXD)
+    let refused = crate::common::run(
+        std::process::Command::new(crate::common::OUTBOXD)
             .arg("--home")
             .arg(&home.path)
             .args(["--user", "no-such-account-here"]),
@@ -329,7 +329,7 @@ fn tcp_on_loopback_only_when_configured_and_only_with_the_password() {
     assert_eq!(pg["tcp"], true, "{pg}");
     assert_eq!(pg["port"], port, "{pg}");
     let psql = |password: &str| {
-        common::run(
+        crate::common::run(
             std::process::Command::new("psql")
                 .args([
                     "-h",
@@ -368,7 +368,7 @@ fn kill_9_during_initdb_then_start_recovers() {
     for delay_ms in [0u64, 150, 400] {
         let home = Home::new();
         let listener = NotifyListener::bind().unwrap();
-        let mut daemon = std::process::Command::new(common::OUTBOXD)
+        let mut daemon = std::process::Command::new(crate::common::OUTBOXD)
             .arg("--home")
             .arg(&home.path)
             .env(NOTIFY_SOCKET, listener.path())
@@ -445,7 +445,7 @@ fn no_temporary_directories_are_left_behind() {
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let home = Home::new();
     for command in [&["start"][..], &["stop"], &["start"], &["stop"]] {
-        let run = common::run(home.ctl_command(command).env("TMPDIR", tmp.path()));
+        let run = crate::common::run(home.ctl_command(command).env("TMPDIR", tmp.path()));
         assert_eq!(run.code, 0, "{command:?}: {run:?}");
     }
     let left: Vec<_> = std::fs::read_dir(tmp.path())
@@ -476,17 +476,17 @@ fn a_zombie_postmaster_does_not_block_the_next_start() {
 
 #[test]
 fn as_root_a_home_of_an_ordinary_user_stays_theirs() {
-    if !common::is_root() {
+    if !crate::common::is_root() {
         eprintln!("skipped: needs root");
         return;
     }
     let home = Home::new();
-    std::os::unix::fs::chown(&home.path, Some(common::NOBODY), Some(common::NOBODY)).unwrap();
+    std::os::unix::fs::chown(&home.path, Some(crate::common::NOBODY), Some(crate::common::NOBODY)).unwrap();
     home.start();
     let status = home.status();
     assert_eq!(status["postgres"]["user"], "nobody", "{status}");
     assert_eq!(status["postgres"]["state"], "running", "{status}");
     let meta = std::fs::metadata(home.paths().pg_data).unwrap();
-    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), common::NOBODY);
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), crate::common::NOBODY);
     home.stop();
 }

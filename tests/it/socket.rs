@@ -1,14 +1,14 @@
 //! The control socket under bad input: every case gets its error or is
 //! closed, and the daemon keeps answering `status` afterwards.
 
-mod common;
+
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use common::{Home, Raw};
+use crate::common::{Home, Raw};
 use outboxd::exit_code;
 use outboxd::protocol::{MAX_LINE, PROTOCOL_VERSION};
 
@@ -140,18 +140,18 @@ fn five_hundred_idle_connections_do_not_lock_out_status() {
 
 #[test]
 fn a_client_of_another_user_is_forbidden() {
-    if !common::is_root() {
+    if !crate::common::is_root() {
         eprintln!("skipped: needs root to act as another user");
         return;
     }
     let home = Home::new();
     let pid = home.start();
     let paths = home.paths();
-    let (_bin, exe) = common::ctl_for_other_users();
+    let (_bin, exe) = crate::common::ctl_for_other_users();
     let args = ["--home".as_ref(), home.path.as_os_str(), "status".as_ref()];
 
     // First line of defence: nobody cannot even reach the 0700 directory.
-    let denied = common::run_as_nobody(&exe, &args);
+    let denied = crate::common::run_as_nobody(&exe, &args);
     assert_eq!(denied.code, i32::from(exit_code::UNKNOWN), "{denied:?}");
     assert!(denied.stdout.contains("Permission denied"), "{denied:?}");
 
@@ -165,7 +165,7 @@ fn a_client_of_another_user_is_forbidden() {
     ] {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
     }
-    let forbidden = common::run_as_nobody(&exe, &args);
+    let forbidden = crate::common::run_as_nobody(&exe, &args);
     assert_eq!(
         forbidden.code,
         i32::from(exit_code::UNKNOWN),
@@ -185,7 +185,7 @@ fn a_client_of_another_user_is_forbidden() {
         "--timeout".as_ref(),
         "1".as_ref(),
     ];
-    let stop = common::run_as_nobody(&exe, &stop_args);
+    let stop = crate::common::run_as_nobody(&exe, &stop_args);
     assert_ne!(stop.code, 0, "{stop:?}");
     assert_eq!(home.holder(), Some(pid), "the daemon survives");
     assert_serving(&home);
@@ -209,8 +209,8 @@ fn sighup_reloads_the_limits_and_a_bad_file_changes_nothing() {
     };
 
     home.write_config("idle_timeout_secs = 0.5\n");
-    common::kill(pid, libc::SIGHUP);
-    common::eventually(
+    crate::common::kill(pid, libc::SIGHUP);
+    crate::common::eventually(
         "the configuration is reloaded",
         Duration::from_secs(30),
         || count("reloaded the configuration") == 1,
@@ -222,8 +222,8 @@ fn sighup_reloads_the_limits_and_a_bad_file_changes_nothing() {
     );
 
     home.write_config("idle_timeout_secs = \"soon\"\n");
-    common::kill(pid, libc::SIGHUP);
-    common::eventually("the bad file is refused", Duration::from_secs(30), || {
+    crate::common::kill(pid, libc::SIGHUP);
+    crate::common::eventually("the bad file is refused", Duration::from_secs(30), || {
         count("kept the running configuration") == 1
     });
     assert_serving(&home);

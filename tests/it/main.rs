@@ -1,0 +1,8 @@
+//! The integration tests: one test binary (one link, one process table scan
+//! helper), one module per area. Every test spawns the real binaries on a
+//! home of its own and stops everything it started, also when it fails.
+
+mod common;
+mod lifecycle;
+mod postgres;
+mod socket;
