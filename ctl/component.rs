@@ -1,52 +1,86 @@
-//! `outboxctl start postgres` and `outboxctl stop postgres`: maintenance of one component of
-//! the running daemon (for example, stop PostgreSQL for a cold backup).
+//! `outboxctl start|stop postgres|drain` (maintenance of one component of
+//! the running daemon, for example PostgreSQL stopped for a cold backup)
+//! and `outboxctl reload`.
 
-use outboxd::client::Client;
+use std::time::Duration;
+
 use outboxd::exit_code;
-use outboxd::lock::{self, LockState};
 use outboxd::paths::Paths;
-use outboxd::protocol::{PostgresStatus, Request};
-use serde_json::json;
+use outboxd::protocol::{Component, Reloaded, Request};
+use serde_json::{Value, json};
 
+use crate::daemon::{self, CtlError};
 use crate::output::Output;
-use crate::probe::socket_of;
 
 /// Starting PostgreSQL may take a while on a slow disk.
-const COMPONENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 
-pub fn run(paths: &Paths, action: &str, name: &str, out: &Output) -> u8 {
-    let info = match lock::inspect(&paths.lock) {
-        Ok(LockState::Held { info, .. }) => info,
-        Ok(_) => {
-            out.error(format!(
-                "outboxd is not running (home {})",
-                paths.home.display()
-            ));
-            return exit_code::NOT_RUNNING;
-        }
-        Err(err) => {
-            out.error(err);
-            return exit_code::UNKNOWN;
-        }
+pub fn run(
+    paths: &Paths,
+    component: Component,
+    start: bool,
+    timeout: Option<Duration>,
+    out: &Output,
+) -> u8 {
+    let request = match start {
+        true => Request::Start {
+            component: Some(component),
+        },
+        false => Request::Stop {
+            component: Some(component),
+        },
     };
-    let component = Some(name.to_string());
-    let request = match action {
-        "start" => Request::Start { component },
-        _ => Request::Stop { component },
-    };
-    let answer = Client::connect(&socket_of(paths, info.as_ref()), COMPONENT_TIMEOUT)
-        .and_then(|mut client| client.call_as::<PostgresStatus>(&request));
+    let answer =
+        daemon::connect(paths, timeout.unwrap_or(DEFAULT_TIMEOUT)).and_then(|(mut client, _)| {
+            client
+                .call_as::<Value>(&request)
+                .map_err(|e| CtlError::Failed(e.to_string()))
+        });
     match answer {
-        Ok(pg) => {
+        Ok(status) => {
+            let state = status["state"]
+                .as_str()
+                .unwrap_or("unknown")
+                .replace('_', " ");
             out.result(
-                format!("{name} is {}", pg.state),
-                json!({"component": name, "status": pg}),
+                format!("{component} is {state}"),
+                json!({"component": component, "status": status}),
             );
             exit_code::OK
         }
         Err(err) => {
-            out.error(err);
-            exit_code::FAILURE
+            let code = err.exit_code();
+            out.error(&err);
+            code
+        }
+    }
+}
+
+pub fn reload(paths: &Paths, out: &Output) -> u8 {
+    let answer = daemon::connect(paths, daemon::ANSWER_TIMEOUT * 5).and_then(|(mut client, _)| {
+        client
+            .call_as::<Reloaded>(&Request::Reload)
+            .map_err(|e| CtlError::Failed(format!("the configuration was not reloaded: {e}")))
+    });
+    match answer {
+        Ok(reloaded) => {
+            let mut text = format!(
+                "reloaded the configuration; applied now: {}",
+                reloaded.applied.join(", ")
+            );
+            if !reloaded.at_restart.is_empty() {
+                text.push_str(&format!(
+                    "; changed but applied only at the next start: {}",
+                    reloaded.at_restart.join(", ")
+                ));
+            }
+            out.result(text, json!(reloaded));
+            exit_code::OK
+        }
+        Err(err) => {
+            let code = err.exit_code();
+            out.error(&err);
+            code
         }
     }
 }

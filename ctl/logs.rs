@@ -1,6 +1,7 @@
-//! `outboxctl logs [-n N] [-f]`: the daemon's log file, as `tail` would show
-//! it. Following survives rotation: when the file is replaced or truncated,
-//! the new one is read from its start.
+//! `outboxctl logs [-n N] [-f] [--postgres]`: the daemon's (or
+//! PostgreSQL's) log file, as `tail` would show it. Following survives
+//! rotation: when the file is replaced or truncated, the new one is read
+//! from its start.
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -13,47 +14,74 @@ use outboxd::paths::Paths;
 
 use crate::output::Output;
 
-/// How much of the end of the file is read to find the last lines.
+/// How much of the end of a file is read to find its last lines.
 const TAIL_WINDOW: u64 = 1 << 20;
 
-pub fn run(paths: &Paths, lines: usize, follow: bool, out: &Output) -> u8 {
-    match tail(&paths.log_file, lines, follow) {
+pub fn run(paths: &Paths, lines: usize, follow: bool, postgres: bool, out: &Output) -> u8 {
+    if out.is_json() {
+        out.error("logs prints log lines as they are; it has no --json form");
+        return exit_code::FAILURE;
+    }
+    let log = if postgres {
+        &paths.pg_log
+    } else {
+        &paths.log_file
+    };
+    match tail(log, lines, follow) {
         Ok(()) => exit_code::OK,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             out.error(format!(
-                "no log at {}: the daemon writes it when it runs in the background (`outboxctl start`)",
-                paths.log_file.display()
+                "no log at {}: {}",
+                log.display(),
+                if postgres {
+                    "PostgreSQL has not been started in this home"
+                } else {
+                    "the daemon writes it when it runs in the background (`outboxctl start`); \
+                     in the foreground it logs to standard error"
+                }
             ));
             exit_code::FAILURE
         }
         // The reader went away (`outboxctl logs | head`): not an error.
         Err(e) if e.kind() == io::ErrorKind::BrokenPipe => exit_code::OK,
         Err(e) => {
-            out.error(format!("could not read {}: {e}", paths.log_file.display()));
+            out.error(format!("could not read {}: {e}", log.display()));
             exit_code::FAILURE
         }
     }
 }
 
-fn tail(log: &Path, lines: usize, follow: bool) -> io::Result<()> {
+/// The last `lines` lines of `log`, starting no earlier than byte `from`.
+pub fn last_lines(log: &Path, from: u64, lines: usize) -> io::Result<Vec<String>> {
     let mut file = File::open(log)?;
+    read_last_lines(&mut file, from, lines)
+}
+
+/// The last `lines` lines of `file` from byte `from` on (within the last
+/// [`TAIL_WINDOW`] bytes); leaves the file positioned at its end.
+fn read_last_lines(file: &mut File, from: u64, lines: usize) -> io::Result<Vec<String>> {
     let len = file.metadata()?.len();
-    file.seek(SeekFrom::Start(len.saturating_sub(TAIL_WINDOW)))?;
+    let start = from.min(len).max(len.saturating_sub(TAIL_WINDOW));
+    file.seek(SeekFrom::Start(start))?;
     let mut text = Vec::new();
     file.read_to_end(&mut text)?;
-    let starts: Vec<usize> = std::iter::once(0)
-        .chain(
-            text.iter()
-                .enumerate()
-                .filter(|(_, b)| **b == b'\n')
-                .map(|(i, _)| i + 1),
-        )
-        .filter(|&i| i < text.len())
-        .collect();
-    let from = starts.len().saturating_sub(lines);
+    let text = String::from_utf8_lossy(&text);
+    let mut all: Vec<&str> = text.lines().collect();
+    if start > from && !all.is_empty() {
+        // The window began inside a line.
+        all.remove(0);
+    }
+    Ok(all[all.len().saturating_sub(lines)..]
+        .iter()
+        .map(|l| l.to_string())
+        .collect())
+}
+
+fn tail(log: &Path, lines: usize, follow: bool) -> io::Result<()> {
     let mut stdout = io::stdout().lock();
-    if let Some(&start) = starts.get(from) {
-        stdout.write_all(&text[start..])?;
+    let mut file = File::open(log)?;
+    for line in read_last_lines(&mut file, 0, lines)? {
+        writeln!(stdout, "{line}")?;
     }
     stdout.flush()?;
     if !follow {

@@ -1,11 +1,15 @@
 //! `outboxctl`: controls the outboxd daemon of a home. One module per command;
 //! results go to standard output (text, or JSON with `--json`), progress and
 //! errors to standard error.
+//!
+//! Started as root on a home that belongs to an account, `outboxctl` becomes
+//! that account before it looks at anything in the home (as the daemon
+//! does): root never reads, writes or signals anything there as root.
 
 mod component;
+mod daemon;
 mod logs;
 mod output;
-mod probe;
 mod start;
 mod status;
 mod stop;
@@ -18,17 +22,22 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use outboxd::exit_code;
 use outboxd::paths::Paths;
+use outboxd::privileges::{self, Intent};
+use outboxd::protocol::Component;
+
+use crate::daemon::CtlError;
+use crate::output::Output;
 
 /// Control the outboxd daemon.
 #[derive(Debug, Parser)]
-#[command(version, about, propagate_version = true)]
+#[command(name = "outboxctl", version, about, propagate_version = true)]
 struct Cli {
     /// The daemon's home directory
     /// [default: ~/.local/state/outboxd, /var/lib/outboxd for root]
     #[arg(long, global = true, env = "OUTBOXD_HOME", value_name = "DIR")]
     home: Option<PathBuf>,
 
-    /// Print results as JSON
+    /// Print results as JSON (one document per command)
     #[arg(long, global = true)]
     json: bool,
 
@@ -36,35 +45,45 @@ struct Cli {
     command: Command,
 }
 
+/// The longest `--timeout` accepted, in seconds (one day).
+const MAX_TIMEOUT_SECS: f64 = 86_400.0;
+
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Start the daemon in the background and wait until it is ready;
-    /// with a component (postgres), start that component of the running daemon
+    /// Start the daemon in the background and wait until it is ready; with
+    /// a component, start that component of the running daemon
     Start {
-        /// A component of the running daemon: postgres
-        component: Option<String>,
-        /// Give up after this many seconds
-        #[arg(long, value_name = "SECS", default_value_t = 60.0)]
-        timeout: f64,
+        /// A component of the running daemon
+        #[arg(value_parser = parse_component)]
+        component: Option<Component>,
+        /// Seconds to wait for the daemon to be ready (0 to 86400); a daemon
+        /// not ready by then is stopped again [default: 60; a component: 120]
+        #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
+        timeout: Option<Duration>,
     },
-    /// Stop the daemon: ask, then SIGTERM, then SIGKILL; with a component
-    /// (postgres), stop only that component (maintenance) and keep it stopped
+    /// Stop the daemon: ask, then SIGTERM, then SIGKILL; with a component,
+    /// stop only that component and keep it stopped (maintenance)
     Stop {
-        /// A component of the running daemon: postgres
-        component: Option<String>,
-        /// Seconds to wait after the request, and again after SIGTERM
-        #[arg(long, value_name = "SECS", default_value_t = 10.0)]
-        timeout: f64,
+        /// A component of the running daemon
+        #[arg(value_parser = parse_component)]
+        component: Option<Component>,
+        /// Seconds to wait after the request, and again after SIGTERM (0 to
+        /// 86400) [default: 30, longer than the daemon's own 20 s budget for
+        /// stopping PostgreSQL; a component: 120]
+        #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
+        timeout: Option<Duration>,
     },
     /// Stop the daemon if it runs, then start it
     Restart {
-        /// Seconds to wait for each of stop and start
-        #[arg(long, value_name = "SECS", default_value_t = 30.0)]
-        timeout: f64,
+        /// Seconds for each of stop and start [default: 30 and 60]
+        #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
+        timeout: Option<Duration>,
     },
-    /// Show whether the daemon runs (exit 0 running, 1 dead with stale files,
-    /// 3 not running, 4 unknown, 150 degraded)
+    /// Show whether the daemon runs (exit 0 running, 1 dead with stale files
+    /// or an orphaned PostgreSQL, 3 not running, 4 unknown, 150 degraded)
     Status,
+    /// Reread config.toml and apply what can change live
+    Reload,
     /// Print the daemon's log (the last lines; with -f, follow it)
     Logs {
         /// How many lines from the end
@@ -73,6 +92,9 @@ enum Command {
         /// Keep printing lines as they are written (across log rotation)
         #[arg(short, long)]
         follow: bool,
+        /// PostgreSQL's log instead of the daemon's
+        #[arg(long)]
+        postgres: bool,
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions { shell: clap_complete::Shell },
@@ -81,53 +103,110 @@ enum Command {
         /// Include the password
         #[arg(long)]
         with_password: bool,
+        /// The TCP URL (127.0.0.1; needs pg_port) instead of the Unix socket's
+        #[arg(long)]
+        tcp: bool,
     },
-    /// Run psql against the daemon's PostgreSQL (arguments go to psql)
+    /// Run psql against the daemon's PostgreSQL; outboxctl's own options
+    /// (--home) go before `psql`, everything after it goes to psql
     Psql {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
 }
 
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if !secs.is_finite() || !(0.0..=MAX_TIMEOUT_SECS).contains(&secs) {
+        return Err(format!(
+            "must be a number of seconds from 0 to {MAX_TIMEOUT_SECS}, not {text}"
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_component(text: &str) -> Result<Component, String> {
+    text.parse()
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let out = output::Output::new(cli.json);
+    let out = Output::new(cli.json);
+    if let Command::Completions { shell } = cli.command {
+        let mut command = <Cli as clap::CommandFactory>::command();
+        clap_complete::generate(shell, &mut command, "outboxctl", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
     let paths = match Paths::resolve(cli.home.as_deref()) {
         Ok(paths) => paths,
-        Err(err) => {
-            out.error(&err);
-            return ExitCode::from(exit_code::FAILURE);
-        }
+        Err(err) => return fail(&out, CtlError::Failed(err.to_string())),
     };
+    // As root, become the home's account first (a home that does not exist
+    // yet, or is root's, is only looked at; `start` lets the daemon decide).
+    if let Err(err) = privileges::settle(&paths.home, None, Intent::Inspect) {
+        return fail(&out, CtlError::from_lib(&paths, err));
+    }
     let code = match cli.command {
         Command::Start {
-            component: Some(name),
-            ..
-        } => component::run(&paths, "start", &name, &out),
+            component: Some(component),
+            timeout,
+        } => component::run(&paths, component, true, timeout, &out),
         Command::Stop {
-            component: Some(name),
-            ..
-        } => component::run(&paths, "stop", &name, &out),
-        Command::Start { timeout, .. } => start::run(&paths, seconds(timeout), &out),
-        Command::Stop { timeout, .. } => stop::run(&paths, seconds(timeout), &out),
-        Command::Restart { timeout } => match stop::run(&paths, seconds(timeout), &out) {
-            exit_code::OK => start::run(&paths, seconds(timeout), &out),
-            failed => failed,
-        },
+            component: Some(component),
+            timeout,
+        } => component::run(&paths, component, false, timeout, &out),
+        Command::Start { timeout, .. } => start::run(&paths, timeout, &out),
+        Command::Stop { timeout, .. } => stop::run(&paths, timeout, &out),
+        Command::Restart { timeout } => restart(&paths, timeout, &out),
         Command::Status => status::run(&paths, &out),
-        Command::Logs { lines, follow } => logs::run(&paths, lines, follow, &out),
-        Command::Completions { shell } => {
-            let mut command = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut command, "outboxctl", &mut std::io::stdout());
-            exit_code::OK
-        }
-        Command::Url { with_password } => url::url(&paths, with_password, &out),
+        Command::Reload => component::reload(&paths, &out),
+        Command::Logs {
+            lines,
+            follow,
+            postgres,
+        } => logs::run(&paths, lines, follow, postgres, &out),
+        Command::Url { with_password, tcp } => url::url(&paths, with_password, tcp, &out),
         Command::Psql { args } => url::psql(&paths, &args, &out),
+        Command::Completions { .. } => unreachable!("handled above"),
     };
     ExitCode::from(code)
 }
 
-/// Seconds from the command line as a duration; negative or NaN is zero.
-fn seconds(secs: f64) -> Duration {
-    Duration::try_from_secs_f64(secs).unwrap_or(Duration::ZERO)
+/// `restart`: stop, then start; one JSON document with both outcomes.
+fn restart(paths: &Paths, timeout: Option<Duration>, out: &Output) -> u8 {
+    let stopped = stop::stop(paths, timeout);
+    let stop_json = match &stopped {
+        Ok(report) => report.json(),
+        Err(err) => serde_json::json!({"error": err.to_string()}),
+    };
+    match stopped {
+        Ok(report) => out.progress(report.text()),
+        Err(err) => {
+            let code = err.exit_code();
+            out.error_with(&err, serde_json::json!({"stop": stop_json}));
+            return code;
+        }
+    }
+    match start::start(paths, timeout, out) {
+        Ok(started) => {
+            out.result(
+                started.text(),
+                serde_json::json!({"stop": stop_json, "start": started.json()}),
+            );
+            exit_code::OK
+        }
+        Err(err) => {
+            let code = err.exit_code();
+            out.error_with(&err, serde_json::json!({"stop": stop_json}));
+            code
+        }
+    }
+}
+
+fn fail(out: &Output, err: CtlError) -> ExitCode {
+    let code = err.exit_code();
+    out.error(&err);
+    ExitCode::from(code)
 }

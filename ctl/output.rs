@@ -1,10 +1,10 @@
-//! How `outboxctl` prints: a result as text or as one JSON object on standard
-//! output; progress and errors on standard error (errors also as JSON on
-//! standard output with `--json`).
+//! How `outboxctl` prints: a result as text or as one JSON document on
+//! standard output; progress and errors on standard error (with `--json`,
+//! an error is also the one JSON document on standard output).
 
 use std::fmt::Display;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 pub struct Output {
     json: bool,
@@ -13,6 +13,10 @@ pub struct Output {
 impl Output {
     pub fn new(json: bool) -> Output {
         Output { json }
+    }
+
+    pub fn is_json(&self) -> bool {
+        self.json
     }
 
     /// Prints a command's result: `text` normally, `json` with `--json`.
@@ -30,15 +34,24 @@ impl Output {
             eprintln!("{text}");
         }
     }
-}
 
-impl Output {
+    /// A warning: standard error, in both modes.
+    pub fn warn(&self, text: impl Display) {
+        eprintln!("outboxctl: warning: {text}");
+    }
+
     /// A failure: a line on standard error and, with `--json`, an
-    /// `{"error": ...}` object on standard output for the calling tool.
+    /// `{"error": ...}` document on standard output.
     pub fn error(&self, err: impl Display) {
+        self.error_with(err, json!({}));
+    }
+
+    /// A failure with more fields for the JSON document.
+    pub fn error_with(&self, err: impl Display, mut extra: Value) {
         eprintln!("outboxctl: error: {err}");
         if self.json {
-            println!("{}", serde_json::json!({ "error": err.to_string() }));
+            extra["error"] = json!(err.to_string());
+            println!("{extra}");
         }
     }
 }

@@ -1,9 +1,12 @@
 //! `outboxctl start`: spawns `outboxd --daemonize` with a notify socket of its
-//! own, shows the daemon's progress, and returns once it is ready. Idempotent:
-//! a running daemon, or one that another `start` won the race to launch,
-//! counts as success.
+//! own, shows the daemon's progress, and returns once the verified daemon
+//! answers `status` as running (READY). Idempotent: a running daemon, or
+//! one that another `start` won the race to launch, counts as success, but
+//! only once it is ready. A daemon this command started that is not ready
+//! by the timeout is stopped again: `start` either leaves a ready daemon or
+//! none of its own.
 
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -12,85 +15,90 @@ use outboxd::exit_code;
 use outboxd::notify::{Event, NOTIFY_SOCKET, NotifyListener};
 use outboxd::paths::Paths;
 use outboxd::process;
-use outboxd::protocol::Status;
-use serde_json::json;
+use outboxd::protocol::{DaemonState, Status};
+use serde_json::{Value, json};
 
+use crate::daemon::{self, CtlError, Found};
+use crate::logs::last_lines;
 use crate::output::Output;
-use crate::probe::{Probe, probe};
 
-/// How many lines of the log a failed start shows.
-const LOG_TAIL_LINES: usize = 20;
+/// How long `start` waits for the daemon to be ready by default.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How many lines of the log a failed start shows at most.
+const LOG_LINES: usize = 40;
 
-pub fn run(paths: &Paths, timeout: Duration, out: &Output) -> u8 {
-    match probe(paths) {
-        Probe::Running(status) => return already_running(&status, out),
-        Probe::Stopped { .. } => {}
-        // Another start is under way (the lock is taken before the socket
-        // serves): wait for it like a start that lost the race.
-        Probe::Unresponsive { pid, .. } => {
-            return match wait_until_serving(paths, Instant::now() + timeout) {
-                Ok(status) => already_running(&status, out),
-                Err(error) => {
-                    out.error(format!(
-                        "outboxd (pid {pid}) holds the lock of {} but does not serve: {error}; \
-                         run `outboxctl stop` first",
-                        paths.home.display()
-                    ));
-                    exit_code::FAILURE
-                }
-            };
-        }
-        Probe::Unknown { error } => {
-            out.error(format!("cannot tell whether outboxd runs: {error}"));
-            return exit_code::UNKNOWN;
+/// A daemon that is ready.
+pub struct Started {
+    status: Status,
+    /// Whether this command launched it (false: it was running, or another
+    /// start launched it).
+    launched: bool,
+}
+
+impl Started {
+    pub fn text(&self) -> String {
+        match self.launched {
+            true => format!(
+                "outboxd started (pid {}) on home {}",
+                self.status.pid,
+                self.status.home.display()
+            ),
+            false => format!(
+                "outboxd is already running (pid {}) on home {}",
+                self.status.pid,
+                self.status.home.display()
+            ),
         }
     }
-    match launch(paths, timeout, out) {
-        Ok(Launched::Ready(status)) => {
-            out.result(
-                format!(
-                    "outboxd started (pid {}) on home {}",
-                    status.pid,
-                    status.home.display()
-                ),
-                json!({"started": true, "status": status}),
-            );
+
+    pub fn json(&self) -> Value {
+        json!({"started": self.launched, "status": self.status})
+    }
+}
+
+pub fn run(paths: &Paths, timeout: Option<Duration>, out: &Output) -> u8 {
+    match start(paths, timeout, out) {
+        Ok(started) => {
+            out.result(started.text(), started.json());
             exit_code::OK
         }
-        Ok(Launched::Lost(status)) => already_running(&status, out),
-        Err(reason) => {
-            out.error(format!("outboxd did not start: {reason}"));
-            print_log_tail(&paths.log_file);
-            exit_code::FAILURE
+        Err(err) => {
+            let code = err.exit_code();
+            out.error(&err);
+            code
         }
     }
 }
 
-fn already_running(status: &Status, out: &Output) -> u8 {
-    out.result(
-        format!(
-            "outboxd is already running (pid {}) on home {}",
-            status.pid,
-            status.home.display()
-        ),
-        json!({"started": false, "status": status}),
-    );
-    exit_code::OK
+pub fn start(paths: &Paths, timeout: Option<Duration>, out: &Output) -> Result<Started, CtlError> {
+    let deadline = Instant::now() + timeout.unwrap_or(DEFAULT_TIMEOUT);
+    match daemon::find(paths) {
+        Found::Running { status, .. } if status.state == DaemonState::Running => {
+            return Ok(Started {
+                status: *status,
+                launched: false,
+            });
+        }
+        // Starting, or holding the lock before its socket serves: another
+        // start is under way. Wait for it like a start that lost the race.
+        Found::Running { .. } | Found::Unresponsive { .. } => {
+            return wait_ready(paths, deadline).map(|status| Started {
+                status,
+                launched: false,
+            });
+        }
+        Found::Stopped { .. } | Found::Unknown(CtlError::NoHome { .. }) => {}
+        Found::Unknown(err) => return Err(err),
+    }
+    launch(paths, deadline, out)
 }
 
-enum Launched {
-    /// The daemon we spawned is ready.
-    Ready(Status),
-    /// Another daemon won the race for the lock, and it is ready.
-    Lost(Status),
-}
-
-/// Spawns the daemon and follows its notifications until it is ready, fails,
-/// dies, or `timeout` passes. The error is the reason, for the user.
-fn launch(paths: &Paths, timeout: Duration, out: &Output) -> Result<Launched, String> {
-    let deadline = Instant::now() + timeout;
-    let listener =
-        NotifyListener::bind().map_err(|e| format!("could not create a notify socket: {e}"))?;
+/// Spawns the daemon and follows its notifications until it is ready,
+/// fails, dies, or the deadline passes.
+fn launch(paths: &Paths, deadline: Instant, out: &Output) -> Result<Started, CtlError> {
+    let listener = NotifyListener::bind()
+        .map_err(|e| CtlError::Failed(format!("could not create a notify socket: {e}")))?;
+    let log_start = std::fs::metadata(&paths.log_file).map_or(0, |m| m.len());
     let exe = daemon_exe();
     let mut child = Command::new(&exe)
         .arg("--daemonize")
@@ -98,47 +106,125 @@ fn launch(paths: &Paths, timeout: Duration, out: &Output) -> Result<Launched, St
         .arg(&paths.home)
         .env(NOTIFY_SOCKET, listener.path())
         .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| {
-            format!(
+            CtlError::Failed(format!(
                 "could not run {}: {e}; install outboxd next to outboxctl or on PATH",
                 exe.display()
-            )
+            ))
         })?;
+    // What the daemon says before it detaches (its errors then) goes to
+    // this pipe; afterwards to its log.
+    let stderr = child.stderr.take().expect("piped");
+    let said = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::BufReader::new(stderr).read_to_string(&mut text);
+        text
+    });
+    let failed = |why: String, child: &mut Child| {
+        let _ = child.wait();
+        let said = said_before_detaching(said);
+        CtlError::Failed(explain(why, &said, &paths.log_file, log_start))
+    };
     let mut main_pid = None;
-    let mut last_status = String::new();
+    let mut last_status = String::from("no word from the daemon yet");
     loop {
         if Instant::now() >= deadline {
-            return Err(format!(
-                "not ready after {} s (last status: {last_status})",
-                timeout.as_secs_f64()
-            ));
+            return Err(give_up(paths, main_pid, &last_status, out));
         }
         // Checked before the wait: whatever a dead daemon sent before it
         // died is already queued, so the wait below still receives it.
         let alive = check_alive(&mut child, main_pid);
         let events = listener
             .recv(Duration::from_millis(100))
-            .map_err(|e| format!("could not read the notify socket: {e}"))?;
+            .map_err(|e| CtlError::Failed(format!("could not read the notify socket: {e}")))?;
         let Some(events) = events else {
-            alive?;
+            if let Err(why) = alive {
+                return Err(failed(why, &mut child));
+            }
             continue;
         };
+        // A failure's STATUS= is its reason, shown once, with the rest.
+        let failing = events.iter().any(|e| matches!(e, Event::Errno(_)));
         for event in events {
             match event {
                 Event::Status(text) => {
-                    out.progress(format!("outboxd: {text}"));
+                    if !failing {
+                        out.progress(format!("outboxd: {text}"));
+                    }
                     last_status = text;
                 }
                 Event::MainPid(pid) => main_pid = Some(pid),
-                Event::Ready => return wait_until_serving(paths, deadline).map(Launched::Ready),
-                Event::Errno(libc::EEXIST) => {
-                    return wait_until_serving(paths, deadline).map(Launched::Lost);
+                Event::Ready => {
+                    let _ = child.wait();
+                    return wait_ready(paths, deadline).map(|status| Started {
+                        status,
+                        launched: true,
+                    });
                 }
-                Event::Errno(_) => return Err(last_status),
-                Event::Stopping => return Err("the daemon began to stop while starting".into()),
+                Event::Errno(libc::EEXIST) => {
+                    let _ = child.wait();
+                    return wait_ready(paths, deadline).map(|status| Started {
+                        status,
+                        launched: false,
+                    });
+                }
+                Event::Errno(_) => return Err(failed(last_status, &mut child)),
+                Event::Stopping => {
+                    return Err(failed(
+                        "the daemon began to stop while starting".into(),
+                        &mut child,
+                    ));
+                }
             }
         }
+    }
+}
+
+/// The deadline passed: stop the daemon this command started (verified as
+/// the lock holder), so a start that gave up leaves nothing behind.
+fn give_up(paths: &Paths, main_pid: Option<i32>, last_status: &str, out: &Output) -> CtlError {
+    let waited = "the time given (--timeout)";
+    let Some(pid) = main_pid else {
+        return CtlError::Failed(format!(
+            "outboxd was not ready within {waited} (last status: {last_status})"
+        ));
+    };
+    out.progress(format!(
+        "outboxd (pid {pid}) was not ready within {waited}; stopping it"
+    ));
+    match crate::stop::stop(paths, Some(Duration::from_secs(30))) {
+        Ok(report) => CtlError::Failed(format!(
+            "outboxd (pid {pid}) was not ready within {waited} (last status: {last_status}); \
+             it was stopped again ({}); start it with a longer --timeout",
+            report.text()
+        )),
+        Err(err) => CtlError::Failed(format!(
+            "outboxd (pid {pid}) was not ready within {waited} (last status: {last_status}), \
+             and could not be stopped: {err}"
+        )),
+    }
+}
+
+fn said_before_detaching(said: std::thread::JoinHandle<String>) -> String {
+    said.join().unwrap_or_default()
+}
+
+/// The reason for a failed start, with the daemon's own words: what it
+/// wrote before detaching, else what it logged during this start.
+fn explain(why: String, said: &str, log: &Path, log_start: u64) -> String {
+    let logged = last_lines(log, log_start, LOG_LINES).unwrap_or_default();
+    let words: Vec<&str> = said
+        .lines()
+        .chain(logged.iter().map(String::as_str))
+        .filter(|line| !line.trim().is_empty())
+        .collect();
+    let words = words[words.len().saturating_sub(LOG_LINES)..].join("\n");
+    match words.is_empty() {
+        true => format!("outboxd did not start: {why}"),
+        false => format!("outboxd did not start; it said:\n{words}"),
     }
 }
 
@@ -158,18 +244,27 @@ fn check_alive(child: &mut Child, main_pid: Option<i32>) -> Result<(), String> {
     }
 }
 
-/// Polls `status` until the daemon answers as running.
-fn wait_until_serving(paths: &Paths, deadline: Instant) -> Result<Status, String> {
+/// Polls `status` on a verified connection until the daemon is running.
+pub fn wait_ready(paths: &Paths, deadline: Instant) -> Result<Status, CtlError> {
     loop {
-        let last = match probe(paths) {
-            Probe::Running(status) if status.state == "running" => return Ok(*status),
-            Probe::Running(status) => format!("it is {}", status.state),
-            Probe::Unresponsive { error, .. } => error,
-            Probe::Stopped { .. } => "it exited".into(),
-            Probe::Unknown { error } => return Err(error),
+        let last = match daemon::find(paths) {
+            Found::Running { status, .. } if status.state == DaemonState::Running => {
+                return Ok(*status);
+            }
+            Found::Running { status, .. } => format!("it is {}", status.state),
+            Found::Unresponsive { error, .. } => error,
+            Found::Stopped { .. } => {
+                return Err(CtlError::Failed(
+                    "the daemon exited before it was ready; see `outboxctl logs`".into(),
+                ));
+            }
+            Found::Unknown(err) => return Err(err),
         };
         if Instant::now() >= deadline {
-            return Err(format!("the daemon did not become ready: {last}"));
+            return Err(CtlError::Failed(format!(
+                "the daemon was not ready within the time given (--timeout): {last}; it goes on \
+                 starting: follow it with `outboxctl logs -f`"
+            )));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -182,25 +277,4 @@ fn daemon_exe() -> PathBuf {
         .map(|exe| exe.with_file_name("outboxd"))
         .filter(|exe| exe.is_file())
         .unwrap_or_else(|| PathBuf::from("outboxd"))
-}
-
-/// Prints the last lines of the daemon's log to standard error.
-fn print_log_tail(log: &Path) {
-    let Ok(mut file) = std::fs::File::open(log) else {
-        return;
-    };
-    let len = file.metadata().map_or(0, |m| m.len());
-    let _ = file.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
-    let mut text = String::new();
-    if file.read_to_string(&mut text).is_err() {
-        return;
-    }
-    let lines: Vec<&str> = text.lines().collect();
-    let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
-    if !tail.is_empty() {
-        eprintln!("--- last lines of {} ---", log.display());
-        for line in tail {
-            eprintln!("{line}");
-        }
-    }
 }

@@ -1,89 +1,127 @@
-//! `outboxctl status`: the daemon's state, with LSB exit codes.
+//! `outboxctl status`: the daemon's state, with LSB exit codes: 0 running
+//! and healthy, 1 not running but something is left (stale files, or an
+//! orphaned PostgreSQL still serving), 3 not running, 4 unknown (no such
+//! home, permission denied, not answering, not trusted), 150 degraded.
 
 use outboxd::exit_code;
 use outboxd::paths::Paths;
-use outboxd::protocol::PostgresStatus;
+use outboxd::protocol::{DrainStatus, PostgresStatus, Status};
+use outboxd::quote;
 use serde_json::json;
 
+use crate::daemon::{Found, find};
 use crate::output::Output;
-use crate::probe::{Probe, probe};
 
 pub fn run(paths: &Paths, out: &Output) -> u8 {
     let home = paths.home.display();
-    match probe(paths) {
-        Probe::Running(status) => {
-            let degraded = status.degraded();
-            let mut text = format!(
-                "outboxd is {}{} (pid {})\n  version   {} (protocol {})\n  uptime    {}\n  home      {}\n  socket    {}",
-                status.state,
-                if degraded.is_empty() {
-                    ""
-                } else {
-                    ", degraded"
-                },
-                status.pid,
-                status.version,
-                status.protocol,
-                human_duration(status.uptime_secs),
-                status.home.display(),
-                status.socket.display(),
+    match find(paths) {
+        Found::Running { status, .. } => running(&status, out),
+        Found::Stopped {
+            stale,
+            orphan: Some(pid),
+        } => {
+            out.result(
+                format!(
+                    "outboxd is not running, but its PostgreSQL (pid {pid}) still runs on {}: \
+                     `{}` stops it, `{}` adopts it",
+                    paths.pg_data.display(),
+                    quote::ctl(&paths.home, "stop"),
+                    quote::ctl(&paths.home, "start"),
+                ),
+                json!({"state": "dead", "home": paths.home, "stale_files": stale,
+                       "orphan_postmaster": {"pid": pid}}),
             );
-            if let Some(pg) = &status.postgres {
-                text.push_str(&postgres_lines(pg));
-            }
-            for reason in &degraded {
-                text.push_str(&format!("\n  degraded: {reason}"));
-            }
-            let mut json = serde_json::to_value(&status).expect("status serializes");
-            json["degraded"] = json!(degraded);
-            out.result(text, json);
-            if degraded.is_empty() {
-                exit_code::OK
-            } else {
-                exit_code::DEGRADED
-            }
+            exit_code::FAILURE
         }
-        Probe::Stopped { stale } if stale.is_empty() => {
+        Found::Stopped { stale, .. } if stale.is_empty() => {
             out.result(
                 format!("outboxd is not running (home {home})"),
                 json!({"state": "stopped", "home": paths.home}),
             );
             exit_code::NOT_RUNNING
         }
-        Probe::Stopped { stale } => {
+        Found::Stopped { stale, .. } => {
             let files: Vec<String> = stale.iter().map(|p| p.display().to_string()).collect();
             out.result(
                 format!(
                     "outboxd is not running, but a daemon that did not shut down cleanly left {}; \
-                     `outboxctl start` cleans them up",
-                    files.join(" and ")
+                     `{}` clears them (and `start` reuses them)",
+                    files.join(" and "),
+                    quote::ctl(&paths.home, "stop"),
                 ),
-                json!({"state": "stopped", "home": paths.home, "stale_files": stale}),
+                json!({"state": "dead", "home": paths.home, "stale_files": stale}),
             );
             exit_code::FAILURE
         }
-        Probe::Unresponsive { pid, error } => {
+        Found::Unresponsive { pid, error } => {
             out.result(
                 format!(
                     "outboxd (pid {pid}) holds the lock of {home} but does not answer: {error}; \
-                     `outboxctl stop` stops it"
+                     `{}` stops it",
+                    quote::ctl(&paths.home, "stop")
                 ),
                 json!({"state": "unresponsive", "pid": pid, "home": paths.home, "error": error}),
             );
             exit_code::UNKNOWN
         }
-        Probe::Unknown { error } => {
+        Found::Unknown(err) => {
             out.result(
-                format!("the state of outboxd on {home} is unknown: {error}"),
-                json!({"state": "unknown", "home": paths.home, "error": error}),
+                format!("the state of outboxd on {home} is unknown: {err}"),
+                json!({"state": "unknown", "home": paths.home, "error": err.to_string()}),
             );
-            exit_code::UNKNOWN
+            err.exit_code().max(exit_code::UNKNOWN)
         }
     }
 }
 
+fn running(status: &Status, out: &Output) -> u8 {
+    let degraded = status.degraded();
+    let mut text = format!(
+        "outboxd is {}{} (pid {})\n  version   {} (protocol {})\n  uptime    {}\n  home      {}\n  socket    {}",
+        status.state,
+        if degraded.is_empty() {
+            ""
+        } else {
+            ", degraded"
+        },
+        status.pid,
+        status.version,
+        status.protocol,
+        human_duration(status.uptime_secs),
+        status.home.display(),
+        status.socket.display(),
+    );
+    if let Some(account) = &status.account {
+        text.push_str(&format!("\n  account   {account}"));
+    }
+    if let Some(files) = &status.files {
+        if let Some(log) = &files.log {
+            text.push_str(&format!("\n  log       {}", log.display()));
+        }
+        text.push_str(&format!("\n  config    {}", files.config.display()));
+        text.push_str(&format!("\n  spool     {}", files.spool.display()));
+    }
+    if let Some(pg) = &status.postgres {
+        text.push_str(&postgres_lines(pg));
+    }
+    if let Some(drain) = &status.drain {
+        text.push_str(&drain_lines(drain));
+    }
+    for reason in &degraded {
+        text.push_str(&format!("\n  degraded: {reason}"));
+    }
+    let mut json = serde_json::to_value(status).expect("status serializes");
+    json["degraded"] = json!(degraded);
+    out.result(text, json);
+    if degraded.is_empty() {
+        exit_code::OK
+    } else {
+        exit_code::DEGRADED
+    }
+}
+
 fn postgres_lines(pg: &PostgresStatus) -> String {
-    let mut text = format!("\n  postgres  {} ({})", pg.state, pg.mode);
+    let mut text = format!("\n  postgres  {} ({})", pg.state.describe(), pg.mode);
     if let Some(pid) = pg.pid {
         text.push_str(&format!(", pid {pid}"));
     }
@@ -94,17 +132,68 @@ fn postgres_lines(pg: &PostgresStatus) -> String {
         let source = pg.binaries.as_deref().unwrap_or("unknown");
         text.push_str(&format!("\n  binaries  {} ({source})", bin.display()));
     }
+    if let Some(data) = &pg.data_dir {
+        text.push_str(&format!("\n  data      {}", data.display()));
+    }
     if let Some(user) = &pg.user {
         text.push_str(&format!("\n  runs as   {user}"));
     }
     text.push_str(&format!("\n  url       {}", pg.url));
+    if let Some(tcp) = &pg.tcp_url {
+        text.push_str(&format!("\n  tcp url   {tcp}"));
+    }
     if pg.restarts > 0 || pg.last_failure.is_some() {
         text.push_str(&format!("\n  restarts  {}", pg.restarts));
     }
     if let Some(failure) = &pg.last_failure {
-        text.push_str(&format!("\n  last failure: {failure}"));
+        let when = pg.last_failure_at.map(ago).unwrap_or_default();
+        text.push_str(&format!("\n  last failure{when}: {failure}"));
     }
     text
+}
+
+fn drain_lines(drain: &DrainStatus) -> String {
+    let mut text = format!("\n  drain     {}", drain.state);
+    text.push_str(&format!(
+        "\n  queued    {}{}",
+        drain.queued,
+        drain
+            .oldest_queued_age_secs
+            .map(|age| format!(" (oldest {age:.1} s)"))
+            .unwrap_or_default()
+    ));
+    text.push_str(&format!(
+        "\n  drained   {} since start ({:.0}/s over the last minute){}",
+        drain.drained_total,
+        drain.rate_per_sec,
+        drain
+            .last_drain_at
+            .map(ago)
+            .map(|a| format!(", last{a}"))
+            .unwrap_or_default()
+    ));
+    if drain.dead_letters > 0 {
+        text.push_str(&format!("\n  dead letters {}", drain.dead_letters));
+    }
+    if drain.consecutive_failures > 0 {
+        text.push_str(&format!(
+            "\n  failures  {} in a row",
+            drain.consecutive_failures
+        ));
+    }
+    if let Some(error) = &drain.last_error {
+        let when = drain.last_error_at.map(ago).unwrap_or_default();
+        text.push_str(&format!("\n  last error{when}: {error}"));
+    }
+    text
+}
+
+/// ` (12 s ago)` for a Unix time.
+fn ago(at: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!(" ({} ago)", human_duration(now.saturating_sub(at)))
 }
 
 /// `93784` → `1d 2h 3m 4s`, leading zero units left out.

@@ -1,88 +1,151 @@
 //! `outboxctl url` and `outboxctl psql`: how to reach the daemon's
 //! PostgreSQL. The password is shown only when asked for (`--with-password`)
-//! and handed to psql through its environment, never on a command line.
+//! and handed to psql through its environment, never on a command line. It
+//! is read, as the home's account, only from a regular file of that account
+//! (never through a link), and only after the daemon was verified.
 
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::process::Command;
 
-use outboxd::client::Client;
 use outboxd::exit_code;
-use outboxd::paths::Paths;
+use outboxd::paths::{Paths, SocketPath};
 use outboxd::protocol::{PostgresStatus, Request, Status};
+use outboxd::safefs::{self, Owner};
 use serde_json::json;
 
+use crate::daemon::{self, ANSWER_TIMEOUT, CtlError};
 use crate::output::Output;
-use crate::probe::{ANSWER_TIMEOUT, socket_of};
 
-pub fn url(paths: &Paths, with_password: bool, out: &Output) -> u8 {
-    match connection(paths) {
-        Ok((pg, password)) => {
-            let url = match (&password, with_password) {
-                (Some(password), true) => with(&pg.url, password),
-                _ => pg.url.clone(),
-            };
+/// The largest secret read.
+const MAX_SECRET: u64 = 4096;
+
+pub fn url(paths: &Paths, with_password: bool, tcp: bool, out: &Output) -> u8 {
+    let found = connection(paths, with_password).and_then(|(pg, password)| {
+        let url = match tcp {
+            true => pg.tcp_url.clone().ok_or_else(|| {
+                CtlError::Failed(
+                    "PostgreSQL does not listen on TCP: set pg_port in config.toml (or \
+                     --pg-port) and restart the daemon"
+                        .into(),
+                )
+            })?,
+            false => pg.url.clone(),
+        };
+        Ok(match password {
+            Some(password) => with(&url, &password),
+            None => url,
+        })
+        .map(|url| (pg, url))
+    });
+    match found {
+        Ok((pg, url)) => {
             out.result(&url, json!({"url": url, "mode": pg.mode}));
             exit_code::OK
         }
         Err(err) => {
-            out.error(err);
-            exit_code::FAILURE
+            let code = err.exit_code();
+            out.error(&err);
+            code
         }
     }
 }
 
 pub fn psql(paths: &Paths, args: &[String], out: &Output) -> u8 {
-    let (pg, password) = match connection(paths) {
+    let (pg, password) = match connection(paths, true) {
         Ok(found) => found,
         Err(err) => {
-            out.error(err);
-            return exit_code::FAILURE;
+            let code = err.exit_code();
+            out.error(&err);
+            return code;
         }
     };
-    let mut command = Command::new("psql");
-    command.arg(&pg.url).args(args);
+    let program = pg
+        .bin_dir
+        .as_ref()
+        .map(|dir| dir.join("psql"))
+        .filter(|psql| psql.is_file())
+        .unwrap_or_else(|| PathBuf::from("psql"));
+    let mut command = Command::new(&program);
+    // A socket directory too long for an address is reached through a
+    // descriptor psql inherits (see `SocketPath`).
+    let _socket_dir;
+    match (&pg.socket_dir, pg.mode.as_str()) {
+        (Some(dir), "embedded") => {
+            _socket_dir = SocketPath::dir(dir).ok();
+            let address = _socket_dir
+                .as_ref()
+                .map_or_else(|| dir.clone(), |a| a.address().to_path_buf());
+            if let Some(fd) = _socket_dir.as_ref().and_then(|a| a.dir_fd()) {
+                // SAFETY: clears FD_CLOEXEC on a descriptor we own, so psql
+                // inherits it.
+                unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+            }
+            command
+                .env("PGHOST", address)
+                .env("PGPORT", pg.port.unwrap_or(5432).to_string())
+                .env("PGUSER", "postgres")
+                .env("PGDATABASE", "postgres");
+        }
+        _ => {
+            command.arg(&pg.url);
+        }
+    }
+    command.args(args);
     if let Some(password) = password {
         command.env("PGPASSWORD", password);
     }
     let err = command.exec();
     out.error(format!(
-        "could not run psql: {err}; install the PostgreSQL client (for example apt install postgresql-client)"
+        "could not run {}: {err}; install the PostgreSQL client (for example apt install \
+         postgresql-client)",
+        program.display()
     ));
     exit_code::FAILURE
 }
 
-/// The daemon's PostgreSQL status and, for the embedded server, the password.
-fn connection(paths: &Paths) -> Result<(PostgresStatus, Option<String>), String> {
-    let info = match outboxd::lock::inspect(&paths.lock).map_err(|e| e.to_string())? {
-        outboxd::lock::LockState::Held { info, .. } => info,
-        _ => {
-            return Err(format!(
-                "outboxd is not running (home {}): run `outboxctl start`",
-                paths.home.display()
-            ));
-        }
-    };
-    let status: Status = Client::connect(&socket_of(paths, info.as_ref()), ANSWER_TIMEOUT)
-        .and_then(|mut client| client.call_as(&Request::Status))
-        .map_err(|e| e.to_string())?;
-    let pg = status
-        .postgres
-        .ok_or("this daemon reports no PostgreSQL (it predates it)")?;
-    let password = match pg.mode.as_str() {
-        "embedded" => Some(
-            std::fs::read_to_string(&paths.pg_secret)
-                .map_err(|e| {
-                    format!(
-                        "could not read the password in {}: {e}",
-                        paths.pg_secret.display()
-                    )
-                })?
-                .trim()
-                .to_string(),
-        ),
+/// The daemon's PostgreSQL status and, for the embedded server when asked,
+/// the password.
+fn connection(
+    paths: &Paths,
+    with_password: bool,
+) -> Result<(PostgresStatus, Option<String>), CtlError> {
+    let (mut client, _) = daemon::connect(paths, ANSWER_TIMEOUT)?;
+    let status: Status = client
+        .call_as(&Request::Status)
+        .map_err(|e| CtlError::Failed(e.to_string()))?;
+    if status.home != paths.home {
+        return Err(CtlError::Untrusted(format!(
+            "the daemon of {} says its home is {}",
+            paths.home.display(),
+            status.home.display()
+        )));
+    }
+    let pg = status.postgres.ok_or_else(|| {
+        CtlError::Failed("this daemon reports no PostgreSQL (it predates it)".into())
+    })?;
+    let password = match (pg.mode.as_str(), with_password) {
+        ("embedded", true) => Some(read_secret(paths)?),
         _ => None,
     };
     Ok((pg, password))
+}
+
+fn read_secret(paths: &Paths) -> Result<String, CtlError> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(&paths.home)
+        .map(|m| m.uid())
+        .map_err(|e| {
+            CtlError::Failed(format!("could not inspect {}: {e}", paths.home.display()))
+        })?;
+    match safefs::read_capped(&paths.pg_secret, MAX_SECRET, Owner::Is(owner)) {
+        Ok(Some(bytes)) => Ok(String::from_utf8_lossy(&bytes).trim().to_string()),
+        Ok(None) => Err(CtlError::Failed(format!(
+            "the password file {} is missing",
+            paths.pg_secret.display()
+        ))),
+        Err(err) => Err(CtlError::from_lib(paths, err)),
+    }
 }
 
 /// `postgresql://user@...` with `:password` after the user.

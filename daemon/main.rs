@@ -1,31 +1,41 @@
-//! `outboxd`: the daemon. This file is its start-up and teardown, in order;
-//! the work lives in the modules below and in the `outboxd` library.
+//! `outboxd`: the daemon. This file is its start-up, in order; the work lives
+//! in the modules below and in the `outboxd` library.
 //!
-//! Order matters and is fixed: read the notify socket (and hide it from
-//! children), set up logging, create the home, fork into the background if
-//! asked, take the PID lock (after the fork: record locks are not inherited),
-//! drop root (before any thread exists), install signal handlers, build the
-//! async runtime, [`run::run`].
+//! The order is fixed: block the signals we handle (one arriving now waits
+//! for the handlers), take the notify socket (and hide it from children),
+//! parse and check the flags (before the home is touched), decide the
+//! account and, as root, become it (before anything in the home is opened),
+//! prepare the home, read the configuration, fork into the background if
+//! asked, take the PID lock (after the fork: record locks are not
+//! inherited), install the signal handlers, build the async runtime,
+//! [`run::run`]. Teardown is `run`'s, in reverse.
 
+mod component;
+mod context;
+mod home;
 mod logging;
 mod pg;
-mod privileges;
+mod reload;
 mod run;
 mod server;
 mod shutdown;
 mod signals;
+mod state;
 
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use clap::Parser;
-use outboxd::config::{Config, Settings};
+use clap::{CommandFactory, FromArgMatches, Parser};
+use outboxd::config::{Config, Flags, Settings};
 use outboxd::error::{Error, IoContext, Result};
 use outboxd::exit_code;
 use outboxd::lock::PidLock;
-use outboxd::notify::Notifier;
+use outboxd::notify::{NOTIFY_SOCKET, Notifier};
 use outboxd::paths::Paths;
+use outboxd::privileges::{self, Intent};
 use tokio::sync::Notify;
 use tracing::{error, info};
 
@@ -45,44 +55,21 @@ struct Args {
     #[arg(long)]
     daemonize: bool,
 
-    /// Close control connections silent for this many seconds [default: 30]
-    #[arg(long, value_name = "SECS")]
-    idle_timeout: Option<f64>,
-
-    /// Most control connections served at once [default: 128]
-    #[arg(long, value_name = "N")]
-    max_connections: Option<usize>,
-
-    /// Directory of the PostgreSQL binaries [default: search, then download]
-    #[arg(long, env = "OUTBOXD_PG_BIN", value_name = "DIR")]
-    pg_bin: Option<PathBuf>,
-
-    /// Also let PostgreSQL listen on 127.0.0.1 at this port [default: Unix socket only]
-    #[arg(long, value_name = "PORT")]
-    pg_port: Option<u16>,
-
-    /// When started as root, run as this account [default: the home's owner
-    /// unless root, else outboxd, else postgres]
-    #[arg(long, value_name = "NAME")]
-    user: Option<String>,
-
-    /// Use this PostgreSQL instead of the embedded one
-    #[arg(
-        long,
-        env = "OUTBOXD_DATABASE_URL",
-        value_name = "URL",
-        hide_env_values = true
-    )]
-    database_url: Option<String>,
+    #[command(flatten)]
+    settings: Settings,
 }
 
 fn main() -> ExitCode {
-    let notifier = Notifier::from_env();
-    let args = Args::parse();
+    signals::block();
+    let notifier = Arc::new(take_notifier());
+    let matches = Args::command().get_matches();
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let flags = Flags::from_matches(args.settings.clone(), &matches);
     logging::init();
-    match start(&args, &notifier) {
+    match start(&args, &flags, &notifier) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
+        Err(Failure::Reported(code)) => ExitCode::from(code),
+        Err(Failure::Error(err)) => {
             error!("{err}");
             notifier.failed(err.errno(), &err.to_string());
             match err {
@@ -93,42 +80,80 @@ fn main() -> ExitCode {
     }
 }
 
-fn start(args: &Args, notifier: &Notifier) -> Result<()> {
-    // Everything the daemon creates is private to its user.
+/// How start-up ended without a daemon.
+enum Failure {
+    /// An error for `main` to log and report.
+    Error(Error),
+    /// Already reported (to the process that started us); exit with this.
+    Reported(u8),
+}
+
+impl From<Error> for Failure {
+    fn from(err: Error) -> Failure {
+        Failure::Error(err)
+    }
+}
+
+/// Reads `NOTIFY_SOCKET` and removes it from the environment, so that no
+/// child (PostgreSQL speaks this protocol too) sends READY in our name.
+fn take_notifier() -> Notifier {
+    let Some(target) = std::env::var_os(NOTIFY_SOCKET) else {
+        return Notifier::none();
+    };
+    // SAFETY: called first thing in main, while this is the only thread,
+    // so nothing reads the environment concurrently.
+    unsafe { std::env::remove_var(NOTIFY_SOCKET) };
+    Notifier::connect(std::path::Path::new(&target))
+}
+
+fn start(args: &Args, flags: &Flags, notifier: &Arc<Notifier>) -> Result<(), Failure> {
+    // Everything the daemon creates is private to its account.
     // SAFETY: umask only sets the process's file mode mask.
     unsafe { libc::umask(0o077) };
+    let paths = Paths::resolve(args.home.as_deref())?;
+    Config::check_flags(&paths, flags)?;
     notifier.status("preparing the home directory");
-    let paths = Paths::resolve(args.home.as_deref())?.create_dirs()?;
-    let flags = Settings {
-        idle_timeout_secs: args.idle_timeout,
-        max_connections: args.max_connections,
-        pg_bin: args.pg_bin.clone(),
-        pg_port: args.pg_port,
-        user: args.user.clone(),
-        database_url: args.database_url.clone(),
-    };
-    let config = Config::load(paths, flags)?;
-
-    if args.daemonize && detach(&config.paths)? == Detached::Parent {
-        return Ok(());
-    }
+    let account = privileges::settle(&paths.home, flags.settings.user.as_deref(), Intent::Create)?;
+    let paths = home::prepare(&paths)?;
     if args.daemonize {
+        logging::tee(logging::open(&paths.log_file)?);
+    }
+    if let Some(account) = account {
+        info!(user = %account.name, uid = account.uid, "started as root: now running as the home's account");
+    }
+    let config = Config::load(paths, flags)?;
+    home::check_user_setting(&config)?;
+
+    let mut reporter = None;
+    if args.daemonize {
+        match detach(&config.paths)? {
+            Detached::Parent(outcome) => return outcome,
+            Detached::Child(report) => reporter = Some(report),
+        }
+        logging::end_tee();
         notifier.main_pid(std::process::id());
     }
 
     notifier.status("taking the lock");
-    let lock = PidLock::acquire(&config.paths.lock, &config.paths.home)?;
-    if config.database_url.is_none()
-        && let Some(account) = privileges::drop_root(&config.paths, config.user.as_deref())?
-    {
-        info!(user = %account.name, uid = account.uid, "started as root: now running as an unprivileged account");
-    }
+    let lock = match PidLock::acquire(&config.paths) {
+        Ok(lock) => lock,
+        Err(err @ Error::AlreadyRunning { .. }) if reporter.is_some() => {
+            // Told to the process that started us, not to the running
+            // daemon's log, where it would look like a failure of that daemon.
+            notifier.failed(err.errno(), &err.to_string());
+            report(reporter.take(), &format!("{err}"));
+            return Err(Failure::Reported(exit_code::ALREADY_RUNNING));
+        }
+        Err(err) => return Err(err.into()),
+    };
+    report(reporter.take(), "locked");
+
     let shutdown = Shutdown::new();
     let log_file = args.daemonize.then(|| config.paths.log_file.clone());
     let reload = Arc::new(Notify::new());
-    let signals = signals::spawn(shutdown.clone(), log_file, reload.clone())
+    let signals = signals::spawn(shutdown.clone(), log_file.clone(), reload.clone())
         .at("install signal handlers for", &config.paths.home)?;
-    raise_open_files_limit();
+    OPEN_FILES.get_or_init(raise_open_files_limit);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("outboxd")
@@ -136,50 +161,122 @@ fn start(args: &Args, notifier: &Notifier) -> Result<()> {
         .build()
         .at("start the async runtime for", &config.paths.home)?;
 
-    let result = runtime.block_on(run::run(config, lock, notifier, shutdown, reload));
+    let result = runtime.block_on(run::run(
+        config,
+        lock,
+        notifier.clone(),
+        shutdown,
+        reload,
+        log_file,
+    ));
 
     drop(runtime);
     signals.stop();
-    result
+    result.map_err(Failure::Error)
 }
 
-#[derive(Debug, PartialEq, Eq)]
 enum Detached {
-    /// The original process: the daemon is on its way; exit 0.
-    Parent,
-    /// The daemon, detached from the terminal and session.
-    Child,
+    /// The original process, with how it should exit once the daemon took
+    /// (or failed to take) the lock.
+    Parent(Result<(), Failure>),
+    /// The daemon, detached from the terminal and session, with the pipe on
+    /// which it tells the original process whether it took the lock.
+    Child(OwnedFd),
 }
 
 /// Forks into the background (daemonize: fork, setsid, fork), with standard
 /// output and error appended to the log file and the working directory `/`.
+/// The original process waits until the daemon says whether it took the
+/// lock, so `outboxd --daemonize` on a home already running exits 3 with
+/// the reason on its own standard error.
 fn detach(paths: &Paths) -> Result<Detached> {
-    let log = logging::open(&paths.log_file).at("open log file", &paths.log_file)?;
+    let log = logging::open(&paths.log_file)?;
     let log_err = log.try_clone().at("open log file", &paths.log_file)?;
+    let (read_end, write_end) = pipe().at("create a pipe for", &paths.log_file)?;
     let daemon = daemonize::Daemonize::new()
         .working_directory("/")
         .umask(0o077)
         .stdout(log)
         .stderr(log_err);
     match daemon.execute() {
-        daemonize::Outcome::Parent(Ok(_)) => Ok(Detached::Parent),
-        daemonize::Outcome::Child(Ok(_)) => Ok(Detached::Child),
+        daemonize::Outcome::Parent(Ok(_)) => {
+            drop(write_end);
+            let mut answer = String::new();
+            let _ = std::fs::File::from(read_end).read_to_string(&mut answer);
+            Ok(Detached::Parent(match answer.as_str() {
+                "locked" => Ok(()),
+                "" => {
+                    eprintln!(
+                        "outboxd: the daemon exited before it took the lock; see {}",
+                        paths.log_file.display()
+                    );
+                    Err(Failure::Reported(exit_code::FAILURE))
+                }
+                refusal => {
+                    eprintln!("outboxd: {refusal}");
+                    Err(Failure::Reported(exit_code::ALREADY_RUNNING))
+                }
+            }))
+        }
+        daemonize::Outcome::Child(Ok(_)) => {
+            drop(read_end);
+            Ok(Detached::Child(write_end))
+        }
         daemonize::Outcome::Parent(Err(e)) | daemonize::Outcome::Child(Err(e)) => {
             Err(std::io::Error::other(e.to_string())).at("daemonize with log", &paths.log_file)
         }
     }
 }
 
-/// Raises the soft limit on open files to the hard limit, so that a burst of
-/// control connections meets the connection cap before it meets EMFILE.
-fn raise_open_files_limit() {
+/// Tells the original process (after `--daemonize`) how locking went.
+fn report(pipe: Option<OwnedFd>, message: &str) {
+    if let Some(pipe) = pipe {
+        let _ = std::fs::File::from(pipe).write_all(message.as_bytes());
+    }
+}
+
+/// A pipe whose ends close on exec (PostgreSQL must not inherit them).
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills two descriptors, which we then own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fresh descriptors from pipe2.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+static OPEN_FILES: OnceLock<usize> = OnceLock::new();
+
+/// The soft limit on open files, as raised at start.
+pub fn open_files_limit() -> usize {
+    *OPEN_FILES.get_or_init(raise_open_files_limit)
+}
+
+/// Raises the soft limit on open files to the hard limit (at most 65536),
+/// so that a burst of control connections meets the connection cap before
+/// it meets EMFILE; returns the limit in force.
+fn raise_open_files_limit() -> usize {
     // SAFETY: getrlimit/setrlimit read and write a plain struct.
     unsafe {
         let mut limit: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max.min(65_536);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
         }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max.min(65_536),
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+        usize::try_from(limit.rlim_cur).unwrap_or(65_536)
     }
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> u64 {
+    context::unix_secs(std::time::SystemTime::now())
 }

@@ -1,180 +1,154 @@
-//! The daemon's life once it holds the lock: bind the control socket, record
-//! the lock, bring up PostgreSQL, announce READY, serve until shutdown, then
-//! tear down in reverse order.
+//! The daemon's life once it holds the lock, as straight-line code: bind
+//! the control socket, record the lock, start the components in order
+//! (PostgreSQL, then the drain), announce READY once PostgreSQL answers,
+//! serve until shutdown, then tear down in reverse: stop accepting, stop
+//! the drain, stop PostgreSQL, remove the socket, release the lock.
 
-use std::sync::Arc;
-use std::sync::RwLock;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Instant, SystemTime};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use outboxd::config::Config;
 use outboxd::error::{Error, Result};
 use outboxd::lock::{LockInfo, PidLock};
 use outboxd::notify::Notifier;
-use tokio::sync::{Notify, mpsc};
-use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use outboxd::protocol::DaemonState;
+use tokio::sync::Notify;
+use tracing::{error, info, warn};
 
-use crate::pg;
-use crate::server::{self, Context, Limits};
+use crate::context::{Context, Limits, unix_secs};
+use crate::pg::{self, PgError};
+use crate::server;
 use crate::shutdown::Shutdown;
+use crate::state::State;
+
+/// How often the daemon checks that its lock file is still in place.
+const LOCK_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// Runs the daemon until `shutdown` is triggered.
 pub async fn run(
     config: Config,
     mut lock: PidLock,
-    notifier: &Notifier,
+    notifier: Arc<Notifier>,
     shutdown: Shutdown,
     reload: Arc<Notify>,
+    log_file: Option<PathBuf>,
 ) -> Result<()> {
     let started_at = SystemTime::now();
     let pid = std::process::id() as i32;
     let paths = config.paths.clone();
+    let state = State::new();
 
     notifier.status("binding the control socket");
-    let listener = server::bind(&paths.socket)?;
+    let bound = server::bind(&paths.socket)?;
     lock.record(&LockInfo {
         pid,
         version: outboxd::VERSION.into(),
-        started_at: server::unix_secs(started_at),
+        started_at: unix_secs(started_at),
         socket: paths.socket.clone(),
     })?;
-    let (pg, pg_requests) = pg::channel(pg::initial_status(&config));
+    let lock_guard = tokio::spawn(guard_lock(lock, shutdown.clone()));
+
+    let postgres = pg::spawn(&config, notifier.clone(), shutdown.clone());
+    let euid = outboxd::process::euid();
     let ctx = Arc::new(Context {
-        config: config.clone(),
+        limits: RwLock::new(Limits::of(&config, crate::open_files_limit())),
+        config: RwLock::new(config.clone()),
         pid,
         started_at,
         started: Instant::now(),
-        euid: outboxd::process::euid(),
+        euid,
+        account: outboxd::account::name_of(euid),
+        log_file,
+        state: state.clone(),
         shutdown: shutdown.clone(),
-        pg: pg.clone(),
-        ready: AtomicBool::new(false),
-        limits: RwLock::new(Limits::of(&config)),
+        postgres: postgres.component.handle.clone(),
+        drain: None,
     });
+    let server = tokio::spawn(server::serve(bound, ctx.clone()));
     tokio::spawn(reload_on_signal(ctx.clone(), reload));
-    let server = tokio::spawn(server::serve(listener, ctx.clone()));
 
-    let postgres = start_postgres(&config, notifier, &pg, pg_requests, &shutdown).await;
-    if postgres.is_ok() {
-        ctx.ready.store(true, Ordering::Release);
+    let outcome = match postgres.first.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(PgError::Interrupted(reason))) => {
+            info!(%reason, "start-up interrupted");
+            Ok(())
+        }
+        Ok(Err(e)) => Err(startup_error(&config, e)),
+        Err(_) => Err(startup_error(
+            &config,
+            PgError::Internal("the PostgreSQL component ended".into()),
+        )),
+    };
+    if outcome.is_ok() && !shutdown.is_triggered() {
+        state.set(DaemonState::Running);
         notifier.ready(&format!("running (pid {pid})"));
-        info!(pid, version = outboxd::VERSION, home = %paths.home.display(), socket = %paths.socket.display(), "ready");
+        info!(pid, version = outboxd::VERSION, home = ?paths.home, socket = ?paths.socket, "ready");
         let reason = shutdown.wait().await;
         info!(%reason, "shutting down");
     }
 
     shutdown.trigger("start-up failed");
-    if postgres.is_ok() {
+    state.set(DaemonState::Stopping);
+    if outcome.is_ok() {
         // A failed start-up reports ERRNO= instead (in main).
         notifier.stopping();
     }
-    // Teardown in the contract's order: stop accepting, stop PostgreSQL,
-    // remove the socket, release the lock.
-    let listener = server.await;
-    let outcome = match postgres {
-        // The supervisor stops PostgreSQL when shutdown fires; wait for it.
-        Ok(supervisor) => {
-            let _ = supervisor.await;
-            Ok(())
-        }
-        // A start-up cut short may have left a postmaster behind: stop it.
-        Err(e) => {
-            if config.database_url.is_none() {
-                stop_leftover_postmaster(&config).await;
-            }
-            Err(e)
-        }
-    };
-    drop(listener);
+    // Teardown in the contract's order.
+    let bound = server.await.expect("the control server does not panic");
+    postgres.component.shutdown().await;
+    drop(bound);
+    let lock = lock_guard.await.expect("the lock guard does not panic");
     lock.release()?;
-    info!("stopped");
+    if outcome.is_ok() {
+        info!("stopped");
+    }
     outcome
 }
 
-/// Brings PostgreSQL up (embedded) or starts watching it (external), and
-/// returns the task that supervises it until shutdown.
-async fn start_postgres(
-    config: &Config,
-    notifier: &Notifier,
-    pg: &pg::Handle,
-    requests: mpsc::Receiver<pg::Request>,
-    shutdown: &Shutdown,
-) -> Result<JoinHandle<()>> {
-    if let Some(url) = &config.database_url {
-        info!(url = %pg::redact(url), "using an external PostgreSQL");
-        return Ok(tokio::spawn(pg::watch_external(
-            url.clone(),
-            pg.clone(),
-            shutdown.clone(),
-        )));
-    }
-    // Not cut short by a shutdown: an initdb interrupted half-way would have
-    // to be redone, and its process would outlive the daemon.
-    let embedded = pg::prepare(config, notifier, pg).await?;
-    notifier.status("starting PostgreSQL");
-    let first = tokio::select! {
-        started = embedded.start_or_adopt() => started,
-        reason = shutdown.wait() => Err(format!("start-up interrupted by {reason}")),
-    };
-    let first = first.map_err(|why| Error::Problem {
-        what: "PostgreSQL on",
-        path: config.paths.pg_data.clone(),
-        problem: format!("could not start: {why}"),
-        fix: format!("see {}", config.paths.pg_log.display()),
-    })?;
-    Ok(tokio::spawn(pg::supervise(
-        embedded,
-        first,
-        pg.clone(),
-        requests,
-        shutdown.clone(),
-    )))
-}
-
-async fn stop_leftover_postmaster(config: &Config) {
-    let data = config.paths.pg_data.clone();
-    let grace = std::time::Duration::from_secs(30);
-    let stopped =
-        tokio::task::spawn_blocking(move || outboxd::postmaster::stop_any(&data, grace)).await;
-    match stopped {
-        Ok(Ok(Some((pid, how)))) => info!(
-            pid,
-            how, "stopped the postmaster of an interrupted start-up"
+/// A failed first start of PostgreSQL, as the daemon's error.
+fn startup_error(config: &Config, e: PgError) -> Error {
+    match e {
+        PgError::Home(e) => e,
+        e => Error::problem(
+            "PostgreSQL on",
+            &config.paths.pg_data,
+            format!("could not start: {e}"),
+            format!("see {}", config.paths.pg_log.display()),
+            libc::EIO,
         ),
-        Ok(Ok(None)) => {}
-        Ok(Err(e)) => warn!(error = %e, "could not stop the postmaster of an interrupted start-up"),
-        Err(e) => warn!(error = %e, "could not stop the postmaster of an interrupted start-up"),
     }
 }
 
-/// Rereads `config.toml` whenever SIGHUP asks, and applies what can change
-/// live (the connection limits). A bad file keeps the running configuration.
+/// Holds the lock until shutdown, checking now and then that the lock file
+/// is still the one locked: if someone deleted or replaced it, a new one is
+/// made and locked, so `status` and `stop` keep finding this daemon.
+async fn guard_lock(mut lock: PidLock, shutdown: Shutdown) -> PidLock {
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return lock,
+            _ = tokio::time::sleep(LOCK_CHECK_EVERY) => {}
+        }
+        match tokio::task::block_in_place(|| lock.ensure_in_place()) {
+            Ok(false) => {}
+            Ok(true) => warn!(
+                "the lock file was deleted or replaced while the daemon ran: made and locked a new one"
+            ),
+            Err(e) => {
+                error!(error = %e, "the lock file was deleted or replaced while the daemon ran, and could not be restored")
+            }
+        }
+    }
+}
+
+/// Rereads `config.toml` whenever SIGHUP asks.
 async fn reload_on_signal(ctx: Arc<Context>, reload: Arc<Notify>) {
     loop {
         tokio::select! {
             _ = ctx.shutdown.wait() => return,
             _ = reload.notified() => {}
         }
-        match ctx.config.reload() {
-            Ok(new) => {
-                let limits = Limits::of(&new);
-                *ctx.limits.write().expect("limits lock") = limits;
-                info!(
-                    idle_timeout_secs = limits.idle_timeout.as_secs_f64(),
-                    max_connections = limits.max_connections,
-                    "reloaded the configuration"
-                );
-                let restart_only = new.pg_bin != ctx.config.pg_bin
-                    || new.pg_port != ctx.config.pg_port
-                    || new.user != ctx.config.user
-                    || new.database_url != ctx.config.database_url;
-                if restart_only {
-                    warn!(
-                        "PostgreSQL settings (pg_bin, pg_port, user, database_url) change only at restart"
-                    );
-                }
-            }
-            Err(e) => warn!(error = %e, "kept the running configuration"),
-        }
+        // The outcome is logged by `reload`.
+        let _ = crate::reload::reload(&ctx).await;
     }
 }

@@ -37,6 +37,11 @@ impl Shutdown {
         self.reason.borrow().is_some()
     }
 
+    /// The reason, once shutdown has been asked for.
+    pub fn reason(&self) -> Option<String> {
+        self.reason.borrow().clone()
+    }
+
     /// Resolves once shutdown is asked for, with the reason.
     pub async fn wait(&self) -> String {
         let mut receiver = self.reason.subscribe();

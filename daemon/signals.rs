@@ -2,8 +2,10 @@
 //! trigger a graceful shutdown; SIGHUP reopens the log file and asks for the
 //! configuration to be reloaded.
 //!
-//! The handlers are installed before the async runtime exists, so a SIGTERM
-//! that arrives during start-up still shuts the daemon down in order.
+//! The three signals are blocked first thing in `main` ([`block`]), so one
+//! that arrives during start-up waits for the handlers instead of killing
+//! the process (SIGHUP's default action is to terminate); [`spawn`]
+//! installs the handlers and then unblocks them.
 
 use std::io;
 use std::path::PathBuf;
@@ -18,21 +20,43 @@ use tracing::{info, warn};
 use crate::logging;
 use crate::shutdown::Shutdown;
 
+const HANDLED: [i32; 3] = [SIGTERM, SIGINT, SIGHUP];
+
+/// Blocks the handled signals in this (the only) thread: they stay pending
+/// until [`spawn`] has installed the handlers.
+pub fn block() {
+    set_mask(libc::SIG_BLOCK);
+}
+
+fn set_mask(how: libc::c_int) {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use;
+    // pthread_sigmask changes only this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in HANDLED {
+            libc::sigaddset(&mut set, signal);
+        }
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
+    }
+}
+
 /// The running signal thread; [`SignalThread::stop`] ends it.
 pub struct SignalThread {
     handle: Handle,
     thread: thread::JoinHandle<()>,
 }
 
-/// Installs the handlers and starts the thread. `log_file` is the file to
-/// reopen on SIGHUP, when the daemon logs to one; `reload` is notified on
-/// SIGHUP.
+/// Installs the handlers, starts the thread and unblocks the signals (a
+/// signal that arrived meanwhile is delivered now). `log_file` is the file
+/// to reopen on SIGHUP, when the daemon logs to one; `reload` is notified
+/// on SIGHUP.
 pub fn spawn(
     shutdown: Shutdown,
     log_file: Option<PathBuf>,
     reload: Arc<Notify>,
 ) -> io::Result<SignalThread> {
-    let mut signals = Signals::new([SIGTERM, SIGINT, SIGHUP])?;
+    let mut signals = Signals::new(HANDLED)?;
     let handle = signals.handle();
     let thread = thread::Builder::new()
         .name("signals".into())
@@ -41,16 +65,11 @@ pub fn spawn(
                 let name = outboxd::process::signal_name(signal);
                 match signal {
                     SIGHUP => {
-                        match &log_file {
-                            Some(path) => match logging::reopen(path) {
-                                Ok(()) => {
-                                    info!(signal = name, log = %path.display(), "reopened the log file")
-                                }
-                                Err(e) => {
-                                    warn!(signal = name, error = %e, "could not reopen the log file")
-                                }
-                            },
-                            None => info!(signal = name, "logging to stderr: no log file to reopen"),
+                        if let Some(path) = &log_file {
+                            match logging::reopen(path) {
+                                Ok(()) => info!(signal = name, log = ?path, "reopened the log file"),
+                                Err(e) => warn!(signal = name, error = %e, "could not reopen the log file"),
+                            }
                         }
                         reload.notify_one();
                     }
@@ -61,6 +80,7 @@ pub fn spawn(
                 }
             }
         })?;
+    set_mask(libc::SIG_UNBLOCK);
     Ok(SignalThread { handle, thread })
 }
 

@@ -1,5 +1,11 @@
 //! A blocking client of the control socket, for `outboxctl` and for tools
 //! written in Rust. One connection carries any number of requests in turn.
+//!
+//! [`connect_verified`] is how anything reaches the daemon of a home: it
+//! connects to the home's own socket path (never to a path read from a
+//! file) and checks the peer's credentials before a request is sent: the
+//! peer's pid must be the kernel's lock holder, and its uid the home's
+//! owner. A socket answered by anyone else is an impostor.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -9,6 +15,7 @@ use interprocess::local_socket::{GenericFilePath, Stream, ToFsName, prelude::*};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::paths::{Paths, SocketPath};
 use crate::protocol::{self, ErrorBody, Request, Response};
 
 /// The largest response line the client reads.
@@ -40,6 +47,26 @@ pub enum ClientError {
     /// The daemon answered with an error.
     #[error("the daemon refused the request: {0}")]
     Refused(#[from] ErrorBody),
+    /// The process answering on the socket is not the daemon of the home.
+    #[error(
+        "control socket {} is answered by pid {peer_pid:?} (uid {peer_uid:?}), not by the lock \
+         holder (pid {holder}, uid {owner}): refusing to trust it",
+        socket.display()
+    )]
+    Impostor {
+        socket: PathBuf,
+        holder: i32,
+        owner: u32,
+        peer_pid: Option<u32>,
+        peer_uid: Option<u32>,
+    },
+}
+
+impl ClientError {
+    /// Whether nothing accepted the connection.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, ClientError::Connect { .. })
+    }
 }
 
 /// A connection to the daemon's control socket.
@@ -49,14 +76,46 @@ pub struct Client {
     next_id: u64,
 }
 
+/// Connects to the control socket of the home of `paths` and checks that
+/// the peer is `holder` (the pid the kernel names as the lock holder),
+/// running as the home's owner.
+pub fn connect_verified(
+    paths: &Paths,
+    holder: i32,
+    timeout: Duration,
+) -> Result<Client, ClientError> {
+    let client = Client::connect(&paths.socket, timeout)?;
+    let owner = std::fs::metadata(&paths.home)
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .map_err(|source| ClientError::Connect {
+            socket: paths.socket.clone(),
+            source,
+        })?;
+    let (peer_pid, peer_uid) = client.peer();
+    if peer_pid != u32::try_from(holder).ok() || peer_uid != Some(owner) {
+        return Err(ClientError::Impostor {
+            socket: paths.socket.clone(),
+            holder,
+            owner,
+            peer_pid,
+            peer_uid,
+        });
+    }
+    Ok(client)
+}
+
 impl Client {
-    /// Connects to `socket`; every later read and write gives up after `timeout`.
+    /// Connects to `socket` without verifying the peer (tests, benchmarks,
+    /// tools that verify by other means); every later read and write gives
+    /// up after `timeout`.
     pub fn connect(socket: &Path, timeout: Duration) -> Result<Client, ClientError> {
         let connect_error = |source| ClientError::Connect {
             socket: socket.to_path_buf(),
             source,
         };
-        let name = socket
+        let address = SocketPath::new(socket).map_err(|e| connect_error(io::Error::other(e)))?;
+        let name = address
+            .address()
             .to_fs_name::<GenericFilePath>()
             .map_err(connect_error)?;
         let stream = Stream::connect(name).map_err(connect_error)?;
@@ -75,7 +134,7 @@ impl Client {
     pub fn call(&mut self, request: &Request) -> Result<Value, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
-        let line = protocol::encode_request(Some(Value::from(id)), request);
+        let line = protocol::encode_request(Some(id), request);
         let io_error = |source| ClientError::Io {
             socket: self.socket.clone(),
             source,
@@ -100,10 +159,23 @@ impl Client {
             });
         }
         let response = Response::from_line(&answer).map_err(|e| self.bad_response(e))?;
-        if response.id.is_some() && response.id != Some(Value::from(id)) {
-            return Err(self.bad_response(format!("expected id {id}, got {:?}", response.id)));
+        if let Some(got) = response.id_text()
+            && got != id.to_string()
+        {
+            return Err(self.bad_response(format!("expected id {id}, got {got}")));
         }
         Ok(response.into_result()?)
+    }
+
+    /// The peer's pid and effective uid, as the kernel reports them.
+    pub fn peer(&self) -> (Option<u32>, Option<u32>) {
+        match self.stream.get_ref().peer_creds() {
+            Ok(creds) => (
+                creds.pid().and_then(|p| u32::try_from(p).ok()),
+                creds.euid(),
+            ),
+            Err(_) => (None, None),
+        }
     }
 
     /// Sends `request` and decodes its result as `T`.

@@ -1,55 +1,147 @@
 //! The daemon's configuration: defaults, overlaid by `config.toml` in the
-//! home, overlaid by command-line flags.
+//! home, overlaid by command-line flags (and their environment variables).
+//!
+//! Every setting is defined once, as a field of [`Settings`]: its doc comment
+//! is the flag's help, its name is the `config.toml` key, and clap derives
+//! the flag (`idle_timeout_secs` → `--idle-timeout-secs`). Layers are merged
+//! through their serialized form, so adding a setting is adding a field.
+//! Every value remembers its [`Origin`], so an error names the flag, the
+//! variable or the file it came from.
 
-use std::io;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Origin, Result};
 use crate::paths::Paths;
+use crate::safefs::{self, Owner};
 
-/// How long a control connection may stay silent before it is closed.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
-/// How many control connections are served at once. When more arrive, the
-/// oldest connection waiting for a request is closed to make room.
-pub const DEFAULT_MAX_CONNECTIONS: usize = 128;
+/// The largest `config.toml` read; a larger file is refused.
+pub const MAX_CONFIG_BYTES: u64 = 64 * 1024;
 
 /// Settings that may come from `config.toml` or the command line. Every field
 /// is optional: an unset field keeps the value from the layer below.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// Seconds a control connection may stay silent.
+    /// Close control connections silent for this many seconds [default: 30]
+    #[arg(long, visible_alias = "idle-timeout", value_name = "SECS")]
     pub idle_timeout_secs: Option<f64>,
-    /// The most control connections served at once.
+
+    /// Most control connections served at once; beyond it the oldest is
+    /// closed [default: 128, at most the open-file limit allows]
+    #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,
-    /// The directory holding the PostgreSQL binaries to use.
+
+    /// Directory of the PostgreSQL binaries [default: search installed ones,
+    /// then download]
+    #[arg(long, env = "OUTBOXD_PG_BIN", value_name = "DIR")]
     pub pg_bin: Option<PathBuf>,
-    /// A TCP port on 127.0.0.1 for PostgreSQL; without it, only its Unix socket.
+
+    /// Also let PostgreSQL listen on 127.0.0.1 at this port [default: its Unix
+    /// socket only]
+    #[arg(long, value_name = "PORT")]
     pub pg_port: Option<u16>,
-    /// The account to run as when started as root.
+
+    /// When started as root on a new home, the account to run as [default:
+    /// outboxd, else postgres; an existing home runs as its owner]
+    #[arg(long, value_name = "NAME")]
     pub user: Option<String>,
-    /// Use this existing PostgreSQL instead of the embedded one.
+
+    /// Use this PostgreSQL instead of the embedded one (postgresql://...;
+    /// sslmode=require is supported)
+    #[arg(
+        long,
+        env = "OUTBOXD_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub database_url: Option<String>,
+
+    /// Most events the drain moves in one transaction [default: 20000]
+    #[arg(long, value_name = "N")]
+    pub drain_batch_max: Option<usize>,
+
+    /// Seconds an idempotency id is remembered after its event was enqueued
+    /// [default: 604800, seven days]
+    #[arg(long, value_name = "SECS")]
+    pub idempotency_window_secs: Option<u64>,
+
+    /// Seconds without progress, while events are queued, after which the
+    /// drain counts as stuck [default: 60]
+    #[arg(long, value_name = "SECS")]
+    pub stuck_after_secs: Option<u64>,
+
+    /// Delete drained events older than this many days from
+    /// outbox.events [default: keep them]
+    #[arg(long, value_name = "DAYS")]
+    pub retention_days: Option<u32>,
 }
 
-impl Settings {
-    /// `self`, with the fields that `over` sets replaced.
-    pub fn overlay(self, over: Settings) -> Settings {
-        Settings {
-            idle_timeout_secs: over.idle_timeout_secs.or(self.idle_timeout_secs),
-            max_connections: over.max_connections.or(self.max_connections),
-            pg_bin: over.pg_bin.or(self.pg_bin),
-            pg_port: over.pg_port.or(self.pg_port),
-            user: over.user.or(self.user),
-            database_url: over.database_url.or(self.database_url),
+/// The command-line layer: the flags given, and for each where it came from
+/// (a flag or its environment variable).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Flags {
+    pub settings: Settings,
+    pub origins: BTreeMap<String, Origin>,
+}
+
+impl Flags {
+    /// The flags of a parsed command line whose arguments include
+    /// [`Settings`] (flattened).
+    pub fn from_matches(settings: Settings, matches: &clap::ArgMatches) -> Flags {
+        let mut origins = BTreeMap::new();
+        for key in keys(&settings) {
+            let origin = match matches.value_source(&key) {
+                Some(clap::parser::ValueSource::EnvVariable) => {
+                    Origin::Env(env_name(&key).unwrap_or_default())
+                }
+                _ => Origin::Flag(format!("--{}", key.replace('_', "-"))),
+            };
+            origins.insert(key, origin);
         }
+        Flags { settings, origins }
     }
 }
 
-/// The daemon's whole configuration.
+/// The environment variable that can set `key`, if any.
+fn env_name(key: &str) -> Option<String> {
+    match key {
+        "pg_bin" => Some("OUTBOXD_PG_BIN".into()),
+        "database_url" => Some("OUTBOXD_DATABASE_URL".into()),
+        _ => None,
+    }
+}
+
+/// The keys a layer sets.
+fn keys(settings: &Settings) -> Vec<String> {
+    to_map(settings).keys().cloned().collect()
+}
+
+fn to_map(settings: &Settings) -> Map<String, Value> {
+    match serde_json::to_value(settings).expect("settings serialize") {
+        Value::Object(map) => map.into_iter().filter(|(_, v)| !v.is_null()).collect(),
+        _ => unreachable!("a struct serializes to an object"),
+    }
+}
+
+/// How long a control connection may stay silent before it is closed.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How many control connections are served at once.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 128;
+/// The port that names PostgreSQL's Unix socket when no TCP port is set.
+pub const DEFAULT_PG_PORT: u16 = 5432;
+/// The most events in one drain transaction.
+pub const DEFAULT_DRAIN_BATCH_MAX: usize = 20_000;
+/// How long idempotency ids are remembered.
+pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long a drain may make no progress with events queued before it counts as stuck.
+pub const DEFAULT_STUCK_AFTER: Duration = Duration::from_secs(60);
+
+/// The daemon's whole configuration, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub paths: Paths,
@@ -59,88 +151,164 @@ pub struct Config {
     pub pg_bin: Option<PathBuf>,
     /// The TCP port PostgreSQL listens on (loopback), if any.
     pub pg_port: Option<u16>,
-    /// The account to run as when started as root, if named.
+    /// The account named to run as, if any.
     pub user: Option<String>,
     /// An external PostgreSQL to use instead of the embedded one.
     pub database_url: Option<String>,
-    /// The command-line settings, kept so that a reload applies them again.
-    pub flags: Settings,
+    pub drain_batch_max: usize,
+    pub idempotency_window: Duration,
+    pub stuck_after: Duration,
+    pub retention_days: Option<u32>,
+    /// Where each setting came from (a key absent here is a default).
+    pub origins: BTreeMap<String, Origin>,
+    /// The command-line layer, kept so that a reload applies it again.
+    pub flags: Flags,
 }
 
-/// The port that names PostgreSQL's Unix socket when no TCP port is set.
-pub const DEFAULT_PG_PORT: u16 = 5432;
-
 impl Config {
+    /// Validates the command-line layer alone, before the home is touched,
+    /// so that a bad flag is reported as a flag and creates nothing.
+    pub fn check_flags(paths: &Paths, flags: &Flags) -> Result<()> {
+        Config::from_layers(paths.clone(), Settings::default(), None, flags).map(|_| ())
+    }
+
+    /// Reads `config.toml` (if present: a regular file of this user or root,
+    /// at most [`MAX_CONFIG_BYTES`]) and overlays `flags` on it.
+    pub fn load(paths: Paths, flags: &Flags) -> Result<Config> {
+        let file = read_file(&paths)?;
+        let file_path = paths.config_file.clone();
+        Config::from_layers(paths, file, Some(file_path), flags)
+    }
+
+    /// Reads `config.toml` again, with the same command-line flags on top.
+    pub fn reload(&self) -> Result<Config> {
+        Config::load(self.paths.clone(), &self.flags)
+    }
+
     /// The port PostgreSQL uses: the TCP port if set, else the default (which
     /// then only names the socket file).
     pub fn pg_port(&self) -> u16 {
         self.pg_port.unwrap_or(DEFAULT_PG_PORT)
     }
-}
 
-impl Config {
-    /// Reads `config.toml` again, with the same command-line flags on top.
-    pub fn reload(&self) -> Result<Config> {
-        Config::load(self.paths.clone(), self.flags.clone())
+    /// Where the value of `key` came from.
+    pub fn origin(&self, key: &str) -> Origin {
+        self.origins.get(key).cloned().unwrap_or(Origin::Default)
     }
 
-    /// Reads `config.toml` (if present) and overlays `flags` on it.
-    pub fn load(paths: Paths, flags: Settings) -> Result<Config> {
-        let file = read_file(&paths)?;
-        let settings = file.overlay(flags.clone());
-        let invalid = |message: String| Error::Config {
-            path: paths.config_file.clone(),
-            message,
+    fn from_layers(
+        paths: Paths,
+        file: Settings,
+        file_path: Option<PathBuf>,
+        flags: &Flags,
+    ) -> Result<Config> {
+        let mut origins = BTreeMap::new();
+        let mut merged = to_map(&file);
+        if let Some(path) = &file_path {
+            for key in merged.keys() {
+                origins.insert(key.clone(), Origin::File(path.clone()));
+            }
+        }
+        for (key, value) in to_map(&flags.settings) {
+            let origin = flags
+                .origins
+                .get(&key)
+                .cloned()
+                .unwrap_or_else(|| Origin::Flag(format!("--{}", key.replace('_', "-"))));
+            origins.insert(key.clone(), origin);
+            merged.insert(key, value);
+        }
+        let s: Settings =
+            serde_json::from_value(Value::Object(merged)).expect("merged layers deserialize");
+        let invalid = |key: &str, message: String| Error::Config {
+            origin: origins.get(key).cloned().unwrap_or(Origin::Default),
+            message: format!("{key}: {message}"),
         };
-        let idle_timeout = match settings.idle_timeout_secs {
+        let idle_timeout = match s.idle_timeout_secs {
             None => DEFAULT_IDLE_TIMEOUT,
             Some(secs) => Duration::try_from_secs_f64(secs)
                 .ok()
-                .filter(|d| !d.is_zero())
+                .filter(|d| !d.is_zero() && *d <= Duration::from_secs(86_400))
                 .ok_or_else(|| {
-                    invalid(format!("idle_timeout_secs must be positive, not {secs}"))
+                    invalid(
+                        "idle_timeout_secs",
+                        format!("must be more than 0 and at most 86400 seconds, not {secs}"),
+                    )
                 })?,
         };
-        let max_connections = match settings.max_connections {
+        let max_connections = match s.max_connections {
             None => DEFAULT_MAX_CONNECTIONS,
-            Some(0) => return Err(invalid("max_connections must be at least 1".into())),
+            Some(0) => return Err(invalid("max_connections", "must be at least 1".into())),
             Some(n) => n,
         };
-        if settings.pg_port == Some(0) {
+        if s.pg_port == Some(0) {
             return Err(invalid(
-                "pg_port must be a port number from 1 to 65535".into(),
+                "pg_port",
+                "must be a port number from 1 to 65535".into(),
             ));
         }
-        if let Some(url) = &settings.database_url
+        if let Some(url) = &s.database_url
             && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
         {
             return Err(invalid(
-                "database_url must start with postgres:// or postgresql://".into(),
+                "database_url",
+                "must start with postgres:// or postgresql://".into(),
             ));
         }
+        if let Some(url) = &s.database_url
+            && let Err(e) = url.parse::<tokio_postgres::Config>()
+        {
+            return Err(invalid("database_url", format!("is not a valid URL: {e}")));
+        }
+        let drain_batch_max = match s.drain_batch_max {
+            None => DEFAULT_DRAIN_BATCH_MAX,
+            Some(n) if (1..=1_000_000).contains(&n) => n,
+            Some(n) => {
+                return Err(invalid(
+                    "drain_batch_max",
+                    format!("must be from 1 to 1000000, not {n}"),
+                ));
+            }
+        };
         Ok(Config {
             paths,
             idle_timeout,
             max_connections,
-            pg_bin: settings.pg_bin,
-            pg_port: settings.pg_port,
-            user: settings.user,
-            database_url: settings.database_url,
-            flags,
+            pg_bin: s.pg_bin,
+            pg_port: s.pg_port,
+            user: s.user,
+            database_url: s.database_url,
+            drain_batch_max,
+            idempotency_window: s
+                .idempotency_window_secs
+                .map_or(DEFAULT_IDEMPOTENCY_WINDOW, Duration::from_secs),
+            stuck_after: s
+                .stuck_after_secs
+                .map_or(DEFAULT_STUCK_AFTER, Duration::from_secs),
+            retention_days: s.retention_days,
+            origins,
+            flags: flags.clone(),
         })
     }
 }
 
-fn read_file(paths: &Paths) -> Result<Settings> {
+/// The settings in `config.toml`, or none when there is no file.
+pub fn read_file(paths: &Paths) -> Result<Settings> {
     let path = &paths.config_file;
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Settings::default()),
-        Err(e) => return Err(e).at("read configuration", path),
+    let owner = Owner::IsOrRoot(crate::process::euid());
+    let Some(bytes) = safefs::read_capped(path, MAX_CONFIG_BYTES, owner)? else {
+        return Ok(Settings::default());
     };
+    let text = String::from_utf8(bytes).map_err(|e| Error::Config {
+        origin: Origin::File(path.clone()),
+        message: format!(
+            "is not UTF-8 text (at byte {})",
+            e.utf8_error().valid_up_to()
+        ),
+    })?;
     toml::from_str(&text).map_err(|e| Error::Config {
-        path: path.clone(),
-        message: e.to_string().trim_end().replace('\n', " "),
+        origin: Origin::File(path.clone()),
+        message: e.to_string().trim_end().to_string(),
     })
 }
 
@@ -157,26 +325,43 @@ mod tests {
         (dir, paths)
     }
 
-    #[test]
-    fn defaults_then_file_then_flags() {
-        let (_dir, paths) = home_with(None);
-        let config = Config::load(paths, Settings::default()).unwrap();
-        assert_eq!(config.idle_timeout, DEFAULT_IDLE_TIMEOUT);
-
-        let (_dir, paths) = home_with(Some("idle_timeout_secs = 2.5\nmax_connections = 4\n"));
-        let flags = Settings {
-            max_connections: Some(9),
-            ..Settings::default()
-        };
-        let config = Config::load(paths, flags).unwrap();
-        assert_eq!(config.idle_timeout, Duration::from_millis(2500));
-        assert_eq!(config.max_connections, 9);
+    fn flags(settings: Settings) -> Flags {
+        Flags {
+            settings,
+            origins: BTreeMap::new(),
+        }
     }
 
     #[test]
-    fn typos_and_bad_values_name_the_file() {
+    fn defaults_then_file_then_flags() {
+        let (_dir, paths) = home_with(None);
+        let config = Config::load(paths, &Flags::default()).unwrap();
+        assert_eq!(config.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+        assert_eq!(config.origin("idle_timeout_secs"), Origin::Default);
+
+        let (_dir, paths) = home_with(Some("idle_timeout_secs = 2.5\nmax_connections = 4\n"));
+        let file = paths.config_file.clone();
+        let config = Config::load(
+            paths,
+            &flags(Settings {
+                max_connections: Some(9),
+                ..Settings::default()
+            }),
+        )
+        .unwrap();
+        assert_eq!(config.idle_timeout, Duration::from_millis(2500));
+        assert_eq!(config.max_connections, 9);
+        assert_eq!(config.origin("idle_timeout_secs"), Origin::File(file));
+        assert_eq!(
+            config.origin("max_connections"),
+            Origin::Flag("--max-connections".into())
+        );
+    }
+
+    #[test]
+    fn errors_name_where_the_value_came_from() {
         let (_dir, paths) = home_with(Some("idle_timeout = 3\n"));
-        let err = Config::load(paths.clone(), Settings::default())
+        let err = Config::load(paths, &Flags::default())
             .unwrap_err()
             .to_string();
         assert!(
@@ -185,9 +370,21 @@ mod tests {
         );
 
         let (_dir, paths) = home_with(Some("idle_timeout_secs = -1\n"));
-        let err = Config::load(paths, Settings::default())
+        let err = Config::load(paths, &Flags::default())
             .unwrap_err()
             .to_string();
-        assert!(err.contains("must be positive"), "{err}");
+        assert!(
+            err.contains("config.toml") && err.contains("more than 0"),
+            "{err}"
+        );
+
+        let (_dir, paths) = home_with(None);
+        let bad = flags(Settings {
+            idle_timeout_secs: Some(-1.0),
+            ..Settings::default()
+        });
+        let err = Config::check_flags(&paths, &bad).unwrap_err().to_string();
+        assert!(err.contains("--idle-timeout-secs"), "{err}");
+        assert!(!err.contains("config.toml"), "{err}");
     }
 }

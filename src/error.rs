@@ -1,6 +1,7 @@
-//! The library's error type: every variant says what failed, where, and when
-//! a fix is known, what to do.
+//! The library's error type: every variant says what failed, where (a path,
+//! a setting, an account), and, when a fix is known, what to do.
 
+use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -26,6 +27,20 @@ pub enum Error {
         #[source]
         source: rusqlite::Error,
     },
+    /// A file or directory is not as it must be: what it is, where, the
+    /// problem, the fix.
+    #[error("{what} {}: {problem}; {fix}", path.display())]
+    Problem {
+        what: &'static str,
+        path: PathBuf,
+        problem: String,
+        fix: String,
+        /// The errno that best describes it, for `ERRNO=`.
+        errno: i32,
+    },
+    /// An account cannot be used.
+    #[error("{problem}; {fix}")]
+    Account { problem: String, fix: String },
     /// Input a producer gave is not acceptable (an event's topic, key, id or
     /// payload); `what` names the field.
     #[error("invalid {what}: {message}")]
@@ -33,28 +48,61 @@ pub enum Error {
     /// Another daemon holds the lock of this home.
     #[error("already running (pid {pid}) on home {}", home.display())]
     AlreadyRunning { pid: i32, home: PathBuf },
-    /// Something is not as it must be: what, where, the problem, the fix.
-    #[error("{what} {}: {problem}; {fix}", path.display())]
-    Problem {
-        what: &'static str,
-        path: PathBuf,
-        problem: String,
-        fix: String,
-    },
-    /// The configuration is invalid.
-    #[error("invalid configuration {}: {message}", path.display())]
-    Config { path: PathBuf, message: String },
+    /// A setting is invalid; `origin` says where it came from.
+    #[error("invalid configuration ({origin}): {message}")]
+    Config { origin: Origin, message: String },
     /// No home directory could be determined.
     #[error("could not determine the home directory: {0}; pass --home DIR or set OUTBOXD_HOME")]
     NoHome(String),
 }
 
+/// Where a setting's value came from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "name")]
+pub enum Origin {
+    /// The built-in default.
+    Default,
+    /// A command-line flag, by its long name (`--idle-timeout`).
+    Flag(String),
+    /// An environment variable.
+    Env(String),
+    /// A configuration file.
+    File(PathBuf),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => f.write_str("default"),
+            Origin::Flag(name) => write!(f, "{name}"),
+            Origin::Env(name) => write!(f, "environment variable {name}"),
+            Origin::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
 impl Error {
+    /// A [`Error::Problem`] about `path`.
+    pub fn problem(
+        what: &'static str,
+        path: &Path,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+        errno: i32,
+    ) -> Error {
+        Error::Problem {
+            what,
+            path: path.to_path_buf(),
+            problem: problem.into(),
+            fix: fix.into(),
+            errno,
+        }
+    }
+
     /// The OS error number behind this error, for `ERRNO=` in readiness messages.
     pub fn errno(&self) -> i32 {
         match self {
             Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
-            Error::AlreadyRunning { .. } => libc::EEXIST,
             Error::Sqlite { source, .. } => match source.sqlite_error_code() {
                 Some(rusqlite::ErrorCode::DiskFull) => libc::ENOSPC,
                 Some(rusqlite::ErrorCode::PermissionDenied | rusqlite::ErrorCode::ReadOnly) => {
@@ -62,10 +110,16 @@ impl Error {
                 }
                 _ => libc::EIO,
             },
-            Error::Invalid { .. } => libc::EINVAL,
-            Error::Problem { .. } => libc::EPERM,
-            Error::Config { .. } | Error::NoHome(_) => libc::EINVAL,
+            Error::Problem { errno, .. } => *errno,
+            Error::Account { .. } => libc::EPERM,
+            Error::AlreadyRunning { .. } => libc::EEXIST,
+            Error::Invalid { .. } | Error::Config { .. } | Error::NoHome(_) => libc::EINVAL,
         }
+    }
+
+    /// Whether the cause is a permission the caller lacks.
+    pub fn is_permission_denied(&self) -> bool {
+        self.errno() == libc::EACCES || self.errno() == libc::EPERM
     }
 }
 
@@ -73,6 +127,16 @@ impl Error {
 pub trait IoContext<T> {
     /// Turns an I/O error into [`Error::Io`] naming `op` and `path`.
     fn at(self, op: &'static str, path: &Path) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn at(self, op: &'static str, path: &Path) -> Result<T> {
+        self.map_err(|source| Error::Io {
+            op,
+            path: path.to_path_buf(),
+            source,
+        })
+    }
 }
 
 /// Attaches the operation and path to an SQLite result.
@@ -84,16 +148,6 @@ pub trait SqlContext<T> {
 impl<T> SqlContext<T> for rusqlite::Result<T> {
     fn at(self, op: &'static str, path: &Path) -> Result<T> {
         self.map_err(|source| Error::Sqlite {
-            op,
-            path: path.to_path_buf(),
-            source,
-        })
-    }
-}
-
-impl<T> IoContext<T> for io::Result<T> {
-    fn at(self, op: &'static str, path: &Path) -> Result<T> {
-        self.map_err(|source| Error::Io {
             op,
             path: path.to_path_buf(),
             source,

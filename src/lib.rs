@@ -3,21 +3,28 @@
 //! producers share.
 //!
 //! The library holds everything that more than one binary needs: where files
-//! live ([`paths`]), who is running ([`lock`], [`process`]), how to talk to the
-//! daemon ([`protocol`], [`client`]), how the daemon reports readiness
-//! ([`notify`]), and its configuration ([`config`]). See `ARCHITECTURE.md`.
+//! live ([`paths`]) and how to open them safely ([`safefs`]), which account a
+//! home belongs to ([`account`], [`privileges`]), who is running ([`lock`],
+//! [`process`], [`postmaster`]), how to talk to the daemon ([`protocol`],
+//! [`client`]), how the daemon reports readiness ([`notify`]), and its
+//! configuration ([`config`]). See `ARCHITECTURE.md`.
 
+pub mod account;
 pub mod client;
 pub mod config;
 pub mod error;
 pub mod exit_code;
 pub mod lock;
-pub mod nudge;
 pub mod notify;
+pub mod nudge;
 pub mod paths;
 pub mod postmaster;
+pub mod privileges;
 pub mod process;
 pub mod protocol;
+pub mod quote;
+pub mod redact;
+pub mod safefs;
 
 pub use error::{Error, Result};
 

@@ -12,18 +12,27 @@
 //! closes *any* descriptor of the file, so the daemon opens the lock file only
 //! here, once. They are not inherited across `fork`: the daemon takes the lock
 //! after daemonizing.
+//!
+//! The file is opened without following a link and must be a regular file
+//! owned by the home's owner: a planted symlink, FIFO or foreign file is
+//! refused, never written through.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
+use crate::paths::Paths;
 use crate::process::ProcessHandle;
+use crate::safefs::{self, Mode, Owner};
+
+/// The largest lock record read.
+const MAX_RECORD: u64 = 64 * 1024;
 
 /// What the daemon records in its lock file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,68 +63,141 @@ pub enum LockState {
 pub struct PidLock {
     file: File,
     path: PathBuf,
+    home: PathBuf,
+    /// Locks taken on files that replaced a deleted lock file (see
+    /// [`PidLock::ensure_in_place`]); held until release.
+    replacements: Vec<File>,
+    record: Option<LockInfo>,
 }
 
 impl PidLock {
-    /// Takes the lock of `home`'s lock file at `path`, or fails with
+    /// Takes the lock of the home of `paths`, or fails with
     /// [`Error::AlreadyRunning`] naming the holder.
-    pub fn acquire(path: &Path, home: &Path) -> Result<PidLock> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o644)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(path)
-            .at("open lock file", path)?;
-        match fcntl_lock(&file, libc::F_SETLK, libc::F_WRLCK as i16) {
-            Ok(_) => Ok(PidLock {
-                file,
-                path: path.to_path_buf(),
-            }),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) => {
-                let pid = holder(&file).at("inspect lock file", path)?.unwrap_or(0);
-                Err(Error::AlreadyRunning {
-                    pid,
-                    home: home.to_path_buf(),
-                })
-            }
-            Err(e) => Err(e).at("lock", path),
-        }
+    pub fn acquire(paths: &Paths) -> Result<PidLock> {
+        let file = open_for_locking(&paths.lock)?;
+        take(&file, &paths.lock, &paths.home)?;
+        Ok(PidLock {
+            file,
+            path: paths.lock.clone(),
+            home: paths.home.clone(),
+            replacements: Vec::new(),
+            record: None,
+        })
     }
 
     /// Replaces the file's record with `info` and flushes it to disk.
     pub fn record(&mut self, info: &LockInfo) -> Result<()> {
-        let mut line = serde_json::to_vec(info).expect("lock info serializes");
-        line.push(b'\n');
-        let path = &self.path;
-        self.file.set_len(0).at("truncate lock file", path)?;
-        std::os::unix::fs::FileExt::write_all_at(&self.file, &line, 0)
-            .at("write lock file", path)?;
-        self.file.sync_data().at("sync lock file", path)
+        write_record(&self.file, &self.path, info)?;
+        self.record = Some(info.clone());
+        Ok(())
+    }
+
+    /// Makes sure the lock file at the path is still the one this process
+    /// holds. When it was deleted or replaced (by hand, by a clean-up tool),
+    /// a new file is created, locked and recorded, so `status` and `stop`
+    /// still find this daemon. Returns whether it had to.
+    pub fn ensure_in_place(&mut self) -> Result<bool> {
+        let at_path = match std::fs::symlink_metadata(&self.path) {
+            Ok(meta) => Some((meta.dev(), meta.ino())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).at("inspect lock file", &self.path),
+        };
+        let ours = std::iter::once(&self.file)
+            .chain(&self.replacements)
+            .filter_map(|file| file.metadata().ok())
+            .any(|meta| Some((meta.dev(), meta.ino())) == at_path);
+        if ours {
+            return Ok(false);
+        }
+        let file = open_for_locking(&self.path)?;
+        take(&file, &self.path, &self.home)?;
+        if let Some(info) = &self.record {
+            write_record(&file, &self.path, info)?;
+        }
+        self.replacements.push(file);
+        Ok(true)
     }
 
     /// Empties the record and releases the lock (clean shutdown). The file
     /// itself stays: unlinking it would let two daemons lock two different
     /// files of the same name.
     pub fn release(self) -> Result<()> {
-        self.file.set_len(0).at("truncate lock file", &self.path)?;
-        drop(self.file);
+        for file in std::iter::once(&self.file).chain(&self.replacements) {
+            file.set_len(0).at("truncate lock file", &self.path)?;
+        }
         Ok(())
     }
 }
 
-/// Asks the kernel who holds the lock at `path` now, and reads the record.
-pub fn inspect(path: &Path) -> Result<LockState> {
-    let mut file = match File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(LockState::Missing),
-        Err(e) => return Err(e).at("open lock file", path),
+fn open_for_locking(path: &Path) -> Result<File> {
+    let file = safefs::open(
+        path,
+        Mode::ReadWrite { mode: 0o644 },
+        Owner::Is(crate::process::euid()),
+    )?;
+    Ok(file.expect("ReadWrite creates the file"))
+}
+
+fn take(file: &File, path: &Path, home: &Path) -> Result<()> {
+    match fcntl_lock(file, libc::F_SETLK, libc::F_WRLCK as i16) {
+        Ok(_) => Ok(()),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) => {
+            let pid = holder(file).at("inspect lock file", path)?.unwrap_or(0);
+            Err(Error::AlreadyRunning {
+                pid,
+                home: home.to_path_buf(),
+            })
+        }
+        Err(e) => Err(e).at("lock", path),
+    }
+}
+
+fn write_record(file: &File, path: &Path, info: &LockInfo) -> Result<()> {
+    let mut line = serde_json::to_vec(info).expect("lock info serializes");
+    line.push(b'\n');
+    file.set_len(0).at("truncate lock file", path)?;
+    std::os::unix::fs::FileExt::write_all_at(file, &line, 0).at("write lock file", path)?;
+    file.sync_data().at("sync lock file", path)
+}
+
+/// Opens the lock file of a home for inspection: it must be a regular file
+/// owned by the home's owner (or by this user). `Ok(None)` when missing.
+fn open_to_inspect(paths: &Paths) -> Result<Option<File>> {
+    let home_owner = std::fs::metadata(&paths.home)
+        .at("inspect home directory", &paths.home)?
+        .uid();
+    safefs::open(&paths.lock, Mode::Read, Owner::Is(home_owner))
+}
+
+/// Empties the record left in the lock file by a daemon that did not stop
+/// cleanly, so the home looks as a clean stop leaves it. Takes the lock for
+/// the moment it does so: a daemon that holds (or just took) it is never
+/// touched. Returns whether there was a record to clear.
+pub fn clear_stale(paths: &Paths) -> Result<bool> {
+    if std::fs::symlink_metadata(&paths.lock).is_err() {
+        return Ok(false);
+    }
+    let file = open_for_locking(&paths.lock)?;
+    if fcntl_lock(&file, libc::F_SETLK, libc::F_WRLCK as i16).is_err() {
+        return Ok(false);
+    }
+    let stale = file.metadata().at("inspect lock file", &paths.lock)?.len() > 0;
+    if stale {
+        file.set_len(0).at("truncate lock file", &paths.lock)?;
+    }
+    Ok(stale)
+}
+
+/// Asks the kernel who holds the lock of the home of `paths` now, and reads
+/// the record.
+pub fn inspect(paths: &Paths) -> Result<LockState> {
+    let Some(mut file) = open_to_inspect(paths)? else {
+        return Ok(LockState::Missing);
     };
+    let path = &paths.lock;
     let holder = holder(&file).at("inspect lock file", path)?;
     let mut text = String::new();
-    let info = match file.read_to_string(&mut text) {
+    let info = match (&mut file).take(MAX_RECORD).read_to_string(&mut text) {
         Ok(_) => serde_json::from_str(text.trim()).ok(),
         Err(_) => None,
     };
@@ -132,16 +214,15 @@ pub fn inspect(path: &Path) -> Result<LockState> {
 /// The process is pinned with a pidfd *before* the holder is checked, so the
 /// signal goes to the very process that was verified or, if that one has
 /// exited since, to nobody.
-pub fn signal_holder(path: &Path, pid: i32, signal: i32) -> Result<bool> {
+pub fn signal_holder(paths: &Paths, pid: i32, signal: i32) -> Result<bool> {
+    let path = &paths.lock;
     let process = match ProcessHandle::open(pid) {
         Ok(process) => process,
         Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(false),
         Err(e) => return Err(e).at("pin process of lock holder", path),
     };
-    let file = match File::open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e).at("open lock file", path),
+    let Some(file) = open_to_inspect(paths)? else {
+        return Ok(false);
     };
     if holder(&file).at("inspect lock file", path)? != Some(pid) {
         return Ok(false);
@@ -153,13 +234,13 @@ pub fn signal_holder(path: &Path, pid: i32, signal: i32) -> Result<bool> {
     }
 }
 
-/// Waits until `pid` no longer holds the lock at `path`, for at most
+/// Waits until `pid` no longer holds the lock of the home, for at most
 /// `timeout`. Returns whether it let go.
-pub fn wait_released(path: &Path, pid: i32, timeout: Duration) -> Result<bool> {
+pub fn wait_released(paths: &Paths, pid: i32, timeout: Duration) -> Result<bool> {
     let deadline = Instant::now() + timeout;
     let mut pause = Duration::from_millis(1);
     loop {
-        match inspect(path)? {
+        match inspect(paths)? {
             LockState::Held { pid: holder, .. } if holder == pid => {}
             _ => return Ok(true),
         }

@@ -18,31 +18,29 @@ pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 /// The daemon's end: a datagram socket connected once, at start-up.
 ///
 /// Connecting early matters: the socket's permissions are checked at connect
-/// time, so the daemon can still notify after it drops root privileges.
+/// time, so the daemon can still notify after it drops root privileges. The
+/// daemon reads and removes `NOTIFY_SOCKET` itself, first thing in `main`
+/// (removing a variable is sound only while one thread exists), so that no
+/// child (PostgreSQL speaks this protocol too) inherits it.
 #[derive(Debug, Default)]
 pub struct Notifier {
     socket: Option<UnixDatagram>,
 }
 
 impl Notifier {
-    /// Connects to `$NOTIFY_SOCKET` if it is set, and removes the variable so
-    /// that no child (PostgreSQL speaks this protocol too) inherits it.
-    ///
-    /// Call it first thing in `main`, while the process has one thread.
-    pub fn from_env() -> Notifier {
-        let Some(target) = std::env::var_os(NOTIFY_SOCKET) else {
-            return Notifier::default();
-        };
-        // SAFETY: called from main before any other thread exists, so nothing
-        // reads the environment concurrently.
-        unsafe { std::env::remove_var(NOTIFY_SOCKET) };
-        let socket = connect(Path::new(&target)).ok();
-        Notifier { socket }
+    /// A notifier that sends nowhere.
+    pub fn none() -> Notifier {
+        Notifier::default()
     }
 
-    /// Whether anyone listens.
-    pub fn is_active(&self) -> bool {
-        self.socket.is_some()
+    /// Connects to the notify socket `target` (a path, or `@name` for an
+    /// abstract socket). A target that cannot be reached gives a notifier
+    /// that sends nowhere: readiness messages are best effort, as in
+    /// `sd_notify`.
+    pub fn connect(target: &Path) -> Notifier {
+        Notifier {
+            socket: connect(target).ok(),
+        }
     }
 
     /// Progress: what the daemon is doing now.
@@ -63,6 +61,11 @@ impl Notifier {
     /// A fatal error: what failed, and the errno that best describes it.
     pub fn failed(&self, errno: i32, text: &str) {
         self.send(&format!("STATUS={}\nERRNO={errno}", one_line(text)));
+    }
+
+    /// Keep-alive for systemd's watchdog (`WatchdogSec=`).
+    pub fn watchdog(&self) {
+        self.send("WATCHDOG=1");
     }
 
     /// The daemon's pid, sent after it forked into the background.
@@ -128,25 +131,54 @@ pub fn parse(message: &[u8]) -> Vec<Event> {
         .collect()
 }
 
-/// The listening end, as `outboxctl start` uses it: a socket in a fresh
-/// private directory, removed when the listener is dropped.
+/// The listening end, as `outboxctl start` uses it. On Linux an abstract
+/// socket (`@outboxctl-<random>`): nothing in the filesystem, so nothing is
+/// left behind when `outboxctl` is killed, and no temporary directory is
+/// needed. Elsewhere a socket in a fresh private temporary directory,
+/// removed when the listener is dropped.
+///
+/// Anyone on the machine could send to it; the messages are only progress
+/// hints: `outboxctl start` believes the daemon ready only when the
+/// verified daemon answers `status`.
 pub struct NotifyListener {
     socket: UnixDatagram,
     path: PathBuf,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl NotifyListener {
-    /// Binds a new notify socket in a private temporary directory.
+    /// Binds a new notify socket.
     pub fn bind() -> io::Result<NotifyListener> {
-        let dir = tempfile::Builder::new().prefix("outboxctl-").tempdir()?;
-        let path = dir.path().join("notify");
-        let socket = UnixDatagram::bind(&path)?;
-        Ok(NotifyListener {
-            socket,
-            path,
-            _dir: dir,
-        })
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::linux::net::SocketAddrExt;
+            let name = format!("outboxctl-{}", uuid::Uuid::new_v4().simple());
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+            let socket = UnixDatagram::bind_addr(&addr)?;
+            Ok(NotifyListener {
+                socket,
+                path: PathBuf::from(format!("@{name}")),
+                _dir: None,
+            })
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let dir = tempfile::Builder::new()
+                .prefix("outboxctl-")
+                .tempdir()
+                .or_else(|_| {
+                    tempfile::Builder::new()
+                        .prefix("outboxctl-")
+                        .tempdir_in("/tmp")
+                })?;
+            let path = dir.path().join("notify");
+            let socket = UnixDatagram::bind(&path)?;
+            Ok(NotifyListener {
+                socket,
+                path,
+                _dir: Some(dir),
+            })
+        }
     }
 
     /// The value to put in the child's `NOTIFY_SOCKET`.

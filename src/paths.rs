@@ -4,17 +4,17 @@
 //! (design.md, "Home directory"); every binary and test derives its paths
 //! from [`Paths`].
 
-use std::ffi::OsStr;
 use std::fs;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
 
 /// The longest socket path used as is. `sun_path` holds 108 bytes on Linux
-/// and 104 on macOS, including the terminating NUL; a longer path moves the
-/// socket to a short directory derived from the home (see [`Paths::socket`]).
+/// and 104 on macOS, including the terminating NUL; a longer path is reached
+/// through a directory descriptor instead (see [`SocketPath`]).
 pub const MAX_SOCKET_PATH: usize = 100;
 
 /// The files and directories of one home.
@@ -24,9 +24,9 @@ pub struct Paths {
     pub home: PathBuf,
     /// `outboxd.lock`: the PID lock, never unlinked.
     pub lock: PathBuf,
-    /// The directory holding the control socket (0700).
+    /// `run/` (0700): the control socket and the nudge socket.
     pub run_dir: PathBuf,
-    /// The control socket (0600): `run/outboxd.sock`, or a short fallback.
+    /// `run/outboxd.sock` (0600): the control socket.
     pub socket: PathBuf,
     /// `log/`: the daemon's log directory.
     pub log_dir: PathBuf,
@@ -45,7 +45,7 @@ pub struct Paths {
     pub pg_data: PathBuf,
     /// `pg/secret`: the generated PostgreSQL password (0600).
     pub pg_secret: PathBuf,
-    /// PostgreSQL's Unix socket directory: `pg/socket/`, or a short fallback.
+    /// `pg/socket/`: PostgreSQL's Unix socket directory.
     pub pg_socket_dir: PathBuf,
     /// `pg/initialized`: written once initdb and its configuration are
     /// complete; a data directory without it is an interrupted initdb.
@@ -69,54 +69,38 @@ impl Paths {
 
     /// Paths for an absolute home directory.
     pub fn for_home(home: &Path) -> Paths {
-        let (run_dir, socket) = socket_location(home);
+        let run_dir = home.join("run");
         let pg_dir = home.join("pg");
-        // PostgreSQL names its socket `.s.PGSQL.<port>` inside this directory.
-        let mut pg_socket_dir = pg_dir.join("socket");
-        if pg_socket_dir.as_os_str().len() + "/.s.PGSQL.65535".len() > MAX_SOCKET_PATH {
-            pg_socket_dir = socket.with_file_name("pg");
-        }
+        let log_dir = home.join("log");
         Paths {
             home: home.to_path_buf(),
             lock: home.join("outboxd.lock"),
+            socket: run_dir.join("outboxd.sock"),
             nudge_socket: run_dir.join("nudge.sock"),
             run_dir,
-            socket,
-            log_dir: home.join("log"),
-            log_file: home.join("log").join("outboxd.log"),
+            log_file: log_dir.join("outboxd.log"),
+            pg_log: log_dir.join("postgres.log"),
+            log_dir,
             config_file: home.join("config.toml"),
             spool: home.join("outbox.db"),
             pg_data: pg_dir.join("data"),
             pg_secret: pg_dir.join("secret"),
             pg_install: pg_dir.join("install"),
             pg_initialized: pg_dir.join("initialized"),
-            pg_log: home.join("log").join("postgres.log"),
-            pg_socket_dir,
+            pg_socket_dir: pg_dir.join("socket"),
             pg_dir,
         }
     }
 
-    /// Creates the home, `log/` and the socket directory (the daemon's first
-    /// act), and returns the paths of the home as it now exists (canonical,
-    /// so that every client derives the same fallback socket path).
-    pub fn create_dirs(&self) -> Result<Paths> {
-        create_private_dir(&self.home)?;
-        let home = fs::canonicalize(&self.home).at("resolve home directory", &self.home)?;
-        let paths = Paths::for_home(&home);
-        create_private_dir(&paths.log_dir)?;
-        create_private_dir(&paths.run_dir)?;
-        // Root may find the home handed to the account it drops to: that
-        // account may own the socket directory too.
-        let home_owner = fs::metadata(&home).at("inspect", &home)?.uid();
-        check_private_dir(&paths.run_dir, home_owner)?;
-        create_private_dir(&paths.pg_dir)?;
-        create_private_dir(&paths.pg_socket_dir)?;
-        Ok(paths)
-    }
-
-    /// Whether the socket lives in the fallback directory outside the home.
-    pub fn socket_is_fallback(&self) -> bool {
-        !self.socket.starts_with(&self.home)
+    /// The directories the daemon keeps in its home, in creation order.
+    pub fn dirs(&self) -> [&Path; 5] {
+        [
+            &self.log_dir,
+            &self.run_dir,
+            &self.pg_dir,
+            &self.pg_socket_dir,
+            &self.home,
+        ]
     }
 }
 
@@ -142,17 +126,11 @@ fn user_home() -> Result<PathBuf> {
     if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
         return Ok(PathBuf::from(home));
     }
-    // SAFETY: getpwuid returns a pointer into static storage or null; we copy
-    // the directory out before any other call could overwrite it.
-    unsafe {
-        let pw = libc::getpwuid(libc::geteuid());
-        if pw.is_null() || (*pw).pw_dir.is_null() {
-            return Err(Error::NoHome(
-                "HOME is not set and the user has no passwd entry".into(),
-            ));
-        }
-        let dir = std::ffi::CStr::from_ptr((*pw).pw_dir);
-        Ok(PathBuf::from(OsStr::from_bytes(dir.to_bytes())))
+    match crate::account::by_uid(crate::process::euid())? {
+        Some(account) if !account.dir.as_os_str().is_empty() => Ok(account.dir),
+        _ => Err(Error::NoHome(
+            "HOME is not set and the user has no home directory in the password database".into(),
+        )),
     }
 }
 
@@ -164,28 +142,6 @@ fn absolute(path: &Path) -> Result<PathBuf> {
     }
 }
 
-/// `run/outboxd.sock` under the home, or `/tmp/outboxd-<hash>/outboxd.sock`
-/// when that would be too long for a socket address. The hash is FNV-1a of
-/// the home path's bytes: stable across builds and platforms, so every client
-/// computes the same place.
-fn socket_location(home: &Path) -> (PathBuf, PathBuf) {
-    let run_dir = home.join("run");
-    let socket = run_dir.join("outboxd.sock");
-    if socket.as_os_str().len() <= MAX_SOCKET_PATH {
-        return (run_dir, socket);
-    }
-    let hash = home
-        .as_os_str()
-        .as_bytes()
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-        });
-    let run_dir = PathBuf::from(format!("/tmp/outboxd-{hash:016x}"));
-    let socket = run_dir.join("outboxd.sock");
-    (run_dir, socket)
-}
-
 /// Creates a directory (and its parents) with mode 0700 if it is missing.
 pub fn create_private_dir(dir: &Path) -> Result<()> {
     fs::DirBuilder::new()
@@ -195,34 +151,103 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
         .at("create directory", dir)
 }
 
-/// Makes sure a directory that holds the control socket is ours and private:
-/// owned by this user (or, for root, by the home's owner) and closed to
-/// everyone else. A group- or world-open directory of ours is tightened;
-/// someone else's is refused.
-fn check_private_dir(dir: &Path, home_owner: u32) -> Result<()> {
-    let meta = fs::symlink_metadata(dir).at("inspect directory", dir)?;
-    let euid = crate::process::euid();
-    if !meta.is_dir() {
-        return Err(Error::Problem {
-            what: "socket directory",
-            path: dir.to_path_buf(),
-            problem: "is not a directory".into(),
-            fix: "remove it and start again".into(),
-        });
+/// A path usable as a Unix socket address however long the real path is.
+///
+/// `sun_path` is limited to about 104 bytes. A longer socket path is reached
+/// on Linux through `/proc/self/fd/<fd>/<name>`, where `fd` is a descriptor
+/// of the socket's directory held by this value: the socket itself stays in
+/// the home, so no shared directory such as `/tmp` is ever needed (which
+/// another user could take first). Elsewhere a long path is an error.
+#[derive(Debug)]
+pub struct SocketPath {
+    address: PathBuf,
+    _dir: Option<OwnedFd>,
+}
+
+impl SocketPath {
+    /// The address for the socket at `real`.
+    pub fn new(real: &Path) -> Result<SocketPath> {
+        if real.as_os_str().len() <= MAX_SOCKET_PATH {
+            return Ok(SocketPath {
+                address: real.to_path_buf(),
+                _dir: None,
+            });
+        }
+        let (Some(dir), Some(name)) = (real.parent(), real.file_name()) else {
+            return Err(Error::problem(
+                "socket",
+                real,
+                "has no directory",
+                "choose another --home",
+                libc::EINVAL,
+            ));
+        };
+        let fd = open_dir_path(dir)?;
+        let address = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())).join(name);
+        if cfg!(target_os = "linux") && address.as_os_str().len() <= MAX_SOCKET_PATH {
+            return Ok(SocketPath {
+                address,
+                _dir: Some(fd),
+            });
+        }
+        Err(Error::problem(
+            "socket",
+            real,
+            format!(
+                "is {} bytes long, more than a socket address holds ({MAX_SOCKET_PATH})",
+                real.as_os_str().len()
+            ),
+            "choose a shorter --home",
+            libc::ENAMETOOLONG,
+        ))
     }
-    if meta.uid() != euid && !(euid == 0 && meta.uid() == home_owner) {
-        return Err(Error::Problem {
-            what: "socket directory",
-            path: dir.to_path_buf(),
-            problem: format!("is owned by uid {}, not by uid {euid}", meta.uid()),
-            fix: "remove it (another user may have created it) and start again".into(),
-        });
+
+    /// The address of the directory `dir` that holds PostgreSQL's socket
+    /// (`.s.PGSQL.<port>`, up to 15 more bytes): `dir` itself when short
+    /// enough, else `/proc/self/fd/<fd>` (Linux).
+    pub fn dir(dir: &Path) -> Result<SocketPath> {
+        let socket = dir.join(".s.PGSQL.65535");
+        let mut address = SocketPath::new(&socket)?;
+        address.address = match &address._dir {
+            Some(_) => address
+                .address
+                .parent()
+                .expect("an fd path has a parent")
+                .to_path_buf(),
+            None => dir.to_path_buf(),
+        };
+        Ok(address)
     }
-    if meta.mode() & 0o077 != 0 {
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .at("restrict permissions of", dir)?;
+
+    /// The address to bind or connect to (valid while `self` lives).
+    pub fn address(&self) -> &Path {
+        &self.address
     }
-    Ok(())
+
+    /// The directory descriptor behind a `/proc/self/fd` address, which a
+    /// child must inherit to use the address; `None` for a plain path.
+    pub fn dir_fd(&self) -> Option<i32> {
+        self._dir.as_ref().map(|fd| fd.as_raw_fd())
+    }
+}
+
+/// An `O_PATH` descriptor of the directory `dir` (not followed if its last
+/// component is a symlink).
+fn open_dir_path(dir: &Path) -> Result<OwnedFd> {
+    let c_dir = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))
+        .at("open directory", dir)?;
+    #[cfg(target_os = "linux")]
+    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    #[cfg(not(target_os = "linux"))]
+    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    // SAFETY: a valid C string and plain flags.
+    let fd = unsafe { libc::open(c_dir.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).at("open directory", dir);
+    }
+    // SAFETY: open returned a fresh descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 #[cfg(test)]
@@ -230,24 +255,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn short_home_keeps_socket_inside() {
+    fn layout_is_fixed() {
         let paths = Paths::for_home(Path::new("/srv/outboxd"));
         assert_eq!(paths.socket, Path::new("/srv/outboxd/run/outboxd.sock"));
-        assert!(!paths.socket_is_fallback());
+        assert_eq!(paths.pg_socket_dir, Path::new("/srv/outboxd/pg/socket"));
+        assert_eq!(paths.spool, Path::new("/srv/outboxd/outbox.db"));
     }
 
     #[test]
-    fn long_home_moves_socket_to_a_stable_short_path() {
-        let home = PathBuf::from(format!("/srv/{}", "h".repeat(120)));
-        let a = Paths::for_home(&home);
-        let b = Paths::for_home(&home);
-        assert_eq!(a.socket, b.socket);
-        assert!(a.socket.as_os_str().len() <= MAX_SOCKET_PATH);
-        assert!(a.socket.to_str().unwrap().starts_with("/tmp/outboxd-"));
-        let other = Paths::for_home(&home.join("x"));
-        assert_ne!(a.socket, other.socket);
-        let pg_socket = a.pg_socket_dir.join(".s.PGSQL.65535");
-        assert!(pg_socket.as_os_str().len() <= MAX_SOCKET_PATH);
-        assert!(pg_socket.starts_with(&a.run_dir));
+    fn a_long_socket_path_is_reached_through_its_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("d".repeat(120));
+        std::fs::create_dir(&deep).unwrap();
+        let socket = deep.join("s.sock");
+        let address = SocketPath::new(&socket).unwrap();
+        assert!(address.address().as_os_str().len() <= MAX_SOCKET_PATH);
+        let listener = std::os::unix::net::UnixListener::bind(address.address()).unwrap();
+        assert!(socket.exists(), "the socket lives at its real path");
+        let client = SocketPath::new(&socket).unwrap();
+        std::os::unix::net::UnixStream::connect(client.address()).unwrap();
+        drop(listener);
     }
 }

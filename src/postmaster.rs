@@ -4,22 +4,30 @@
 //! *starts* PostgreSQL.
 //!
 //! A postmaster is recognised only when all of these hold: `postmaster.pid`
-//! names a live (non-zombie) process, that process's program is `postgres`,
-//! and the pid file's data directory is ours. Signals go through a pidfd
-//! opened before the checks, so a reused pid is never signalled.
+//! (a regular file of the home's account, not a link) names a live,
+//! non-zombie process; that process runs as the home's account; its program
+//! is `postgres`; and its working directory is the data directory itself,
+//! compared by device and inode, not by path. A data directory that is a
+//! symbolic link is refused outright: it could point at another cluster.
+//! Signals go through a pidfd opened before the checks, so a reused pid is
+//! never signalled.
 
 use std::fs;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::error::{IoContext, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::process::{self, ProcessHandle};
+use crate::safefs::{self, Owner};
 
 /// A live postmaster on a data directory.
 #[derive(Debug)]
 pub struct Postmaster {
     pub pid: i32,
+    /// Its parent's pid: a live daemon's pid while a daemon owns it.
+    pub parent: i32,
     /// Its command line, as `/proc` shows it (empty where there is no `/proc`).
     pub args: Vec<String>,
     handle: ProcessHandle,
@@ -29,77 +37,146 @@ pub struct Postmaster {
 /// process table.
 #[derive(Debug)]
 pub enum PidFile {
-    /// No pid file, or one naming no live process: PostgreSQL copes.
+    /// No pid file, or one naming no process at all: PostgreSQL copes.
     Absent,
     /// A live postmaster runs on this data directory.
     Running(Postmaster),
+    /// The file names a process that has exited but is not yet reaped (a
+    /// zombie). PostgreSQL takes it for alive and refuses to start until it
+    /// is gone; its shared memory may still be attached by dying children,
+    /// so the file must not be removed: wait.
+    Dying { pid: i32 },
     /// The file names a live process that is *not* a postmaster on this data
     /// directory: its pid was reused after PostgreSQL died. PostgreSQL's own
     /// check would refuse to start because of it.
     Reused { pid: i32 },
 }
 
-/// The live postmaster running on `data`, if any.
-pub fn find(data: &Path) -> Result<Option<Postmaster>> {
-    Ok(match inspect(data)? {
+/// What [`stop_orphan`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stopped {
+    pub pid: i32,
+    /// The signal that ended it (`SIGINT`, `SIGQUIT`, `SIGKILL`) or `already gone`.
+    pub how: &'static str,
+}
+
+/// The largest `postmaster.pid` read.
+const MAX_PID_FILE: u64 = 64 * 1024;
+
+/// The live postmaster of `account_uid` running on `data`, if any.
+pub fn find(data: &Path, account_uid: u32) -> Result<Option<Postmaster>> {
+    Ok(match inspect(data, account_uid)? {
         PidFile::Running(postmaster) => Some(postmaster),
-        PidFile::Absent | PidFile::Reused { .. } => None,
+        PidFile::Absent | PidFile::Dying { .. } | PidFile::Reused { .. } => None,
     })
 }
 
-/// Stops whatever postmaster runs on `data` (see [`Postmaster::stop`]).
-/// Returns its pid and the signal that ended it, or `None` when none ran.
-pub fn stop_any(
-    data: &Path,
-    grace: Duration,
-) -> std::result::Result<Option<(i32, &'static str)>, String> {
-    let Some(postmaster) = find(data).map_err(|e| e.to_string())? else {
+/// Stops whatever postmaster of `account_uid` runs on `data` (see
+/// [`Postmaster::stop`]), unless a live process other than `allowed_parent`
+/// is its parent: then it belongs to another daemon and is left alone.
+pub fn stop_orphan(data: &Path, account_uid: u32, grace: Duration) -> Result<Option<Stopped>> {
+    let Some(postmaster) = find(data, account_uid)? else {
         return Ok(None);
     };
     let pid = postmaster.pid;
-    match postmaster.stop(grace) {
-        Ok(how) => Ok(Some((pid, how))),
-        Err(e) => Err(format!(
-            "could not stop the postmaster (pid {pid}) on {}: {e}",
-            data.display()
-        )),
+    if postmaster.parent > 1
+        && process::program_name(postmaster.parent).as_deref() == Some("outboxd")
+    {
+        return Err(Error::problem(
+            "data directory",
+            data,
+            format!(
+                "is in use by the postmaster (pid {pid}) of another live outboxd (pid {})",
+                postmaster.parent
+            ),
+            "stop that daemon first; two homes must not share one data directory",
+            libc::EBUSY,
+        ));
     }
+    let how = postmaster.stop(grace).map_err(|e| {
+        Error::problem(
+            "postmaster on",
+            data,
+            format!("could not stop pid {pid}: {e}"),
+            "stop it by hand (kill -INT, then kill -QUIT)",
+            e.raw_os_error().unwrap_or(libc::EIO),
+        )
+    })?;
+    Ok(Some(Stopped { pid, how }))
 }
 
 /// Reads `postmaster.pid` of `data` and checks who has that pid now.
-pub fn inspect(data: &Path) -> Result<PidFile> {
-    let pid_file = data.join("postmaster.pid");
-    let text = match fs::read_to_string(&pid_file) {
-        Ok(text) => text,
+pub fn inspect(data: &Path, account_uid: u32) -> Result<PidFile> {
+    let meta = match fs::symlink_metadata(data) {
+        Ok(meta) => meta,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(PidFile::Absent),
-        Err(e) => return Err(e).at("read", &pid_file),
+        Err(e) => return Err(e).at("inspect data directory", data),
     };
-    let mut lines = text.lines();
-    let Some(pid) = lines.next().and_then(|l| l.trim().parse::<i32>().ok()) else {
+    if meta.file_type().is_symlink() || !meta.is_dir() {
+        return Err(Error::problem(
+            "data directory",
+            data,
+            "is not a directory (a symbolic link or a file)",
+            "the cluster must live in the home itself: move the link away and restore the data              directory there",
+            libc::ENOTDIR,
+        ));
+    }
+    let pid_file = data.join("postmaster.pid");
+    let text = match safefs::read_capped(&pid_file, MAX_PID_FILE, Owner::IsOrRoot(account_uid)) {
+        Ok(Some(bytes)) => String::from_utf8_lossy(&bytes).into_owned(),
+        Ok(None) => return Ok(PidFile::Absent),
+        Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::PermissionDenied => {
+            return Err(Error::problem(
+                "data directory",
+                data,
+                "cannot be read (permission denied)",
+                "give it back to the home's account with mode 0700 (chmod 700)",
+                libc::EACCES,
+            ));
+        }
+        Err(e) => return Err(e),
+    };
+    let Some(pid) = text
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse::<i32>().ok())
+    else {
         return Ok(PidFile::Absent);
     };
-    let recorded_data = lines.next().map(PathBuf::from);
     let Ok(handle) = ProcessHandle::open(pid) else {
         return Ok(PidFile::Absent);
     };
+    if process::is_zombie(pid) {
+        return Ok(PidFile::Dying { pid });
+    }
     if !process::alive(pid) {
         return Ok(PidFile::Absent);
     }
     let args = command_line(pid);
-    let ours = same_dir(recorded_data.as_deref(), data)
-        && (!cfg!(target_os = "linux") || (is_postgres(&args) && runs_in(pid, data)));
+    let ours = is_postgres(&args)
+        && process::uid_of(pid).is_none_or(|uid| uid == account_uid)
+        && runs_in(pid, &meta);
     Ok(match ours {
-        true => PidFile::Running(Postmaster { pid, args, handle }),
+        true => PidFile::Running(Postmaster {
+            pid,
+            parent: process::parent_of(pid).unwrap_or(0),
+            args,
+            handle,
+        }),
         false => PidFile::Reused { pid },
     })
 }
 
-/// Whether the process's working directory is `data` (a postmaster changes
-/// into its data directory). Unknown (no permission to look) counts as yes.
-fn runs_in(pid: i32, data: &Path) -> bool {
-    match fs::read_link(format!("/proc/{pid}/cwd")) {
-        Ok(cwd) => same_dir(Some(&cwd), data),
-        Err(_) => true,
+/// Whether the process's working directory is the data directory (a
+/// postmaster changes into it), by device and inode. Where `/proc` is
+/// missing, nothing is known and the answer is yes.
+fn runs_in(pid: i32, data: &fs::Metadata) -> bool {
+    if !cfg!(target_os = "linux") {
+        return true;
+    }
+    match fs::metadata(format!("/proc/{pid}/cwd")) {
+        Ok(cwd) => cwd.dev() == data.dev() && cwd.ino() == data.ino(),
+        Err(_) => false,
     }
 }
 
@@ -108,6 +185,7 @@ impl Postmaster {
     pub fn pin(pid: i32, args: Vec<String>) -> io::Result<Postmaster> {
         Ok(Postmaster {
             pid,
+            parent: std::process::id() as i32,
             args,
             handle: ProcessHandle::open(pid)?,
         })
@@ -137,11 +215,6 @@ impl Postmaster {
             self.pid
         )))
     }
-
-    /// Waits until the postmaster has exited, at most `timeout`.
-    pub fn wait_gone(&self, timeout: Duration) -> bool {
-        wait_gone(self.pid, timeout)
-    }
 }
 
 fn wait_gone(pid: i32, timeout: Duration) -> bool {
@@ -153,11 +226,6 @@ fn wait_gone(pid: i32, timeout: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(5));
     }
     true
-}
-
-fn same_dir(recorded: Option<&Path>, data: &Path) -> bool {
-    let canonical = |p: &Path| fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-    recorded.is_some_and(|r| canonical(r) == canonical(data))
 }
 
 fn command_line(pid: i32) -> Vec<String> {

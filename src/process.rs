@@ -25,22 +25,57 @@ pub fn alive(pid: i32) -> bool {
 
 /// Whether `/proc/PID/stat` shows the process as a zombie (`Z`) or dead (`X`).
 /// Where `/proc` is missing (macOS) nothing is known and the answer is no.
-fn is_zombie(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
+pub fn is_zombie(pid: i32) -> bool {
+    matches!(stat_field(pid, 0).as_deref(), Some("Z" | "X"))
+}
+
+/// Whether `/proc/PID/stat` shows the process as stopped (`T`, SIGSTOP) or
+/// traced (`t`).
+pub fn is_stopped(pid: i32) -> bool {
+    matches!(stat_field(pid, 0).as_deref(), Some("T" | "t"))
+}
+
+/// The parent's pid, from `/proc/PID/stat`.
+pub fn parent_of(pid: i32) -> Option<i32> {
+    stat_field(pid, 1)?.parse().ok()
+}
+
+/// Field `n` after the command name of `/proc/PID/stat` (0 is the state).
+fn stat_field(pid: i32, n: usize) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name in parentheses may itself hold spaces and parentheses:
-    // the state is the first field after the last ')'.
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next());
-    matches!(state, Some("Z" | "X"))
+    // the fields after it start after the last ')'.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(n).map(str::to_string)
+}
+
+/// The real uid of a process, from `/proc/PID/status`; `None` where unknown.
+pub fn uid_of(pid: i32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The file name of a process's program (`/proc/PID/exe`, else its first
+/// argument); `None` where unknown.
+pub fn program_name(pid: i32) -> Option<String> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .or_else(|| {
+            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let first = raw.split(|b| *b == 0).next()?;
+            Some(std::path::PathBuf::from(
+                String::from_utf8_lossy(first).into_owned(),
+            ))
+        })?;
+    Some(exe.file_name()?.to_string_lossy().into_owned())
 }
 
 /// One process, pinned: on Linux a pidfd, which keeps naming the same process
 /// even after it exits and its pid is reused; elsewhere only the pid.
 #[derive(Debug)]
 pub struct ProcessHandle {
+    #[cfg(not(target_os = "linux"))]
     pid: i32,
     #[cfg(target_os = "linux")]
     fd: std::os::fd::OwnedFd,
@@ -62,7 +97,7 @@ impl ProcessHandle {
             }
             // SAFETY: the syscall returned a fresh descriptor that we now own.
             let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
-            Ok(ProcessHandle { pid, fd })
+            Ok(ProcessHandle { fd })
         }
         #[cfg(not(target_os = "linux"))]
         {
@@ -72,11 +107,6 @@ impl ProcessHandle {
                 Err(io::Error::from_raw_os_error(libc::ESRCH))
             }
         }
-    }
-
-    /// The pid the process had when it was pinned.
-    pub fn pid(&self) -> i32 {
-        self.pid
     }
 
     /// Sends `signal` to the pinned process; `ESRCH` when it has exited.

@@ -1,8 +1,8 @@
-//! The PostgreSQL supervisor: the only code that starts PostgreSQL, and the
-//! only importer of `postgresql_embedded`.
+//! The PostgreSQL component: the only code that starts PostgreSQL, and (in
+//! `setup`) the only importer of `postgresql_embedded`.
 //!
-//! - Binaries: `--pg-bin` (or config, or `OUTBOXD_PG_BIN`), else installed
-//!   ones found on the machine, else postgresql_embedded's download into
+//! - Binaries: `pg_bin` (flag, environment or config), else installed ones
+//!   found on the machine, else postgresql_embedded's download into
 //!   `<home>/pg/install`.
 //! - Cluster: the first start runs initdb (through postgresql_embedded) into
 //!   `<home>/pg/data` with a random password kept in `<home>/pg/secret`
@@ -11,113 +11,147 @@
 //!   (not through `pg_ctl`, which polls every 100 ms and, in
 //!   postgresql_embedded, turns fsync off), listening on its Unix socket in
 //!   `<home>/pg/socket` and on 127.0.0.1 only when a port is configured.
-//!   Ready means it answered a query.
-//! - Supervision: when the postmaster dies it is restarted with capped
-//!   exponential backoff; `status` shows restarts and the last failure. A
-//!   postmaster left by a killed daemon is adopted when it runs exactly as
-//!   this daemon would run it, and stopped otherwise.
+//!   Ready means the child itself answered a query.
+//! - Supervision: restart with capped exponential backoff; health checks;
+//!   `status` shows restarts and the last failure. A postmaster left by a
+//!   killed daemon is adopted when it runs exactly as this daemon would run
+//!   it, and stopped otherwise.
 //! - External mode (`--database-url`): nothing is started or stopped; the
 //!   server is only checked.
 //!
-//! Files: `setup` (binaries, secret, initdb: the only importer of
-//! postgresql_embedded), `postmaster` (starting, adopting, stopping one
-//! server), `supervisor` (the watch loop and external mode).
+//! The component publishes where to connect ([`Connection`], `None` while
+//! the server is down) on a `watch` channel, which the drain awaits.
+//!
+//! Files: `setup` (binaries, secret, initdb), `instance` (one server:
+//! start, adopt, stop, health), `supervisor` (the embedded component's
+//! task), `external` (external mode and its TLS), `error` (typed failures).
 
-mod postmaster;
+mod error;
+mod external;
+mod instance;
 mod setup;
 mod supervisor;
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use outboxd::config::Config;
+use outboxd::notify::Notifier;
 use outboxd::protocol::PostgresStatus;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{oneshot, watch};
 
-pub use setup::prepare;
-pub use supervisor::{supervise, watch_external};
+use crate::component::{self, Running};
+use crate::shutdown::Shutdown;
+
+pub use error::{PgError, describe};
 
 /// The database superuser and database the daemon uses.
 pub const SUPERUSER: &str = "postgres";
 pub const DATABASE: &str = "postgres";
 
-/// What the control server can see of and ask of the supervisor.
-#[derive(Clone)]
-pub struct Handle {
-    status: Arc<Mutex<PostgresStatus>>,
-    commands: mpsc::Sender<Request>,
+/// Where and how to connect to PostgreSQL.
+#[derive(Clone, Debug)]
+pub struct Connection {
+    pub config: tokio_postgres::Config,
+    /// Whether to offer TLS (external servers); the embedded server is
+    /// reached over its Unix socket only.
+    pub tls: bool,
 }
 
-/// Where a request's outcome goes: done, or why not.
-pub type Reply = oneshot::Sender<std::result::Result<(), String>>;
-
-/// A maintenance request: stop PostgreSQL and keep it stopped, or start it.
-pub enum Request {
-    Start(Reply),
-    Stop(Reply),
-}
-
-impl Handle {
-    pub fn status(&self) -> PostgresStatus {
-        self.status.lock().expect("status lock").clone()
-    }
-
-    /// Sends a request and waits for its outcome.
-    pub async fn ask(&self, make: fn(Reply) -> Request) -> std::result::Result<(), String> {
-        let (reply, outcome) = oneshot::channel();
-        self.commands
-            .send(make(reply))
-            .await
-            .map_err(|_| "the postgres supervisor has stopped".to_string())?;
-        outcome
-            .await
-            .map_err(|_| "the postgres supervisor has stopped".to_string())?
-    }
-
-    fn update(&self, change: impl FnOnce(&mut PostgresStatus)) {
-        change(&mut self.status.lock().expect("status lock"));
+impl Connection {
+    /// Connects; the connection's I/O runs in a task of its own until the
+    /// client is dropped.
+    pub async fn connect(&self) -> Result<tokio_postgres::Client, PgError> {
+        let failed = |e: tokio_postgres::Error| PgError::Client(describe(&e));
+        if self.tls {
+            let (client, connection) = self
+                .config
+                .connect(external::tls_connector())
+                .await
+                .map_err(failed)?;
+            tokio::spawn(connection);
+            Ok(client)
+        } else {
+            let (client, connection) = self
+                .config
+                .connect(tokio_postgres::NoTls)
+                .await
+                .map_err(failed)?;
+            tokio::spawn(connection);
+            Ok(client)
+        }
     }
 }
 
-/// Creates the handle and the receiving end of its requests.
-pub fn channel(initial: PostgresStatus) -> (Handle, mpsc::Receiver<Request>) {
-    let (commands, requests) = mpsc::channel(8);
-    let handle = Handle {
-        status: Arc::new(Mutex::new(initial)),
-        commands,
+/// The running component, what it publishes, and the first start's outcome.
+pub struct Started {
+    pub component: Running<PostgresStatus>,
+    #[expect(dead_code, reason = "the drain, next, awaits it")]
+    pub connection: watch::Receiver<Option<Connection>>,
+    pub first: oneshot::Receiver<Result<(), PgError>>,
+}
+
+/// Starts the PostgreSQL component: the embedded server, or the watch of an
+/// external one. `cancel` (the daemon's shutdown) interrupts a start in
+/// progress; the server itself stops only when `run` shuts the component
+/// down.
+pub fn spawn(config: &Config, notifier: Arc<Notifier>, cancel: Shutdown) -> Started {
+    let (connection_tx, connection) = watch::channel(None);
+    let (first_tx, first) = oneshot::channel();
+    let component = match config.database_url.clone() {
+        Some(url) => {
+            let _ = first_tx.send(Ok(()));
+            component::spawn(initial_status(config), move |inbox| {
+                external::run_external(url, inbox, connection_tx)
+            })
+        }
+        None => {
+            let config = config.clone();
+            component::spawn(initial_status(&config), move |inbox| {
+                supervisor::run_embedded(config, notifier, cancel, inbox, connection_tx, first_tx)
+            })
+        }
     };
-    (handle, requests)
+    Started {
+        component,
+        connection,
+        first,
+    }
 }
 
 /// The status before anything is known.
-pub fn initial_status(config: &Config) -> PostgresStatus {
+fn initial_status(config: &Config) -> PostgresStatus {
     match &config.database_url {
         Some(url) => PostgresStatus {
             mode: "external".into(),
-            state: "starting".into(),
-            url: redact(url),
+            url: outboxd::redact::url(url),
             ..PostgresStatus::default()
         },
         None => PostgresStatus {
             mode: "embedded".into(),
-            state: "starting".into(),
             data_dir: Some(config.paths.pg_data.clone()),
             socket_dir: Some(config.paths.pg_socket_dir.clone()),
             port: Some(config.pg_port()),
             tcp: config.pg_port.is_some(),
             url: url(&config.paths.pg_socket_dir, config.pg_port()),
+            tcp_url: config.pg_port.map(tcp_url),
             ..PostgresStatus::default()
         },
     }
 }
 
-/// The connection URL of the embedded server, without the password
+/// The Unix-socket URL of the embedded server, without the password
 /// (`outboxctl url --with-password` adds it).
 pub fn url(socket_dir: &Path, port: u16) -> String {
     format!(
         "postgresql://{SUPERUSER}@/{DATABASE}?host={}&port={port}",
         percent_encode(&socket_dir.to_string_lossy())
     )
+}
+
+/// The TCP URL of the embedded server (loopback), without the password.
+pub fn tcp_url(port: u16) -> String {
+    format!("postgresql://{SUPERUSER}@127.0.0.1:{port}/{DATABASE}")
 }
 
 fn percent_encode(text: &str) -> String {
@@ -131,39 +165,19 @@ fn percent_encode(text: &str) -> String {
         .collect()
 }
 
-/// The URL without its password, for status and logs.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let user = rest[..at].split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}@{}", &rest[at + 1..])
-        }
-        None => url.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn urls_hide_the_password() {
-        assert_eq!(
-            redact("postgres://u:secret@db:5432/x?sslmode=require"),
-            "postgres://u@db:5432/x?sslmode=require"
-        );
-        assert_eq!(redact("postgresql://u@db/x"), "postgresql://u@db/x");
-        assert_eq!(
-            redact("postgresql:///x?host=/tmp"),
-            "postgresql:///x?host=/tmp"
-        );
+    fn urls_name_the_socket_and_never_a_password() {
         assert_eq!(
             url(Path::new("/h/pg/socket"), 5432),
             "postgresql://postgres@/postgres?host=%2Fh%2Fpg%2Fsocket&port=5432"
+        );
+        assert_eq!(
+            tcp_url(5433),
+            "postgresql://postgres@127.0.0.1:5433/postgres"
         );
     }
 }

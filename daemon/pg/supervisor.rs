@@ -1,16 +1,23 @@
-//! The watch loop: restart a dead server with capped exponential backoff,
-//! serve maintenance requests, stop the server at shutdown; and the check
-//! loop of external mode.
+//! The PostgreSQL component's task: bring the embedded server up, watch it
+//! (restart with capped exponential backoff when it dies, health checks
+//! while it runs), serve maintenance stop and start, and stop it when `run`
+//! says so. Restarts and maintenance starts take one path, [`Supervisor::start`],
+//! which a daemon shutdown interrupts.
 
 use std::time::Duration;
 
-use outboxd::protocol::PostgresStatus;
-use tokio::sync::mpsc;
+use outboxd::config::Config;
+use outboxd::notify::Notifier;
+use outboxd::protocol::{PgState, PostgresStatus};
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
 use tracing::{info, warn};
 
-use super::postmaster::{Running, query_version};
-use super::setup::Embedded;
-use super::{Handle, Request};
+use super::Connection;
+use super::error::PgError;
+use super::instance::{Embedded, Running};
+use super::setup;
+use crate::component::{Command, Inbox};
 use crate::shutdown::Shutdown;
 
 /// Restart backoff: first delay, cap, and how long a run must last for the
@@ -18,153 +25,234 @@ use crate::shutdown::Shutdown;
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(10);
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
-/// How often an external server is checked.
-const EXTERNAL_CHECK: Duration = Duration::from_secs(5);
+/// How often a running server is checked.
+const HEALTH_EVERY: Duration = Duration::from_secs(2);
 
-/// Supervises the embedded server until shutdown, then stops it.
-pub async fn supervise(
+struct Supervisor {
     embedded: Embedded,
-    first: Running,
-    handle: Handle,
-    mut requests: mpsc::Receiver<Request>,
-    shutdown: Shutdown,
+    current: Option<Running>,
+    failures: u32,
+    retry_at: Option<Instant>,
+    status: watch::Sender<PostgresStatus>,
+    connection: watch::Sender<Option<Connection>>,
+    cancel: Shutdown,
+}
+
+/// The embedded server's component: prepares and starts it, reports the
+/// first start's outcome on `first`, then supervises it until `Shutdown`.
+pub async fn run_embedded(
+    config: Config,
+    notifier: std::sync::Arc<Notifier>,
+    cancel: Shutdown,
+    mut inbox: Inbox<PostgresStatus>,
+    connection: watch::Sender<Option<Connection>>,
+    first: oneshot::Sender<Result<(), PgError>>,
 ) {
-    let mut current = Some(first);
-    let mut failures = 0u32;
-    let mut retry_at: Option<tokio::time::Instant> = None;
-    handle.update(|s| set_running(s, current.as_ref()));
-    loop {
-        tokio::select! {
-            _ = shutdown.wait() => break,
-            why = async { current.as_mut().expect("guarded").exited().await }, if current.is_some() => {
-                let run = current.take().expect("guarded");
-                if run.since.elapsed() >= HEALTHY_RUN {
-                    failures = 0;
-                }
-                failures += 1;
-                let delay = backoff(failures);
-                warn!(reason = %why, retry_in_ms = delay.as_millis() as u64, "PostgreSQL died; restarting");
-                handle.update(|s| {
-                    s.state = "restarting".into();
-                    s.pid = None;
-                    s.last_failure = Some(why);
-                });
-                retry_at = Some(tokio::time::Instant::now() + delay);
-            }
-            _ = sleep_until(retry_at), if retry_at.is_some() => {
-                retry_at = None;
-                match embedded.start_or_adopt().await {
-                    Ok(run) => {
-                        info!(pid = run.postmaster.pid, "restarted PostgreSQL");
-                        current = Some(run);
-                        handle.update(|s| {
-                            s.restarts += 1;
-                            set_running(s, current.as_ref());
-                        });
-                    }
-                    Err(why) => {
-                        failures += 1;
-                        let delay = backoff(failures);
-                        warn!(reason = %why, retry_in_ms = delay.as_millis() as u64, "could not restart PostgreSQL");
-                        handle.update(|s| s.last_failure = Some(why));
-                        retry_at = Some(tokio::time::Instant::now() + delay);
-                    }
-                }
-            }
-            Some(request) = requests.recv() => match request {
-                Request::Stop(reply) => {
-                    retry_at = None;
-                    if let Some(run) = current.take() {
-                        info!("stopping PostgreSQL on request");
-                        run.stop().await;
-                    }
-                    handle.update(|s| {
-                        s.state = "stopped".into();
-                        s.pid = None;
-                    });
-                    let _ = reply.send(Ok(()));
-                }
-                Request::Start(reply) => {
-                    if current.is_none() {
-                        retry_at = None;
-                        handle.update(|s| s.state = "starting".into());
-                        match embedded.start_or_adopt().await {
-                            Ok(run) => {
-                                info!(pid = run.postmaster.pid, "started PostgreSQL on request");
-                                current = Some(run);
-                                handle.update(|s| set_running(s, current.as_ref()));
-                                let _ = reply.send(Ok(()));
-                            }
-                            Err(why) => {
-                                handle.update(|s| {
-                                    s.state = "failed".into();
-                                    s.last_failure = Some(why.clone());
-                                });
-                                let _ = reply.send(Err(why));
-                            }
-                        }
-                    } else {
-                        let _ = reply.send(Ok(()));
-                    }
-                }
-            },
+    let prepared = setup::prepare(&config, &notifier, &inbox.status).await;
+    let embedded = match prepared {
+        Ok(embedded) => embedded,
+        Err(e) => {
+            fail(&inbox.status, &e);
+            let _ = first.send(Err(e));
+            return refuse_until_shutdown(inbox).await;
+        }
+    };
+    notifier.status("starting PostgreSQL");
+    let mut supervisor = Supervisor {
+        embedded,
+        current: None,
+        failures: 0,
+        retry_at: None,
+        status: inbox.status.clone(),
+        connection,
+        cancel,
+    };
+    match supervisor.start().await {
+        Ok(()) => {
+            let _ = first.send(Ok(()));
+        }
+        Err(e) => {
+            fail(&supervisor.status, &e);
+            let _ = first.send(Err(e));
+            return refuse_until_shutdown(inbox).await;
         }
     }
-    if let Some(run) = current {
-        run.stop().await;
+    supervisor.watch(&mut inbox).await;
+    supervisor.stop().await;
+}
+
+impl Supervisor {
+    /// Starts (or adopts) the server and publishes it. The one path for the
+    /// first start, restarts and maintenance starts.
+    async fn start(&mut self) -> Result<(), PgError> {
+        self.retry_at = None;
+        self.status.send_modify(|s| {
+            if s.state != PgState::Restarting {
+                s.state = PgState::Starting;
+            }
+        });
+        let run = self.embedded.start_or_adopt(&self.cancel).await?;
+        info!(pid = run.postmaster.pid, version = %run.version, "PostgreSQL is up");
+        self.status.send_modify(|s| {
+            s.state = PgState::Running;
+            s.pid = Some(run.postmaster.pid);
+            s.version = Some(run.version.clone());
+        });
+        self.connection
+            .send_replace(Some(self.embedded.connection()));
+        self.current = Some(run);
+        Ok(())
     }
-    handle.update(|s| {
-        s.state = "stopped".into();
-        s.pid = None;
+
+    /// Stops the server (if it runs) and publishes that.
+    async fn stop(&mut self) {
+        self.retry_at = None;
+        self.connection.send_replace(None);
+        if let Some(run) = self.current.take() {
+            run.stop().await;
+        }
+        self.status.send_modify(|s| {
+            s.state = PgState::Stopped;
+            s.pid = None;
+        });
+    }
+
+    /// Serves commands and watches the server until `Shutdown`.
+    async fn watch(&mut self, inbox: &mut Inbox<PostgresStatus>) {
+        let mut health = tokio::time::interval(HEALTH_EVERY);
+        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                command = inbox.commands.recv() => match command {
+                    Some(Command::Stop(reply)) => {
+                        info!("stopping PostgreSQL on request");
+                        self.stop().await;
+                        let _ = reply.send(Ok(()));
+                    }
+                    Some(Command::Start(reply)) => {
+                        let outcome = match self.current.is_some() {
+                            true => Ok(()),
+                            false => self.start().await.inspect_err(|e| fail(&self.status, e)),
+                        };
+                        let _ = reply.send(outcome.map_err(|e| e.to_string()));
+                    }
+                    Some(Command::Shutdown) | None => return,
+                },
+                why = exited(&mut self.current) => self.died(why),
+                () = sleep_until(self.retry_at) => {
+                    if let Err(e) = self.start().await {
+                        if matches!(e, PgError::Interrupted(_)) {
+                            continue;
+                        }
+                        self.failures += 1;
+                        let delay = backoff(self.failures);
+                        warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "could not restart PostgreSQL");
+                        self.record_failure(e.to_string());
+                        self.retry_at = Some(Instant::now() + delay);
+                    } else {
+                        self.status.send_modify(|s| s.restarts += 1);
+                    }
+                }
+                _ = health.tick(), if self.current.is_some() => self.check_health().await,
+            }
+        }
+    }
+
+    fn died(&mut self, why: String) {
+        let run = self
+            .current
+            .take()
+            .expect("exited only fires while running");
+        if run.since.elapsed() >= HEALTHY_RUN {
+            self.failures = 0;
+        }
+        self.failures += 1;
+        let delay = backoff(self.failures);
+        warn!(reason = %why, retry_in_ms = delay.as_millis() as u64, "PostgreSQL died; restarting");
+        self.connection.send_replace(None);
+        self.status.send_modify(|s| {
+            s.state = PgState::Restarting;
+            s.pid = None;
+        });
+        self.record_failure(why);
+        self.retry_at = Some(Instant::now() + delay);
+    }
+
+    async fn check_health(&mut self) {
+        let Some(run) = &self.current else { return };
+        let health = run.health(&self.embedded.connection()).await;
+        let state = self.status.borrow().state;
+        match health {
+            Ok(()) if state == PgState::NotAnswering => {
+                info!("PostgreSQL answers again");
+                self.status.send_modify(|s| s.state = PgState::Running);
+            }
+            Err(why) if state == PgState::Running => {
+                warn!(reason = %why, "PostgreSQL does not answer");
+                self.status.send_modify(|s| s.state = PgState::NotAnswering);
+                self.record_failure(why);
+            }
+            _ => {}
+        }
+    }
+
+    fn record_failure(&self, why: String) {
+        self.status.send_modify(|s| {
+            s.last_failure = Some(why);
+            s.last_failure_at = Some(crate::unix_now());
+        });
+    }
+}
+
+fn fail(status: &watch::Sender<PostgresStatus>, e: &PgError) {
+    status.send_modify(|s| {
+        s.state = PgState::Failed;
+        s.last_failure = Some(e.to_string());
+        s.last_failure_at = Some(crate::unix_now());
     });
 }
 
-fn set_running(status: &mut PostgresStatus, run: Option<&Running>) {
-    status.state = "running".into();
-    status.pid = run.map(|r| r.postmaster.pid);
-    status.version = run.map(|r| r.version.clone());
+/// After a failed first start: answer requests with the failure until
+/// `run` shuts the component down.
+async fn refuse_until_shutdown(mut inbox: Inbox<PostgresStatus>) {
+    while let Some(command) = inbox.commands.recv().await {
+        match command {
+            Command::Start(reply) | Command::Stop(reply) => {
+                let _ = reply.send(Err("PostgreSQL failed to start".into()));
+            }
+            Command::Shutdown => return,
+        }
+    }
 }
 
-fn backoff(failures: u32) -> Duration {
-    let exponential = BACKOFF_FIRST.saturating_mul(1 << failures.saturating_sub(1).min(16));
-    let capped = exponential.min(BACKOFF_CAP);
-    // Up to 25% jitter, from the clock's low bits: enough to spread restarts.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    capped + capped.mul_f64(f64::from(nanos % 1000) / 4000.0)
+async fn exited(current: &mut Option<Running>) -> String {
+    match current {
+        Some(run) => run.exited().await,
+        None => std::future::pending().await,
+    }
 }
 
-async fn sleep_until(at: Option<tokio::time::Instant>) {
+async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }
 
-/// External mode: checks the server now and then; never starts or stops it.
-pub async fn watch_external(url: String, handle: Handle, shutdown: Shutdown) {
-    let config: std::result::Result<tokio_postgres::Config, _> = url.parse();
-    loop {
-        let outcome = match &config {
-            Ok(config) => query_version(config).await,
-            Err(e) => Err(format!("invalid database URL: {e}")),
-        };
-        handle.update(|s| match outcome {
-            Ok(version) => {
-                s.state = "running".into();
-                s.version = Some(version);
-            }
-            Err(why) => {
-                s.state = "unreachable".into();
-                s.last_failure = Some(why);
-            }
-        });
-        tokio::select! {
-            _ = shutdown.wait() => return,
-            _ = tokio::time::sleep(EXTERNAL_CHECK) => {}
-        }
-    }
+/// Capped exponential backoff with up to 25% jitter.
+pub fn backoff(failures: u32) -> Duration {
+    backoff_from(BACKOFF_FIRST, BACKOFF_CAP, failures)
+}
+
+/// `first` doubled per failure, capped at `cap`, plus up to 25% jitter.
+pub fn backoff_from(first: Duration, cap: Duration, failures: u32) -> Duration {
+    let exponential = first.saturating_mul(1 << failures.saturating_sub(1).min(16));
+    let capped = exponential.min(cap);
+    // Jitter from the clock's low bits: enough to spread restarts.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    capped + capped.mul_f64(f64::from(nanos % 1000) / 4000.0)
 }
 
 #[cfg(test)]

@@ -2,7 +2,6 @@
 //! stops everything started in it when it goes out of scope (also when the
 //! test fails), and ways to run the real binaries against it.
 
-
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
@@ -169,7 +168,7 @@ impl Home {
 
     /// The pid the kernel names as the lock holder.
     pub fn holder(&self) -> Option<i32> {
-        match lock::inspect(&self.paths().lock).expect("inspect lock") {
+        match lock::inspect(&self.paths()).expect("inspect lock") {
             LockState::Held { pid, .. } => Some(pid),
             _ => None,
         }
@@ -259,18 +258,13 @@ impl Drop for Home {
             .stdout(Stdio::null()));
         self.kill_all();
         let _ = std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o700));
-        let lock = self.paths().lock;
-        let _ = lock::wait_released(&lock, self.holder_quiet(), Duration::from_secs(10));
-        let socket = self.paths();
-        if socket.socket_is_fallback() {
-            let _ = std::fs::remove_dir_all(&socket.run_dir);
-        }
+        let _ = lock::wait_released(&self.paths(), self.holder_quiet(), Duration::from_secs(10));
     }
 }
 
 impl Home {
     fn holder_quiet(&self) -> i32 {
-        match lock::inspect(&self.paths().lock) {
+        match lock::inspect(&self.paths()) {
             Ok(LockState::Held { pid, .. }) => pid,
             _ => 0,
         }

@@ -1,8 +1,6 @@
 //! The daemon's life seen from outside: start, status, stop, crashes, races.
 //! Every test spawns the real binaries on its own home.
 
-
-
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -86,7 +84,10 @@ fn twenty_concurrent_starts_make_one_daemon() {
                 .unwrap()
         })
         .collect();
-    let runs: Vec<_> = children.into_iter().map(crate::common::wait_output).collect();
+    let runs: Vec<_> = children
+        .into_iter()
+        .map(crate::common::wait_output)
+        .collect();
     let holder = home.holder().expect("a daemon holds the lock");
     let mut started = 0;
     for run in &runs {

@@ -1,8 +1,6 @@
 //! The control socket under bad input: every case gets its error or is
 //! closed, and the daemon keeps answering `status` afterwards.
 
-
-
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;

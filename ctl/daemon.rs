@@ -1,0 +1,216 @@
+//! The one way `outboxctl` finds and reaches the daemon of a home: the
+//! kernel's lock holder, reached on the home's own socket path and verified
+//! by its peer credentials (see `outboxd::client::connect_verified`).
+//! Every command goes through [`find`] or [`connect`].
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use outboxd::client::{Client, ClientError, connect_verified};
+use outboxd::exit_code;
+use outboxd::lock::{self, LockState};
+use outboxd::paths::Paths;
+use outboxd::postmaster;
+use outboxd::protocol::{Request, Status};
+use outboxd::quote;
+
+/// How long a probe waits for the daemon to answer.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What is known about the daemon of a home.
+pub enum Found {
+    /// It holds the lock and answered `status` on a verified connection.
+    Running { status: Box<Status> },
+    /// A process holds the lock but its socket did not answer.
+    Unresponsive { pid: i32, error: String },
+    /// Nobody holds the lock. `stale` lists files a killed daemon left;
+    /// `orphan` is the pid of a postmaster it left running.
+    Stopped {
+        stale: Vec<PathBuf>,
+        orphan: Option<i32>,
+    },
+    /// The state cannot be known or trusted; the error says why and what
+    /// to do.
+    Unknown(CtlError),
+}
+
+/// Why `outboxctl` could not do what it was asked, with its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// The home directory does not exist (a typo in `--home`?).
+    #[error(
+        "the home directory {} does not exist; check --home (or OUTBOXD_HOME), or start a \
+         daemon there with `{}`",
+        home.display(),
+        quote::ctl(home, "start")
+    )]
+    NoHome { home: PathBuf },
+    /// The daemon is not running.
+    #[error("outboxd is not running (home {}); start it with `{}`", home.display(), quote::ctl(home, "start"))]
+    NotRunning { home: PathBuf },
+    /// Permission denied, with what to do.
+    #[error("{error}; the home belongs to {owner}: run this as {owner}, or with sudo")]
+    Denied { error: String, owner: String },
+    /// The socket or the lock file is not to be trusted.
+    #[error("{0}; refusing to talk to it or signal anything")]
+    Untrusted(String),
+    /// Anything else.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CtlError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CtlError::NotRunning { .. } => exit_code::NOT_RUNNING,
+            CtlError::NoHome { .. } | CtlError::Denied { .. } | CtlError::Untrusted(_) => {
+                exit_code::UNKNOWN
+            }
+            CtlError::Failed(_) => exit_code::FAILURE,
+        }
+    }
+
+    /// An error of the library, classified.
+    pub fn from_lib(paths: &Paths, err: outboxd::Error) -> CtlError {
+        if err.is_permission_denied() {
+            return CtlError::Denied {
+                error: err.to_string(),
+                owner: home_owner_name(&paths.home),
+            };
+        }
+        match err {
+            outboxd::Error::Problem { .. } => CtlError::Untrusted(err.to_string()),
+            other => CtlError::Failed(other.to_string()),
+        }
+    }
+
+    fn from_client(paths: &Paths, err: ClientError) -> CtlError {
+        match err {
+            ClientError::Impostor { .. } => CtlError::Untrusted(err.to_string()),
+            ClientError::Connect { ref source, .. }
+                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                CtlError::Denied {
+                    error: err.to_string(),
+                    owner: home_owner_name(&paths.home),
+                }
+            }
+            other => CtlError::Failed(other.to_string()),
+        }
+    }
+}
+
+fn home_owner_name(home: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(home).map_or_else(
+        |_| "its owner".into(),
+        |m| outboxd::account::name_of(m.uid()),
+    )
+}
+
+/// Whether the home exists (as a directory); the error says what is wrong.
+pub fn check_home(paths: &Paths) -> Result<(), CtlError> {
+    match std::fs::symlink_metadata(&paths.home) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(meta) => Err(CtlError::Failed(
+            outboxd::privileges::not_a_directory(&paths.home, &meta).to_string(),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(CtlError::NoHome {
+            home: paths.home.clone(),
+        }),
+        Err(e) => Err(CtlError::from_lib(
+            paths,
+            outboxd::Error::Io {
+                op: "inspect home directory",
+                path: paths.home.clone(),
+                source: e,
+            },
+        )),
+    }
+}
+
+/// Finds the daemon of the home: asks the kernel who holds the lock, then
+/// asks that process, on a verified connection, for its status.
+pub fn find(paths: &Paths) -> Found {
+    if let Err(e) = check_home(paths) {
+        return Found::Unknown(e);
+    }
+    let state = match lock::inspect(paths) {
+        Ok(state) => state,
+        Err(err) => return Found::Unknown(CtlError::from_lib(paths, err)),
+    };
+    match state {
+        LockState::Held { pid, .. } => {
+            let answer = connect_verified(paths, pid, ANSWER_TIMEOUT)
+                .and_then(|mut client| client.call_as::<Status>(&Request::Status));
+            match answer {
+                Ok(status) if status.home != paths.home => {
+                    Found::Unknown(CtlError::Untrusted(format!(
+                        "the daemon holding {} says its home is {}",
+                        paths.lock.display(),
+                        status.home.display()
+                    )))
+                }
+                Ok(status) => Found::Running {
+                    status: Box::new(status),
+                },
+                Err(err @ ClientError::Impostor { .. }) => {
+                    Found::Unknown(CtlError::from_client(paths, err))
+                }
+                Err(err) => Found::Unresponsive {
+                    pid,
+                    error: err.to_string(),
+                },
+            }
+        }
+        LockState::Missing | LockState::Free { .. } => {
+            if let Some(pid) = socket_answers(paths) {
+                return Found::Unknown(CtlError::Untrusted(format!(
+                    "a process (pid {pid}) answers on {} but nobody holds {} (was the lock \
+                     file deleted? a running daemon restores it within seconds: try again)",
+                    paths.socket.display(),
+                    paths.lock.display()
+                )));
+            }
+            let mut stale = Vec::new();
+            if matches!(state, LockState::Free { info: Some(_) }) {
+                stale.push(paths.lock.clone());
+            }
+            if std::fs::symlink_metadata(&paths.socket).is_ok() {
+                stale.push(paths.socket.clone());
+            }
+            let orphan = orphan_postmaster(paths);
+            Found::Stopped { stale, orphan }
+        }
+    }
+}
+
+/// A verified connection to the running daemon, or why there is none.
+pub fn connect(paths: &Paths, timeout: Duration) -> Result<(Client, i32), CtlError> {
+    check_home(paths)?;
+    match lock::inspect(paths).map_err(|e| CtlError::from_lib(paths, e))? {
+        LockState::Held { pid, .. } => connect_verified(paths, pid, timeout)
+            .map(|client| (client, pid))
+            .map_err(|e| CtlError::from_client(paths, e)),
+        _ => Err(CtlError::NotRunning {
+            home: paths.home.clone(),
+        }),
+    }
+}
+
+/// The pid of a process answering on the socket, if one does (the daemon
+/// whose lock file was deleted).
+fn socket_answers(paths: &Paths) -> Option<u32> {
+    let client = Client::connect(&paths.socket, ANSWER_TIMEOUT).ok()?;
+    client.peer().0
+}
+
+/// The postmaster still running on the home's data directory, if any.
+pub fn orphan_postmaster(paths: &Paths) -> Option<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(&paths.home).ok()?.uid();
+    postmaster::find(&paths.pg_data, owner)
+        .ok()
+        .flatten()
+        .map(|p| p.pid)
+}

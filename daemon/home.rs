@@ -1,0 +1,82 @@
+//! The home, as the daemon's account finds it: created if missing (an
+//! ordinary user's daemon), checked (a real directory of ours that no one
+//! else can write to), and its private directories made and checked.
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+
+use outboxd::error::{Error, IoContext, Result};
+use outboxd::paths::{self, Paths};
+use outboxd::safefs::{self, Owner};
+
+/// Prepares the home of `paths` and returns its paths as it now exists
+/// (canonical).
+pub fn prepare(paths: &Paths) -> Result<Paths> {
+    match fs::symlink_metadata(&paths.home) {
+        Ok(meta) if !meta.is_dir() => {
+            return Err(outboxd::privileges::not_a_directory(&paths.home, &meta));
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            paths::create_private_dir(&paths.home)?;
+        }
+        Err(e) => return Err(e).at("inspect home directory", &paths.home),
+    }
+    let home = fs::canonicalize(&paths.home).at("resolve home directory", &paths.home)?;
+    let paths = Paths::for_home(&home);
+    let euid = outboxd::process::euid();
+    let owner = fs::symlink_metadata(&home)
+        .at("inspect home directory", &home)?
+        .uid();
+    if owner != euid {
+        return Err(Error::problem(
+            "home",
+            &home,
+            format!(
+                "belongs to {}, and outboxd runs as {}",
+                outboxd::account::name_of(owner),
+                outboxd::account::name_of(euid)
+            ),
+            "run outboxd as the home's owner (or as root, which becomes the owner), or choose \
+             another --home",
+            libc::EACCES,
+        ));
+    }
+    let me = Owner::Is(euid);
+    safefs::check_private_dir(&paths.home, me)?;
+    for dir in [
+        &paths.log_dir,
+        &paths.run_dir,
+        &paths.pg_dir,
+        &paths.pg_socket_dir,
+    ] {
+        match fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).at("create directory", dir),
+        }
+        safefs::check_private_dir(dir, me)?;
+    }
+    Ok(paths)
+}
+
+/// `user` names the account a new home goes to when root starts the daemon;
+/// it cannot make the daemon run as anyone but the account it runs as now
+/// (the home's owner).
+pub fn check_user_setting(config: &outboxd::config::Config) -> Result<()> {
+    let Some(user) = &config.user else {
+        return Ok(());
+    };
+    let me = outboxd::account::name_of(outboxd::process::euid());
+    if *user == me {
+        return Ok(());
+    }
+    Err(Error::Config {
+        origin: config.origin("user"),
+        message: format!(
+            "user = {user:?}, but the daemon runs as {me}, the owner of {}; the account of a \
+             home is its owner's: remove the setting, or start a new home as root with --user",
+            config.paths.home.display()
+        ),
+    })
+}

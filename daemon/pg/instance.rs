@@ -1,0 +1,440 @@
+//! One embedded server: what it needs ([`Embedded`]), starting it as this
+//! daemon's child and waiting until it answers, adopting or stopping one
+//! left by a killed daemon, watching it exit, checking its health, stopping
+//! it.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use outboxd::paths::SocketPath;
+use outboxd::postmaster::{self, PidFile, Postmaster};
+use outboxd::safefs::{self, Mode, Owner};
+use tracing::{info, warn};
+
+use super::error::{PgError, describe, is_auth_failure};
+use super::{Connection, DATABASE, SUPERUSER};
+use crate::shutdown::Shutdown;
+
+/// How long PostgreSQL may take to accept connections after it was started.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a fast shutdown may take before SIGQUIT (an immediate
+/// shutdown); SIGKILL follows 5 s later. The daemon's whole stop budget for
+/// PostgreSQL is therefore about 20 s, and every outer budget (`outboxctl
+/// stop`, systemd's `TimeoutStopSec`) is longer.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long a start waits for a dead postmaster that init has not yet reaped.
+const ZOMBIE_WAIT: Duration = Duration::from_secs(10);
+/// How long a health check may take before the server counts as not answering.
+pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Everything needed to (re)start the embedded server.
+pub struct Embedded {
+    pub bin_dir: PathBuf,
+    pub data: PathBuf,
+    /// The socket directory, and the address that reaches it (a
+    /// `/proc/self/fd` path for very long homes; see [`SocketPath`]).
+    pub socket_dir: PathBuf,
+    pub socket_address: SocketPath,
+    pub port: u16,
+    pub tcp: bool,
+    pub password: String,
+    pub secret: PathBuf,
+    pub log: PathBuf,
+    /// The uid PostgreSQL runs as: this daemon's.
+    pub uid: u32,
+}
+
+/// A postmaster this supervisor owns: its child, or one it adopted.
+pub struct Running {
+    pub postmaster: Postmaster,
+    /// The server version, as the server reports it.
+    pub version: String,
+    child: Option<tokio::process::Child>,
+    pub since: Instant,
+}
+
+impl Embedded {
+    /// The postmaster's command line, exactly as this daemon runs it.
+    fn command_line(&self) -> Vec<String> {
+        let listen = if self.tcp { "127.0.0.1" } else { "" };
+        vec![
+            self.bin_dir.join("postgres").to_string_lossy().into_owned(),
+            "-D".into(),
+            self.data.to_string_lossy().into_owned(),
+            "-p".into(),
+            self.port.to_string(),
+            "-k".into(),
+            self.socket_address.address().to_string_lossy().into_owned(),
+            "-c".into(),
+            format!("listen_addresses={listen}"),
+            "-c".into(),
+            "fsync=on".into(),
+        ]
+    }
+
+    /// Where clients connect: the Unix socket, with the password.
+    pub fn connection(&self) -> Connection {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host_path(self.socket_address.address())
+            .port(self.port)
+            .user(SUPERUSER)
+            .password(&self.password)
+            .dbname(DATABASE)
+            .application_name("outboxd")
+            .connect_timeout(Duration::from_secs(5));
+        Connection { config, tls: false }
+    }
+
+    /// Adopts a postmaster left on this data directory by a killed daemon if
+    /// it runs exactly as this daemon would run it and answers; else stops
+    /// it. Then starts one if none was adopted. Abandoned (stopping what it
+    /// started) when `cancel` fires.
+    pub async fn start_or_adopt(&self, cancel: &Shutdown) -> Result<Running, PgError> {
+        let deadline = Instant::now() + ZOMBIE_WAIT;
+        loop {
+            let found = blocking({
+                let data = self.data.clone();
+                let uid = self.uid;
+                move || postmaster::inspect(&data, uid).map_err(PgError::from)
+            })
+            .await?;
+            match found {
+                PidFile::Absent => break,
+                // PostgreSQL takes a zombie for alive and refuses to start;
+                // its children may still hold the shared memory: wait.
+                PidFile::Dying { pid } if Instant::now() < deadline => {
+                    if let Some(reason) = cancelled(cancel) {
+                        return Err(PgError::Interrupted(reason));
+                    }
+                    info!(pid, "waiting for the previous postmaster to be reaped");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                PidFile::Dying { .. } => break,
+                PidFile::Reused { pid } => {
+                    // The file names a live process that is not a postmaster
+                    // of ours: its pid was reused; PostgreSQL would refuse.
+                    let pid_file = self.data.join("postmaster.pid");
+                    warn!(pid, file = ?pid_file, "removing a stale postmaster.pid that names a reused pid");
+                    std::fs::remove_file(&pid_file).map_err(|source| {
+                        PgError::Home(outboxd::Error::Io {
+                            op: "remove stale",
+                            path: pid_file.clone(),
+                            source,
+                        })
+                    })?;
+                    break;
+                }
+                PidFile::Running(orphan) => {
+                    if let Some(adopted) = self.adopt_or_stop(orphan).await? {
+                        return Ok(adopted);
+                    }
+                }
+            }
+        }
+        if let Some(reason) = cancelled(cancel) {
+            return Err(PgError::Interrupted(reason));
+        }
+        self.start(cancel).await
+    }
+
+    /// Adopts `orphan` if it runs as this daemon would run it and answers;
+    /// otherwise stops it. A postmaster whose parent is another live daemon
+    /// is not an orphan: that is refused.
+    async fn adopt_or_stop(&self, orphan: Postmaster) -> Result<Option<Running>, PgError> {
+        let pid = orphan.pid;
+        if orphan.parent > 1
+            && orphan.parent != std::process::id() as i32
+            && outboxd::process::program_name(orphan.parent).as_deref() == Some("outboxd")
+        {
+            return Err(PgError::Home(outboxd::Error::problem(
+                "data directory",
+                &self.data,
+                format!(
+                    "is in use by the postmaster (pid {pid}) of another live outboxd (pid {})",
+                    orphan.parent
+                ),
+                "two homes must not share one data directory: stop that daemon, or give this \
+                 home its own pg/data",
+                libc::EBUSY,
+            )));
+        }
+        if orphan.args == self.command_line()
+            && let Ok(version) = query_version(&self.connection()).await
+        {
+            info!(pid, "adopted the postmaster left by a previous daemon");
+            return Ok(Some(Running {
+                postmaster: orphan,
+                version,
+                child: None,
+                since: Instant::now(),
+            }));
+        }
+        info!(pid, "stopping a postmaster left by a previous daemon");
+        let how = blocking(move || {
+            orphan
+                .stop(STOP_GRACE)
+                .map_err(|source| PgError::Orphan { pid, source })
+        })
+        .await?;
+        info!(pid, how, "stopped the orphaned postmaster");
+        Ok(None)
+    }
+
+    /// Starts the postmaster and waits until it answers a query. When
+    /// `cancel` fires first, stops the child it spawned and says so.
+    async fn start(&self, cancel: &Shutdown) -> Result<Running, PgError> {
+        let log_start = file_len(&self.log);
+        let log = safefs::open(&self.log, Mode::Append { mode: 0o600 }, Owner::Is(self.uid))?
+            .expect("Append creates the file");
+        let log_err = log.try_clone().map_err(|source| PgError::Spawn {
+            program: self.log.clone(),
+            source,
+        })?;
+        let args = self.command_line();
+        let mut command = tokio::process::Command::new(&args[0]);
+        command
+            .args(&args[1..])
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            // Its own process group: a Ctrl-C at the daemon's terminal reaches
+            // only the daemon, which then stops PostgreSQL in order.
+            .process_group(0);
+        if let Some(fd) = self.socket_address.dir_fd() {
+            // SAFETY: fcntl is async-signal-safe; it only clears FD_CLOEXEC
+            // on the socket directory's descriptor so the postmaster
+            // inherits it (its `-k` names /proc/self/fd/<fd>).
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = command.spawn().map_err(|source| PgError::Spawn {
+            program: PathBuf::from(&args[0]),
+            source,
+        })?;
+        let pid = child.id().ok_or_else(|| PgError::ExitedAtStart {
+            status: "at once".into(),
+            said: String::new(),
+        })? as i32;
+        let postmaster = Postmaster::pin(pid, args).map_err(|source| PgError::Spawn {
+            program: self.bin_dir.join("postgres"),
+            source,
+        })?;
+        let mut started = Running {
+            postmaster,
+            version: String::new(),
+            child: Some(child),
+            since: Instant::now(),
+        };
+        let outcome = tokio::select! {
+            ready = self.wait_ready(&mut started, log_start) => ready,
+            reason = cancel.wait() => Err(PgError::Interrupted(reason)),
+        };
+        match outcome {
+            Ok(version) => Ok(Running { version, ..started }),
+            Err(e) => {
+                // Never leave a postmaster behind: this start owns it.
+                started.stop().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Polls until the server started as `run` answers; backs off from 5 ms
+    /// to 100 ms so a slow start does not flood PostgreSQL's log.
+    async fn wait_ready(&self, run: &mut Running, log_start: u64) -> Result<String, PgError> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        let connection = self.connection();
+        let mut pause = Duration::from_millis(5);
+        loop {
+            if let Some(exit) = run.exit_status() {
+                return Err(PgError::ExitedAtStart {
+                    status: describe_exit(exit),
+                    said: log_since(&self.log, log_start),
+                });
+            }
+            match connect_and_check(&connection, run.postmaster.pid).await {
+                Ok(version) => return Ok(version),
+                Err(Checked::Auth(message)) => {
+                    return Err(PgError::BadPassword {
+                        secret: self.secret.clone(),
+                        message,
+                    });
+                }
+                Err(Checked::Impostor) => {
+                    return Err(PgError::Impostor {
+                        socket: self.socket_dir.clone(),
+                    });
+                }
+                Err(Checked::Other(last)) if Instant::now() >= deadline => {
+                    return Err(PgError::NotReady {
+                        secs: READY_TIMEOUT.as_secs(),
+                        last,
+                    });
+                }
+                Err(Checked::Other(_)) => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+}
+
+/// Why a readiness check failed.
+enum Checked {
+    Auth(String),
+    Impostor,
+    Other(String),
+}
+
+/// Connects, asks the version, and checks that the backend that answered
+/// is a child of `postmaster` (so the server that answers is the one just
+/// started, not another listening on the same socket).
+async fn connect_and_check(connection: &Connection, postmaster: i32) -> Result<String, Checked> {
+    let (client, conn) = connection
+        .config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| match is_auth_failure(&e) {
+            true => Checked::Auth(describe(&e)),
+            false => Checked::Other(describe(&e)),
+        })?;
+    let conn = tokio::spawn(conn);
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version'), pg_backend_pid()",
+            &[],
+        )
+        .await
+        .map_err(|e| Checked::Other(describe(&e)));
+    drop(client);
+    let _ = conn.await;
+    let row = row?;
+    let backend: i32 = row.get(1);
+    if cfg!(target_os = "linux")
+        && outboxd::process::parent_of(backend).is_some_and(|parent| parent != postmaster)
+    {
+        return Err(Checked::Impostor);
+    }
+    Ok(row.get(0))
+}
+
+impl Running {
+    /// The child's exit status, once it has exited.
+    fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
+    /// Resolves when the postmaster exits, with a description.
+    pub async fn exited(&mut self) -> String {
+        match &mut self.child {
+            Some(child) => match child.wait().await {
+                Ok(status) => describe_exit(status),
+                Err(e) => format!("could not wait for postgres: {e}"),
+            },
+            None => loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if !outboxd::process::alive(self.postmaster.pid) {
+                    break "the adopted postmaster exited".to_string();
+                }
+            },
+        }
+    }
+
+    /// Fast shutdown, escalating to SIGQUIT and SIGKILL if it hangs.
+    pub async fn stop(self) {
+        let Running {
+            postmaster, child, ..
+        } = self;
+        let pid = postmaster.pid;
+        match blocking(move || Ok(postmaster.stop(STOP_GRACE))).await {
+            Ok(Ok(how)) => info!(pid, how, "stopped PostgreSQL"),
+            Ok(Err(e)) => warn!(pid, error = %e, "could not stop PostgreSQL"),
+            Err(e) => warn!(pid, error = %e, "could not stop PostgreSQL"),
+        }
+        if let Some(mut child) = child {
+            let _ = child.wait().await;
+        }
+    }
+
+    /// Whether the server answers a query within [`HEALTH_TIMEOUT`]; the
+    /// reason when it does not.
+    pub async fn health(&self, connection: &Connection) -> Result<(), String> {
+        let pid = self.postmaster.pid;
+        if outboxd::process::is_stopped(pid) {
+            return Err(format!("the postmaster (pid {pid}) is stopped (SIGSTOP)"));
+        }
+        match tokio::time::timeout(HEALTH_TIMEOUT, query_version(connection)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!(
+                "no answer to a query within {} s",
+                HEALTH_TIMEOUT.as_secs()
+            )),
+        }
+    }
+}
+
+fn describe_exit(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match status.signal() {
+        Some(signal) => format!("postgres was killed by signal {signal}"),
+        None => format!("postgres exited with {status}"),
+    }
+}
+
+/// Connects and asks the server's version.
+pub async fn query_version(connection: &Connection) -> Result<String, PgError> {
+    let client = connection.connect().await?;
+    let row = client
+        .query_one("SHOW server_version", &[])
+        .await
+        .map_err(|e| PgError::Client(describe(&e)))?;
+    Ok(row.get::<_, String>(0))
+}
+
+/// Runs blocking work off the runtime.
+pub async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, PgError> + Send + 'static,
+) -> Result<T, PgError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| PgError::Internal(e.to_string()))?
+}
+
+fn cancelled(cancel: &Shutdown) -> Option<String> {
+    cancel.reason()
+}
+
+fn file_len(path: &std::path::Path) -> u64 {
+    std::fs::symlink_metadata(path).map_or(0, |m| m.len())
+}
+
+/// What PostgreSQL wrote to its log since `start` (at most the last 64 KiB):
+/// its FATAL line and the lines before it that explain it (the port in use,
+/// the HINT), never lines of earlier runs.
+fn log_since(path: &std::path::Path, start: u64) -> String {
+    const WINDOW: u64 = 64 * 1024;
+    let Ok(mut file) = File::open(path) else {
+        return String::new();
+    };
+    let len = file.metadata().map_or(0, |m| m.len());
+    let from = start.max(len.saturating_sub(WINDOW));
+    if file.seek(SeekFrom::Start(from)).is_err() {
+        return String::new();
+    }
+    let mut text = String::new();
+    let _ = (&mut file).take(WINDOW).read_to_string(&mut text);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(12)..].join("\n")
+}

@@ -1,0 +1,49 @@
+//! One handler per op: each file answers one kind of request. The match
+//! below is exhaustive over `Request`, so a new op cannot be forgotten.
+
+mod dead_letters;
+mod enqueue;
+mod flush;
+mod hello;
+mod lifecycle;
+mod status;
+
+use outboxd::protocol::{self, ErrorBody, Id, Request, Response};
+use serde::Serialize;
+use tracing::debug;
+
+use crate::context::Context;
+
+/// Answers one request line.
+pub async fn handle(ctx: &Context, line: &[u8]) -> Response {
+    let (id, request) = match protocol::decode_request(line) {
+        Ok(decoded) => decoded,
+        Err(rejected) => {
+            debug!(code = %rejected.error.code, "rejected a request");
+            return Response::failure(rejected.id, rejected.error);
+        }
+    };
+    match request {
+        Request::Hello(_) => respond(id, Ok(hello::hello())),
+        Request::Status => respond(id, Ok(status::status(ctx))),
+        Request::Start { component: None } => respond(id, Ok(status::status(ctx))),
+        Request::Stop { component: None } => respond(id, Ok(lifecycle::stop_daemon(ctx))),
+        Request::Start {
+            component: Some(component),
+        } => respond(id, lifecycle::start_component(ctx, component).await),
+        Request::Stop {
+            component: Some(component),
+        } => respond(id, lifecycle::stop_component(ctx, component).await),
+        Request::Reload => respond(id, lifecycle::reload(ctx).await),
+        Request::Enqueue(enqueue) => respond(id, enqueue::enqueue(ctx, enqueue).await),
+        Request::Flush(flush) => respond(id, flush::flush(ctx, flush).await),
+        Request::DeadLetters(dead) => respond(id, dead_letters::dead_letters(ctx, dead).await),
+    }
+}
+
+fn respond<T: Serialize>(id: Id, outcome: Result<T, ErrorBody>) -> Response {
+    match outcome {
+        Ok(result) => Response::success(id, result),
+        Err(error) => Response::failure(id, error),
+    }
+}

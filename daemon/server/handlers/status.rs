@@ -1,0 +1,32 @@
+//! `status`: the daemon, its files, and each component.
+
+use outboxd::protocol::{Files, PROTOCOL_VERSION, Status};
+
+use crate::context::{Context, unix_secs};
+
+pub fn status(ctx: &Context) -> Status {
+    let config = ctx.config();
+    let paths = &config.paths;
+    let postgres = ctx.postgres.status();
+    let embedded = postgres.mode == "embedded";
+    Status {
+        state: ctx.state.get(),
+        pid: ctx.pid,
+        version: outboxd::VERSION.into(),
+        protocol: PROTOCOL_VERSION,
+        started_at: unix_secs(ctx.started_at),
+        uptime_secs: ctx.started.elapsed().as_secs(),
+        home: paths.home.clone(),
+        socket: paths.socket.clone(),
+        account: Some(ctx.account.clone()),
+        files: Some(Files {
+            log: ctx.log_file.clone(),
+            config: paths.config_file.clone(),
+            spool: paths.spool.clone(),
+            data: embedded.then(|| paths.pg_data.clone()),
+            postgres_log: embedded.then(|| paths.pg_log.clone()),
+        }),
+        postgres: Some(postgres),
+        drain: ctx.drain.as_ref().map(|drain| drain.status()),
+    }
+}

@@ -1,0 +1,199 @@
+//! The control server: one task accepts connections on the control socket,
+//! one task per connection reads request lines and answers each with one
+//! response line (`handlers` decides the answer).
+//!
+//! No input can take the daemon down: a line is read into at most
+//! `MAX_LINE` + 1 bytes (`framing`); a silent connection is closed after the
+//! idle timeout; at most `max_connections` are open at once, and when more
+//! arrive, or the process runs out of descriptors, the oldest connection is
+//! closed to make room (`registry`); a peer that is neither our user nor
+//! root is told `forbidden` and closed.
+
+mod framing;
+mod handlers;
+mod registry;
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use interprocess::local_socket::tokio::{Listener, Stream, prelude::*};
+use interprocess::local_socket::{GenericFilePath, ListenerOptions};
+use interprocess::os::unix::local_socket::ListenerOptionsExt;
+use outboxd::error::{Error, IoContext, Result};
+use outboxd::paths::SocketPath;
+use outboxd::protocol::{ErrorBody, ErrorCode, MAX_LINE, Response};
+use tokio::io::BufReader;
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use crate::context::Context;
+use framing::{Frame, read_frame, write_line};
+use registry::Registry;
+
+/// How long shutdown waits for connections to finish the request in hand.
+const DRAIN_CONNECTIONS: Duration = Duration::from_secs(2);
+
+/// The bound control socket. Dropping it unlinks the socket file.
+pub struct Bound {
+    listener: Listener,
+    /// Keeps a `/proc/self/fd` address valid (long homes).
+    _address: SocketPath,
+}
+
+/// Binds the control socket (0600, in its 0700 directory), first removing a
+/// stale socket file left by a daemon that died. A socket that still answers
+/// belongs to a live process and is never taken over.
+pub fn bind(socket: &Path) -> Result<Bound> {
+    remove_stale_socket(socket)?;
+    let address = SocketPath::new(socket)?;
+    let name = address
+        .address()
+        .to_fs_name::<GenericFilePath>()
+        .at("name control socket", socket)?;
+    let listener = ListenerOptions::new()
+        .name(name)
+        .mode(0o600)
+        .reclaim_name(true)
+        .create_tokio()
+        .at("bind control socket", socket)?;
+    // The mode passed at bind is masked by the umask; make sure.
+    fs::set_permissions(socket, fs::Permissions::from_mode(0o600))
+        .at("restrict permissions of", socket)?;
+    Ok(Bound {
+        listener,
+        _address: address,
+    })
+}
+
+fn remove_stale_socket(socket: &Path) -> Result<()> {
+    let meta = match fs::symlink_metadata(socket) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).at("inspect control socket", socket),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(Error::problem(
+            "control socket",
+            socket,
+            "exists and is not a socket",
+            "move it out of the way and start again",
+            libc::EEXIST,
+        ));
+    }
+    let address = SocketPath::new(socket)?;
+    match std::os::unix::net::UnixStream::connect(address.address()) {
+        Ok(_) => Err(Error::problem(
+            "control socket",
+            socket,
+            "is answered by another live process",
+            "stop that process, or give this daemon another --home",
+            libc::EADDRINUSE,
+        )),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            info!(socket = ?socket, "removing stale control socket");
+            fs::remove_file(socket).at("remove stale control socket", socket)
+        }
+        Err(e) => Err(e).at("probe control socket", socket),
+    }
+}
+
+/// Accepts and serves connections until shutdown, then gives open
+/// connections a moment to finish. Returns the socket, no longer
+/// accepting: dropping it unlinks the socket file, which `run` does last.
+pub async fn serve(bound: Bound, ctx: Arc<Context>) -> Bound {
+    let registry = Arc::new(Registry::default());
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = ctx.shutdown.wait() => break,
+            accepted = bound.listener.accept() => match accepted {
+                Ok(stream) => {
+                    let slot = Registry::admit(&registry, ctx.limits().max_connections);
+                    connections.spawn(serve_connection(stream, ctx.clone(), slot));
+                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    // Out of descriptors: make room by closing the oldest
+                    // connection, then accept again.
+                    if registry.evict_oldest() {
+                        debug!("out of descriptors: closed the oldest control connection");
+                    } else {
+                        warn!(error = %e, "could not accept a control connection");
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => {
+                    warn!(error = %e, "could not accept a control connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    let drained = tokio::time::timeout(DRAIN_CONNECTIONS, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        debug!(
+            open = connections.len(),
+            "closing connections still open at shutdown"
+        );
+    }
+    bound
+}
+
+async fn serve_connection(stream: Stream, ctx: Arc<Context>, slot: registry::Slot) {
+    let idle = ctx.limits().idle_timeout;
+    let peer = stream.peer_creds().ok();
+    let peer_uid = peer.as_ref().and_then(|creds| creds.euid());
+    let peer_pid = peer.as_ref().and_then(|creds| creds.pid());
+    if !peer_uid.is_some_and(|uid| uid == ctx.euid || uid == 0) {
+        warn!(
+            peer_uid,
+            peer_pid, "refused a control connection from another user"
+        );
+        let error = ErrorBody::new(
+            ErrorCode::Forbidden,
+            format!(
+                "only {} (uid {}) and root may use this daemon; your uid is {}",
+                ctx.account,
+                ctx.euid,
+                peer_uid.map_or("unknown".into(), |uid| uid.to_string())
+            ),
+        );
+        let mut stream = stream;
+        let _ = write_line(&mut stream, &Response::failure(None, error), idle).await;
+        return;
+    }
+    let mut reader = BufReader::new(stream);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let frame = tokio::select! {
+            frame = tokio::time::timeout(idle, read_frame(&mut reader, &mut line)) => frame,
+            _ = slot.evicted.notified() => return,
+            _ = ctx.shutdown.wait() => return,
+        };
+        let response = match frame {
+            Err(_) => {
+                let message = format!("no request for {} s: closing", idle.as_secs_f64());
+                Response::failure(None, ErrorBody::new(ErrorCode::IdleTimeout, message))
+            }
+            Ok(Err(_)) | Ok(Ok(Frame::Eof)) => return,
+            Ok(Ok(Frame::TooLarge)) => {
+                let message = format!("request line is longer than {MAX_LINE} bytes: closing");
+                Response::failure(None, ErrorBody::new(ErrorCode::FrameTooLarge, message))
+            }
+            Ok(Ok(Frame::Line)) if line.iter().all(u8::is_ascii_whitespace) => continue,
+            Ok(Ok(Frame::Line)) => handlers::handle(&ctx, &line).await,
+        };
+        let closing = matches!(frame, Err(_) | Ok(Ok(Frame::TooLarge)));
+        if write_line(reader.get_mut(), &response, idle).await.is_err() || closing {
+            return;
+        }
+    }
+}

@@ -1,0 +1,296 @@
+//! What a process started as root does before it touches a home: decide the
+//! account the home belongs to, and become it. The daemon, `outboxctl` and
+//! producers all go through [`settle`], so root never opens, reads, writes,
+//! chowns or runs anything inside a home as root.
+//!
+//! The decision, made from the home directory's own owner (read through a
+//! descriptor opened without following a link), never from a file inside it:
+//!
+//! - A home owned by an ordinary user runs as that user. Naming another
+//!   account is refused; nothing in the home can choose one.
+//! - A new home is created (parents 0755, so the account can reach it; the
+//!   home 0700) and given to the named account, else `outboxd`, else
+//!   `postgres`. Only the directory itself changes hands.
+//! - An existing root-owned home is treated the same way only while it is
+//!   empty (or holds only root's own `config.toml`, whose `user` key is
+//!   honoured): nothing that already exists is ever chowned.
+//! - Anything else (a root-owned directory with contents, a file) is refused.
+//!
+//! Then `initgroups`, `setgid`, `setuid`, and a check that root cannot be
+//! regained. Call it while the process has one thread.
+
+use std::ffi::CString;
+use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::Path;
+
+use crate::account::{self, Account};
+use crate::error::{Error, IoContext, Result};
+use crate::quote;
+use crate::safefs::{self, Owner};
+
+/// The accounts tried, in order, for a new home when none is named.
+pub const DEFAULT_ACCOUNTS: &[&str] = &["outboxd", "postgres"];
+
+/// What the caller is about to do with the home.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Intent {
+    /// Run in it, creating it if needed (the daemon, producers).
+    Create,
+    /// Only look at it (`status`, `stop`): a missing or root-owned home is
+    /// looked at as root, since there is nothing of an account's in it.
+    Inspect,
+}
+
+/// As root, decides the account of `home` and becomes it; returns it. Does
+/// nothing (and returns `None`) for an ordinary user, or for
+/// [`Intent::Inspect`] on a home that does not exist or belongs to root.
+///
+/// `user` is the account asked for on the command line.
+pub fn settle(home: &Path, user: Option<&str>, intent: Intent) -> Result<Option<Account>> {
+    if crate::process::euid() != 0 {
+        return Ok(None);
+    }
+    let account = match open_home(home)? {
+        None if intent == Intent::Inspect => return Ok(None),
+        None => {
+            let account = choose(user, None)?;
+            create_home(home, &account)?;
+            account
+        }
+        Some((dir, meta)) if meta.uid() != 0 => {
+            safefs::check_not_writable_by_others(home, &meta)?;
+            let owner = account::by_uid(meta.uid())?.ok_or_else(|| Error::Account {
+                problem: format!(
+                    "the home {} belongs to uid {}, which has no account",
+                    home.display(),
+                    meta.uid()
+                ),
+                fix: "give the home to an existing account (chown) or choose another --home".into(),
+            })?;
+            if let Some(name) = user
+                && name != owner.name
+            {
+                return Err(Error::Account {
+                    problem: format!(
+                        "the home {} belongs to {}; it cannot run as {name}",
+                        home.display(),
+                        owner.name
+                    ),
+                    fix: format!(
+                        "leave out --user (outboxd runs as the home's owner), or choose a home \
+                         that {name} owns"
+                    ),
+                });
+            }
+            drop(dir);
+            owner
+        }
+        Some(_) if intent == Intent::Inspect => return Ok(None),
+        Some((dir, meta)) => {
+            safefs::check_not_writable_by_others(home, &meta)?;
+            let root_config = root_config_user(home, &dir)?;
+            let account = choose(user, root_config.as_deref())?;
+            fchown(&dir, &account).at("give the home to its account", home)?;
+            account
+        }
+    };
+    account::become_account(&account)?;
+    check_reachable(home, &account)?;
+    Ok(Some(account))
+}
+
+/// The home directory, opened without following a link, with its metadata;
+/// `None` when it does not exist.
+fn open_home(home: &Path) -> Result<Option<(OwnedFd, fs::Metadata)>> {
+    let meta = match fs::symlink_metadata(home) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).at("inspect home directory", home),
+    };
+    if !meta.is_dir() {
+        return Err(not_a_directory(home, &meta));
+    }
+    let c_home = CString::new(home.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+        .at("open home directory", home)?;
+    // SAFETY: a valid C string and plain flags.
+    let fd = unsafe {
+        libc::open(
+            c_home.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error()).at("open home directory", home);
+    }
+    // SAFETY: open returned a fresh descriptor that we now own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // The descriptor, not the path, is what was decided about.
+    let meta = fs::File::from(fd.try_clone().at("open home directory", home)?)
+        .metadata()
+        .at("inspect home directory", home)?;
+    Ok(Some((fd, meta)))
+}
+
+/// The error for a home path that names something other than a directory.
+pub fn not_a_directory(home: &Path, meta: &fs::Metadata) -> Error {
+    let what = if meta.file_type().is_symlink() {
+        "a symbolic link"
+    } else {
+        "a file"
+    };
+    Error::problem(
+        "home",
+        home,
+        format!("is {what}, not a directory"),
+        "pass --home a directory (it is created if missing)",
+        libc::ENOTDIR,
+    )
+}
+
+/// For a root-owned home: `Ok(Some(user))` from root's own `config.toml`
+/// when that is all the home holds, `Ok(None)` when it is empty; an error
+/// when it holds anything else.
+fn root_config_user(home: &Path, dir: &OwnedFd) -> Result<Option<String>> {
+    let entries: Vec<String> = fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+        .or_else(|_| fs::read_dir(home))
+        .at("read home directory", home)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    match entries.as_slice() {
+        [] => Ok(None),
+        [only] if only == "config.toml" => {
+            let path = home.join("config.toml");
+            let bytes = safefs::read_capped(&path, crate::config::MAX_CONFIG_BYTES, Owner::Is(0))?
+                .unwrap_or_default();
+            let text = String::from_utf8_lossy(&bytes);
+            let settings: crate::config::Settings =
+                toml::from_str(&text).map_err(|e| Error::Config {
+                    origin: crate::error::Origin::File(path.clone()),
+                    message: e.to_string().trim_end().to_string(),
+                })?;
+            Ok(settings.user)
+        }
+        _ => Err(Error::problem(
+            "home",
+            home,
+            "belongs to root and is not empty",
+            format!(
+                "outboxd never runs as root and never hands over files that already exist: \
+                 choose a new or empty directory, or, if this is an outboxd home, give it to \
+                 its account yourself (chown -R outboxd: {})",
+                quote::shell(home)
+            ),
+            libc::EPERM,
+        )),
+    }
+}
+
+/// The account for a new home: the one named, else root's configuration's,
+/// else the first default account that exists.
+fn choose(flag: Option<&str>, config: Option<&str>) -> Result<Account> {
+    let named = flag
+        .map(|name| (name, "--user"))
+        .or(config.map(|name| (name, "user in config.toml")));
+    let account = match named {
+        Some((name, origin)) => account::by_name(name)?.ok_or_else(|| Error::Account {
+            problem: format!("there is no account named {name:?} ({origin})"),
+            fix: format!(
+                "create it (useradd --system --user-group --no-create-home --shell \
+                 /usr/sbin/nologin {name}) or name an existing account"
+            ),
+        })?,
+        None => DEFAULT_ACCOUNTS
+            .iter()
+            .find_map(|name| account::by_name(name).transpose())
+            .transpose()?
+            .ok_or_else(|| Error::Account {
+                problem: "outboxd does not run as root, and neither an `outboxd` nor a \
+                          `postgres` account exists"
+                    .into(),
+                fix: "create one (useradd --system --user-group --no-create-home --shell \
+                      /usr/sbin/nologin outboxd), pass --user NAME, or run as an ordinary user"
+                    .into(),
+            })?,
+    };
+    if account.uid == 0 {
+        return Err(Error::Account {
+            problem: format!("the account {:?} is root too", account.name),
+            fix: "name an unprivileged account".into(),
+        });
+    }
+    Ok(account)
+}
+
+/// Creates a new home: missing parents 0755 (so the account can reach the
+/// home), the home itself 0700, given to `account`.
+fn create_home(home: &Path, account: &Account) -> Result<()> {
+    if let Some(parent) = home.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(parent)
+            .at("create the parent directories of", home)?;
+    }
+    match fs::DirBuilder::new().mode(0o700).create(home) {
+        Ok(()) => {}
+        // A concurrent start made it: decide again from what is there.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).at("create home directory", home),
+    }
+    let Some((dir, meta)) = open_home(home)? else {
+        return Err(io::Error::from_raw_os_error(libc::ENOENT)).at("create home directory", home);
+    };
+    match meta.uid() {
+        0 => {
+            // Another process may have filled it meanwhile: only an empty
+            // directory (or one with root's config alone) is handed over.
+            root_config_user(home, &dir)?;
+            fchown(&dir, account).at("give the home to its account", home)
+        }
+        uid if uid == account.uid => Ok(()),
+        uid => Err(Error::Account {
+            problem: format!(
+                "the new home {} was taken by {} meanwhile",
+                home.display(),
+                account::name_of(uid)
+            ),
+            fix: "choose another --home".into(),
+        }),
+    }
+}
+
+fn fchown(dir: &OwnedFd, account: &Account) -> io::Result<()> {
+    // SAFETY: fchown on a descriptor we own.
+    match unsafe { libc::fchown(dir.as_raw_fd(), account.uid, account.gid) } {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
+    }
+}
+
+/// After the switch, the account must reach its home: a parent directory
+/// closed to it (say a 0700 directory of root's) makes every file unreachable.
+fn check_reachable(home: &Path, account: &Account) -> Result<()> {
+    let c_home = CString::new(home.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+        .at("inspect", home)?;
+    // SAFETY: access only reads the path.
+    if unsafe { libc::access(c_home.as_ptr(), libc::R_OK | libc::W_OK | libc::X_OK) } == 0 {
+        return Ok(());
+    }
+    Err(Error::problem(
+        "home directory",
+        home,
+        format!(
+            "is not reachable by the account {} the daemon runs as",
+            account.name
+        ),
+        "let that account traverse every parent directory (chmod o+x) or choose another --home",
+        libc::EACCES,
+    ))
+}
