@@ -21,7 +21,7 @@ const COLD_ROUNDS: usize = 7;
 fn main() {
     let ctl = env!("CARGO_BIN_EXE_outboxctl");
     let bin = find_bin_dir();
-    let account = unsafe { libc::geteuid() == 0 }.then(postgres_account);
+    let account = (outboxd::process::euid() == 0).then(postgres_account);
     let scratch = tempfile::Builder::new()
         .prefix("outboxd-bench-")
         .tempdir()
@@ -223,14 +223,10 @@ fn find_bin_dir() -> PathBuf {
 }
 
 fn postgres_account() -> (u32, u32) {
-    let name = std::ffi::CString::new("postgres").unwrap();
-    // SAFETY: getpwnam returns static storage or null; we copy the ids at once.
-    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
-    assert!(
-        !pw.is_null(),
-        "as root the benchmark needs the postgres account"
-    );
-    unsafe { ((*pw).pw_uid, (*pw).pw_gid) }
+    let account = outboxd::account::by_name("postgres")
+        .unwrap()
+        .expect("as root the benchmark needs the postgres account");
+    (account.uid, account.gid)
 }
 
 fn time(f: impl FnOnce()) -> Duration {

@@ -44,6 +44,7 @@ pub fn prepare(paths: &Paths) -> Result<Paths> {
     }
     let me = Owner::Is(euid);
     safefs::check_private_dir(&paths.home, me)?;
+    check_is_a_home(&paths)?;
     for dir in [
         &paths.log_dir,
         &paths.run_dir,
@@ -58,6 +59,37 @@ pub fn prepare(paths: &Paths) -> Result<Paths> {
         safefs::check_private_dir(dir, me)?;
     }
     Ok(paths)
+}
+
+/// What an outboxd home holds; a directory with other things and none of
+/// these is not a home.
+const HOME_ENTRIES: &[&str] = &["outboxd.lock", "outbox.db", "config.toml", "pg", "log", "run"];
+
+/// Refuses a non-empty directory that is not an outboxd home (a mistyped
+/// `--home` pointing at a project, say), so nothing is created in it.
+fn check_is_a_home(paths: &Paths) -> Result<()> {
+    let mut entries = fs::read_dir(&paths.home).at("read home directory", &paths.home)?;
+    let mut other = None;
+    for entry in entries.by_ref() {
+        let name = entry.at("read home directory", &paths.home)?.file_name();
+        if HOME_ENTRIES.iter().any(|known| name == *known) {
+            return Ok(());
+        }
+        other.get_or_insert(name);
+    }
+    match other {
+        None => Ok(()),
+        Some(name) => Err(Error::problem(
+            "home",
+            &paths.home,
+            format!(
+                "is not empty (it holds {:?}, for one) and is not an outboxd home",
+                name
+            ),
+            "choose a new or empty directory for --home",
+            libc::ENOTEMPTY,
+        )),
+    }
 }
 
 /// `user` names the account a new home goes to when root starts the daemon;

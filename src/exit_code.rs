@@ -8,8 +8,6 @@
 pub const OK: u8 = 0;
 /// A failure; for `status`: not running, but stale files are left.
 pub const FAILURE: u8 = 1;
-/// Bad command-line usage (clap's own code).
-pub const USAGE: u8 = 2;
 /// `status`: not running. The daemon: another daemon holds the lock.
 pub const NOT_RUNNING: u8 = 3;
 /// The daemon's exit code when another daemon already holds the lock.

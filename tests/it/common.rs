@@ -74,11 +74,8 @@ pub fn wait_output(mut child: Child) -> Run {
 /// Sends `signal` to a process the test started; it must exist.
 pub fn kill(pid: i32, signal: i32) {
     // SAFETY: a plain signal to a process this test started.
-    assert_eq!(
-        unsafe { libc::kill(pid, signal) },
-        0,
-        "kill({pid}, {signal})"
-    );
+    let rc = unsafe { libc::kill(pid, signal) };
+    assert_eq!(rc, 0, "kill({pid}, {signal})");
 }
 
 /// Polls `condition` until it holds, failing the test after `limit`.
