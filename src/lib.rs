@@ -5,21 +5,25 @@
 //! The library holds everything that more than one binary needs: where files
 //! live ([`paths`]), who is running ([`lock`], [`process`]), how to talk to the
 //! daemon ([`protocol`], [`client`]), how the daemon reports readiness
-//! ([`notify`]), and its configuration ([`config`]). See `ARCHITECTURE.md`.
+//! ([`notify`]), its configuration ([`config`]), and the SQLite outbox that
+//! producers append to and the drain empties ([`spool`]). See
+//! `ARCHITECTURE.md`.
 
 pub mod client;
 pub mod config;
 pub mod error;
 pub mod exit_code;
 pub mod lock;
-pub mod nudge;
 pub mod notify;
+pub mod nudge;
 pub mod paths;
 pub mod postmaster;
 pub mod process;
 pub mod protocol;
+pub mod spool;
 
 pub use error::{Error, Result};
+pub use spool::Spool;
 
 /// The version of this build, reported by `hello`, `status` and the lock file.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
