@@ -48,7 +48,7 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
@@ -677,18 +677,7 @@ fn migrate(conn: &mut Connection, version: i64, path: &Path) -> Result<()> {
     if known_version(version, path)? == 0 {
         refuse_foreign(conn, path)?;
     }
-    // journal_mode=WAL is persistent, and cannot change inside a transaction.
-    let mode: String = conn
-        .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
-        .map_err(|source| first_read_error(source, "enable WAL mode in", path))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(Error::Problem {
-            what: "spool",
-            path: path.to_path_buf(),
-            problem: format!("cannot use write-ahead logging (journal mode stayed {mode})"),
-            fix: "put the home on a local filesystem".into(),
-        });
-    }
+    enable_wal(conn, path)?;
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .at("migrate", path)?;
@@ -711,13 +700,50 @@ fn migrate(conn: &mut Connection, version: i64, path: &Path) -> Result<()> {
     tx.commit().at("migrate", path)
 }
 
-/// Refuses a database without a schema version that has tables: another
-/// program's, which must not be touched (not even switched to WAL).
+/// Switches the spool to WAL mode, which is persistent and cannot change
+/// inside a transaction. When several first opens race, the switch can
+/// fail with `SQLITE_BUSY` without waiting on the busy handler: it is
+/// retried until the busy timeout.
+fn enable_wal(conn: &Connection, path: &Path) -> Result<()> {
+    let deadline = Instant::now() + BUSY_TIMEOUT;
+    loop {
+        let mode = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0));
+        match mode {
+            Ok(mode) if mode.eq_ignore_ascii_case("wal") => return Ok(()),
+            Ok(mode) => {
+                return Err(Error::Problem {
+                    what: "spool",
+                    path: path.to_path_buf(),
+                    problem: format!("cannot use write-ahead logging (journal mode stayed {mode})"),
+                    fix: "put the home on a local filesystem".into(),
+                });
+            }
+            Err(error)
+                if error.sqlite_error_code() == Some(ErrorCode::DatabaseBusy)
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(error) => return Err(first_read_error(error, "enable WAL mode in", path)),
+        }
+    }
+}
+
+/// Refuses a database that has tables but no schema version: another
+/// program's, which must not be touched (not even switched to WAL). Reads
+/// both in one statement: a concurrent first open may have migrated since
+/// the version was read.
 fn refuse_foreign(conn: &Connection, path: &Path) -> Result<()> {
-    let objects: i64 = conn
-        .query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get(0))
+    let (objects, version): (i64, i64) = conn
+        .query_row(
+            "SELECT (SELECT count(*) FROM sqlite_master),
+                    (SELECT user_version FROM pragma_user_version)",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
         .at("read the schema of", path)?;
-    if objects == 0 {
+    if objects == 0 || version != 0 {
         return Ok(());
     }
     Err(Error::Problem {
@@ -1466,8 +1492,13 @@ mod tests {
                 std::thread::spawn(move || -> Result<Vec<i64>> {
                     start.wait();
                     let mut spool = open_with(&home, Options::default())?;
+                    // With ids each enqueue reads before it writes: only
+                    // BEGIN IMMEDIATE keeps that from failing with SQLITE_BUSY.
                     (0..EACH)
-                        .map(|n| spool.enqueue(&event(t * EACH + n)).map(|e| e.seq))
+                        .map(|n| {
+                            let event = event(t * EACH + n).with_id(format!("{t}-{n}"));
+                            spool.enqueue(&event).map(|e| e.seq)
+                        })
                         .collect()
                 })
             })
@@ -1485,6 +1516,33 @@ mod tests {
         let payloads: HashSet<&str> = stored.iter().map(|e| e.payload.as_str()).collect();
         assert_eq!(payloads.len(), THREADS * EACH);
         assert_eq!(stored.iter().map(|e| e.seq).collect::<HashSet<_>>(), all);
+    }
+
+    #[test]
+    fn racing_first_opens_make_one_schema_and_one_source_id() {
+        const THREADS: usize = 8;
+        for _ in 0..10 {
+            let home = tempfile::tempdir().unwrap();
+            let start = Arc::new(Barrier::new(THREADS));
+            let openers: Vec<_> = (0..THREADS)
+                .map(|n| {
+                    let home = home.path().to_path_buf();
+                    let start = Arc::clone(&start);
+                    std::thread::spawn(move || -> Result<Uuid> {
+                        start.wait();
+                        let mut spool = open_with(&home, Options::default())?;
+                        spool.enqueue(&event(n))?;
+                        Ok(spool.source_id())
+                    })
+                })
+                .collect();
+            let ids: HashSet<Uuid> = openers
+                .into_iter()
+                .map(|opener| opener.join().unwrap().expect("an opener failed"))
+                .collect();
+            assert_eq!(ids.len(), 1, "{ids:?}");
+            assert_eq!(open(home.path()).stats().unwrap().queued, THREADS as u64);
+        }
     }
 
     #[test]
