@@ -24,10 +24,11 @@
 //!   out in `sqlite_sequence`, where a plain rowid table would hand out
 //!   `max(rowid) + 1` again. So `(source_id, seq)` names one event for ever,
 //!   which is what lets the drain's cursor in PostgreSQL rule out duplicates.
-//! - Every write is one `BEGIN IMMEDIATE` transaction: it takes the write
-//!   lock first, so concurrent writers wait on the busy timeout instead of
-//!   failing with `SQLITE_BUSY` (a deferred transaction that reads and then
-//!   writes cannot be saved by the busy handler).
+//! - Every write takes the write lock before it reads: a `BEGIN IMMEDIATE`
+//!   transaction, or a single write statement (which does the same). So
+//!   concurrent writers wait on the busy timeout instead of failing with
+//!   `SQLITE_BUSY`; a deferred transaction that reads and then writes cannot
+//!   be saved by the busy handler.
 //! - An idempotency id maps to one seq. Enqueuing it again while `ids`
 //!   remembers it (until [`Spool::prune_ids`] forgets it) writes nothing and
 //!   returns that seq; requeuing a dead letter moves its id to the new seq.
