@@ -6,8 +6,9 @@
 //! live ([`paths`]) and how to open them safely ([`safefs`]), which account a
 //! home belongs to ([`account`], [`privileges`]), who is running ([`lock`],
 //! [`process`], [`postmaster`]), how to talk to the daemon ([`protocol`],
-//! [`client`]), how the daemon reports readiness ([`notify`]), and its
-//! configuration ([`config`]). See `ARCHITECTURE.md`.
+//! [`client`]), how the daemon reports readiness ([`notify`]), its
+//! configuration ([`config`]), and the SQLite outbox that producers append to
+//! and the drain empties ([`spool`]). See `ARCHITECTURE.md`.
 
 pub mod account;
 pub mod client;
@@ -25,8 +26,10 @@ pub mod protocol;
 pub mod quote;
 pub mod redact;
 pub mod safefs;
+pub mod spool;
 
 pub use error::{Error, Result};
+pub use spool::Spool;
 
 /// The version of this build, reported by `hello`, `status` and the lock file.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
