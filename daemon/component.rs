@@ -36,6 +36,11 @@ impl<S: Clone> Handle<S> {
         self.status.borrow().clone()
     }
 
+    /// A receiver of status changes.
+    pub fn watch(&self) -> watch::Receiver<S> {
+        self.status.clone()
+    }
+
     /// Asks the component to start or stop and waits for the outcome.
     pub async fn ask(&self, make: fn(Reply) -> Command) -> Result<(), String> {
         let (reply, outcome) = oneshot::channel();

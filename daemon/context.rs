@@ -9,6 +9,7 @@ use outboxd::config::Config;
 use outboxd::protocol::{DrainStatus, PostgresStatus};
 
 use crate::component::Handle;
+use crate::drain::producer::Producer;
 use crate::shutdown::Shutdown;
 use crate::state::State;
 
@@ -25,7 +26,10 @@ pub struct Context {
     pub state: State,
     pub shutdown: Shutdown,
     pub postgres: Handle<PostgresStatus>,
-    pub drain: Option<Handle<DrainStatus>>,
+    pub drain: Handle<DrainStatus>,
+    /// The spool connection for the socket's `enqueue`, `flush` and
+    /// `dead_letters`.
+    pub producer: Producer,
     /// The connection limits in force; a reload may change them.
     pub limits: RwLock<Limits>,
 }

@@ -63,7 +63,14 @@ pub fn prepare(paths: &Paths) -> Result<Paths> {
 
 /// What an outboxd home holds; a directory with other things and none of
 /// these is not a home.
-const HOME_ENTRIES: &[&str] = &["outboxd.lock", "outbox.db", "config.toml", "pg", "log", "run"];
+const HOME_ENTRIES: &[&str] = &[
+    "outboxd.lock",
+    "outbox.db",
+    "config.toml",
+    "pg",
+    "log",
+    "run",
+];
 
 /// Refuses a non-empty directory that is not an outboxd home (a mistyped
 /// `--home` pointing at a project, say), so nothing is created in it.

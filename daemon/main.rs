@@ -12,6 +12,7 @@
 
 mod component;
 mod context;
+mod drain;
 mod home;
 mod logging;
 mod pg;

@@ -1,6 +1,7 @@
 //! The daemon's life once it holds the lock, as straight-line code: bind
 //! the control socket, record the lock, start the components in order
-//! (PostgreSQL, then the drain), announce READY once PostgreSQL answers,
+//! (PostgreSQL, then the drain, which waits for it), announce READY once
+//! PostgreSQL answers,
 //! serve until shutdown, then tear down in reverse: stop accepting, stop
 //! the drain, stop PostgreSQL, remove the socket, release the lock.
 
@@ -17,6 +18,7 @@ use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
 use crate::context::{Context, Limits, unix_secs};
+use crate::drain::{self, producer::Producer};
 use crate::pg::{self, PgError};
 use crate::server;
 use crate::shutdown::Shutdown;
@@ -50,6 +52,7 @@ pub async fn run(
     let lock_guard = tokio::spawn(guard_lock(lock, shutdown.clone()));
 
     let postgres = pg::spawn(&config, notifier.clone(), shutdown.clone());
+    let drain = drain::spawn(&config, postgres.connection.clone());
     let euid = outboxd::process::euid();
     let ctx = Arc::new(Context {
         limits: RwLock::new(Limits::of(&config, crate::open_files_limit())),
@@ -63,7 +66,8 @@ pub async fn run(
         state: state.clone(),
         shutdown: shutdown.clone(),
         postgres: postgres.component.handle.clone(),
-        drain: None,
+        drain: drain.handle.clone(),
+        producer: Producer::new(&paths),
     });
     let server = tokio::spawn(server::serve(bound, ctx.clone()));
     tokio::spawn(reload_on_signal(ctx.clone(), reload));
@@ -96,6 +100,7 @@ pub async fn run(
     }
     // Teardown in the contract's order.
     let bound = server.await.expect("the control server does not panic");
+    drain.shutdown().await;
     postgres.component.shutdown().await;
     drop(bound);
     let lock = lock_guard.await.expect("the lock guard does not panic");

@@ -5,7 +5,7 @@
 
 use std::os::unix::net::UnixDatagram;
 
-use crate::paths::Paths;
+use crate::paths::{Paths, SocketPath};
 
 /// Wakes the drain of the daemon of `paths`, if one listens. Never blocks
 /// and never fails.
@@ -13,7 +13,10 @@ pub fn send(paths: &Paths) {
     let Ok(socket) = UnixDatagram::unbound() else {
         return;
     };
+    let Ok(address) = SocketPath::new(&paths.nudge_socket) else {
+        return;
+    };
     if socket.set_nonblocking(true).is_ok() {
-        let _ = socket.send_to(&[], &paths.nudge_socket);
+        let _ = socket.send_to(&[], address.address());
     }
 }

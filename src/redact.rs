@@ -23,10 +23,7 @@ fn redacted(text: &str) -> Option<String> {
     // must be what the parser saw, or the parser split the URL elsewhere.
     let client = text.parse::<tokio_postgres::Config>().ok();
     let client_password = client.as_ref().and_then(|c| c.get_password());
-    let parser_password = parsed
-        .password()
-        .map(percent_decode)
-        .unwrap_or_default();
+    let parser_password = parsed.password().map(percent_decode).unwrap_or_default();
     if let Some(password) = client_password
         && password != parser_password.as_slice()
         && !query_has_password(&parsed)

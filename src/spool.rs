@@ -206,6 +206,19 @@ pub struct StoredEvent {
     pub enqueued_at: i64,
 }
 
+/// A queued event borrowed from SQLite's row (see [`Spool::visit_batch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventRef<'a> {
+    pub seq: i64,
+    pub topic: &'a str,
+    pub key: Option<&'a str>,
+    pub id: Option<&'a str>,
+    /// JSON text, validated at enqueue.
+    pub payload: &'a str,
+    /// Microseconds since the Unix epoch.
+    pub enqueued_at: i64,
+}
+
 /// An event PostgreSQL rejected, to move into the dead letters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
@@ -307,6 +320,7 @@ impl Spool {
                 fix: "run as the account that owns the home (`outboxctl enqueue` \
                       switches to it by itself), or use the control socket's `enqueue` op"
                     .into(),
+                errno: libc::EPERM,
             });
         }
         Spool::open_unchecked(paths, options)
@@ -408,6 +422,36 @@ impl Spool {
             .at("read events from", &self.paths.spool)
     }
 
+    /// Visits up to `limit` queued events with a seq above `after_seq`, in
+    /// seq order, without copying them: the drain encodes each straight
+    /// into its COPY buffer. Returns how many were visited.
+    pub fn visit_batch(
+        &mut self,
+        after_seq: i64,
+        limit: usize,
+        mut visit: impl FnMut(EventRef<'_>),
+    ) -> Result<usize> {
+        let path = &self.paths.spool;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut select = self
+            .conn
+            .prepare_cached(
+                "SELECT seq, topic, key, id, payload, enqueued_at FROM events
+                 WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )
+            .at("read events from", path)?;
+        let mut rows = select
+            .query((after_seq, limit))
+            .at("read events from", path)?;
+        let mut visited = 0;
+        while let Some(row) = rows.next().at("read events from", path)? {
+            let event = event_ref(row).at("read events from", path)?;
+            visit(event);
+            visited += 1;
+        }
+        Ok(visited)
+    }
+
     /// Deletes the events with a seq up to and including `seq` (once
     /// PostgreSQL has committed them); returns how many.
     pub fn delete_through(&mut self, seq: i64) -> Result<usize> {
@@ -467,6 +511,15 @@ impl Spool {
             .prepare_cached("DELETE FROM ids WHERE at < ?1")
             .and_then(|mut delete| delete.execute([older_than_micros]))
             .at("prune idempotency ids in", &self.paths.spool)
+    }
+
+    /// How many dead letters have a seq in `after..=through`.
+    pub fn count_dead_letters(&mut self, after: i64, through: i64) -> Result<u64> {
+        self.conn
+            .prepare_cached("SELECT count(*) FROM dead_letters WHERE seq > ?1 AND seq <= ?2")
+            .and_then(|mut select| select.query_row((after, through), |row| row.get::<_, i64>(0)))
+            .map(i64::unsigned_abs)
+            .at("count dead letters in", &self.paths.spool)
     }
 
     /// Up to `limit` dead letters, in seq order.
@@ -555,6 +608,26 @@ impl Spool {
     }
 }
 
+/// A row of `events` as an [`EventRef`] borrowing its text.
+fn event_ref<'r>(row: &'r rusqlite::Row<'_>) -> rusqlite::Result<EventRef<'r>> {
+    let text = |i: usize| -> rusqlite::Result<Option<&'r str>> {
+        match row.get_ref(i)? {
+            rusqlite::types::ValueRef::Null => Ok(None),
+            value => value.as_str().map(Some).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(i, value.data_type(), Box::new(e))
+            }),
+        }
+    };
+    Ok(EventRef {
+        seq: row.get(0)?,
+        topic: text(1)?.unwrap_or_default(),
+        key: text(2)?,
+        id: text(3)?,
+        payload: text(4)?.unwrap_or("null"),
+        enqueued_at: row.get(5)?,
+    })
+}
+
 /// The current time in microseconds since the Unix epoch (0 for a clock set
 /// before 1970), as the spool records times.
 pub fn now_micros() -> i64 {
@@ -592,6 +665,7 @@ fn check_spool_file(path: &Path) -> Result<()> {
         path: path.to_path_buf(),
         problem,
         fix,
+        errno: libc::EINVAL,
     };
     if meta.file_type().is_symlink() {
         return Err(problem(
@@ -631,6 +705,7 @@ fn first_read_error(source: rusqlite::Error, op: &'static str, path: &Path) -> E
             fix: "it was left untouched: move it aside (keep it if it may hold events) \
                   and a new spool is created in its place"
                 .into(),
+            errno: libc::EILSEQ,
         },
         _ => Error::Sqlite {
             op,
@@ -668,6 +743,7 @@ fn known_version(version: i64, path: &Path) -> Result<usize> {
                  {SCHEMA_VERSION}: it was written by a newer outboxd"
             ),
             fix: "use the newer outboxd and outboxctl; the spool was left untouched".into(),
+            errno: libc::EPROTO,
         }),
     }
 }
@@ -718,6 +794,7 @@ fn enable_wal(conn: &Connection, path: &Path) -> Result<()> {
                     path: path.to_path_buf(),
                     problem: format!("cannot use write-ahead logging (journal mode stayed {mode})"),
                     fix: "put the home on a local filesystem".into(),
+                    errno: libc::EINVAL,
                 });
             }
             Err(error)
@@ -754,6 +831,7 @@ fn refuse_foreign(conn: &Connection, path: &Path) -> Result<()> {
                   schema version)"
             .into(),
         fix: "it was left untouched: move it aside, or use another home".into(),
+        errno: libc::EINVAL,
     })
 }
 
@@ -774,6 +852,7 @@ fn read_source_id(conn: &Connection, path: &Path) -> Result<Uuid> {
             path: path.to_path_buf(),
             problem: format!("has no valid source id (meta.source_id is {value:?})"),
             fix: "it was left untouched: restore it from a backup, or move it aside".into(),
+            errno: libc::EILSEQ,
         })
 }
 

@@ -44,6 +44,7 @@ use crate::component::{self, Running};
 use crate::shutdown::Shutdown;
 
 pub use error::{PgError, describe};
+pub use supervisor::backoff_from;
 
 /// The database superuser and database the daemon uses.
 pub const SUPERUSER: &str = "postgres";
@@ -86,7 +87,6 @@ impl Connection {
 /// The running component, what it publishes, and the first start's outcome.
 pub struct Started {
     pub component: Running<PostgresStatus>,
-    #[expect(dead_code, reason = "the drain, next, awaits it")]
     pub connection: watch::Receiver<Option<Connection>>,
     pub first: oneshot::Receiver<Result<(), PgError>>,
 }

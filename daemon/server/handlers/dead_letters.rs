@@ -1,15 +1,64 @@
 //! `dead_letters`: list, requeue or purge the events PostgreSQL rejected.
 
-use outboxd::protocol::{self, DeadLettersResult, ErrorBody, ErrorCode};
+use outboxd::protocol::{
+    self, DeadLetter, DeadLetterAction, DeadLettersResult, ErrorBody, ErrorCode,
+};
+use outboxd::spool::Selection;
 
 use crate::context::Context;
 
+/// How many dead letters `list` returns by default.
+const DEFAULT_LIMIT: usize = 100;
+
 pub async fn dead_letters(
-    _ctx: &Context,
-    _request: protocol::DeadLetters,
+    ctx: &Context,
+    request: protocol::DeadLetters,
 ) -> Result<DeadLettersResult, ErrorBody> {
-    Err(ErrorBody::new(
-        ErrorCode::Unavailable,
-        "dead letters are not available yet",
-    ))
+    let selection = match (request.action, request.all, request.seqs.is_empty()) {
+        (DeadLetterAction::List, _, _) => None,
+        (_, true, _) => Some(Selection::All),
+        (_, false, false) => Some(Selection::Seqs(request.seqs)),
+        (_, false, true) => {
+            return Err(ErrorBody::new(
+                ErrorCode::BadRequest,
+                "requeue and purge need \"seqs\": [...] or \"all\": true",
+            ));
+        }
+    };
+    let limit = request.limit.unwrap_or(DEFAULT_LIMIT);
+    let action = request.action;
+    ctx.producer
+        .run(move |spool| {
+            let (dead_letters, affected) = match (action, selection) {
+                (DeadLetterAction::Requeue, Some(which)) => {
+                    (Vec::new(), Some(spool.requeue_dead_letters(which)? as u64))
+                }
+                (DeadLetterAction::Purge, Some(which)) => {
+                    (Vec::new(), Some(spool.purge_dead_letters(which)? as u64))
+                }
+                _ => (spool.list_dead_letters(limit)?, None),
+            };
+            let remaining = spool.stats()?.dead_letters;
+            Ok(DeadLettersResult {
+                dead_letters: dead_letters.into_iter().map(wire).collect(),
+                affected,
+                remaining,
+            })
+        })
+        .await
+        .map_err(|e| ErrorBody::new(ErrorCode::Internal, e.to_string()))
+}
+
+fn wire(dead: outboxd::spool::DeadLetter) -> DeadLetter {
+    DeadLetter {
+        seq: dead.seq,
+        topic: dead.topic,
+        key: dead.key,
+        id: dead.id,
+        payload: serde_json::from_str(&dead.payload).unwrap_or(serde_json::Value::Null),
+        enqueued_at: dead.enqueued_at as f64 / 1e6,
+        failed_at: dead.failed_at as f64 / 1e6,
+        error: dead.error,
+        attempts: dead.attempts,
+    }
 }

@@ -41,12 +41,8 @@ async fn ask(
             Ok(json!(ctx.postgres.status()))
         }
         Component::Drain => {
-            let drain = ctx
-                .drain
-                .as_ref()
-                .ok_or_else(|| unavailable("this daemon has no drain".into()))?;
-            drain.ask(command).await.map_err(unavailable)?;
-            Ok(json!(drain.status()))
+            ctx.drain.ask(command).await.map_err(unavailable)?;
+            Ok(json!(ctx.drain.status()))
         }
     }
 }

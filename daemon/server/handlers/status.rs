@@ -27,6 +27,6 @@ pub fn status(ctx: &Context) -> Status {
             postgres_log: embedded.then(|| paths.pg_log.clone()),
         }),
         postgres: Some(postgres),
-        drain: ctx.drain.as_ref().map(|drain| drain.status()),
+        drain: Some(ctx.drain.status()),
     }
 }

@@ -1,0 +1,529 @@
+//! The drain: the component that moves events from the spool into
+//! PostgreSQL, in seq order, in batches, exactly once in effect.
+//!
+//! - It waits for PostgreSQL (the `pg` component publishes where to
+//!   connect), creates or migrates the `outbox` schema, and reads this
+//!   source's cursor.
+//! - It wakes when a producer nudges (`run/nudge.sock`), else polls the
+//!   spool's `data_version` (every 250 ms while idle), and batches under
+//!   load (up to `drain_batch_max` events per transaction).
+//! - Each batch is one PostgreSQL transaction with the cursor (`sink`);
+//!   the spool deletes rows only after the commit.
+//! - Failures: a lost connection or a server that is down backs off
+//!   exponentially with jitter (capped); a rejected row goes to the dead
+//!   letters and its neighbours land; a source-id conflict stops the drain
+//!   until a person acts.
+//! - `stop drain` pauses it after the batch in flight; `start drain`
+//!   resumes. At shutdown the batch in flight is finished (or, when
+//!   PostgreSQL does not answer within a few seconds, abandoned: its
+//!   transaction rolls back as a whole).
+//!
+//! Files: `worker` (the spool's thread), `copy` (binary COPY encoding),
+//! `sink` (one batch's transaction), `schema` (the PostgreSQL side),
+//! `nudge` (the wake-up socket), `producer` (the spool connection that
+//! the socket's `enqueue` and `dead_letters` ops use).
+
+mod copy;
+mod nudge;
+pub mod producer;
+mod schema;
+mod sink;
+mod worker;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use outboxd::config::Config;
+use outboxd::protocol::DrainStatus;
+use outboxd::spool::now_micros;
+use tokio::sync::{Notify, mpsc, watch};
+use tracing::{error, info, warn};
+use uuid::Uuid;
+
+use crate::component::{self, Command, Inbox, Running};
+use crate::pg::{Connection, backoff_from};
+use copy::Batch;
+use sink::{Failure, Sink};
+use worker::Worker;
+
+/// How often an idle drain looks at the spool without a nudge.
+const POLL: Duration = Duration::from_millis(250);
+/// How long shutdown lets a batch in flight finish before abandoning it.
+const FINISH_GRACE: Duration = Duration::from_secs(5);
+/// Status statistics are refreshed at most this often under load.
+const STATS_EVERY: Duration = Duration::from_millis(500);
+/// Housekeeping (idempotency ids, WAL checkpoint, retention) this often.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(30);
+/// Retention deletes this many rows per statement.
+const RETENTION_CHUNK: i64 = 10_000;
+
+/// Starts the drain component.
+pub fn spawn(
+    config: &Config,
+    connection: watch::Receiver<Option<Connection>>,
+) -> Running<DrainStatus> {
+    let config = config.clone();
+    let initial = DrainStatus {
+        state: "starting".into(),
+        ..DrainStatus::default()
+    };
+    component::spawn(initial, move |inbox| run(config, connection, inbox))
+}
+
+async fn run(
+    config: Config,
+    connection: watch::Receiver<Option<Connection>>,
+    mut inbox: Inbox<DrainStatus>,
+) {
+    let opened = open_spool(&config).await;
+    let (worker, source) = match opened {
+        Ok(opened) => opened,
+        Err(why) => {
+            error!(error = %why, "the spool cannot be used: the drain is stopped");
+            inbox.status.send_modify(|s| {
+                s.state = "failed".into();
+                s.spool_error = Some(why);
+            });
+            return refuse_until_shutdown(inbox).await;
+        }
+    };
+    let wake = Arc::new(Notify::new());
+    let _nudges = nudge::listen(&config.paths, wake.clone());
+    let mut drain = Drain {
+        config,
+        worker,
+        source,
+        connection,
+        status: inbox.status.clone(),
+        sink: None,
+        paused: false,
+        halted: None,
+        failures: 0,
+        retry_at: None,
+        wake,
+        drained_total: 0,
+        samples: VecDeque::new(),
+        last_progress: Instant::now(),
+        last_stats: None,
+        last_housekeeping: Instant::now() - HOUSEKEEPING_EVERY,
+    };
+    drain
+        .status
+        .send_modify(|s| s.source_id = Some(source.to_string()));
+    drain.run(&mut inbox).await;
+    drain.status.send_modify(|s| s.state = "stopped".into());
+}
+
+/// Opens the spool on its thread and checks its integrity.
+async fn open_spool(config: &Config) -> Result<(Worker, Uuid), String> {
+    let (worker, source) = Worker::open(&config.paths)
+        .await
+        .map_err(|e| e.to_string())?;
+    match worker.run(|spool| spool.integrity_check()).await {
+        Ok(None) => Ok((worker, source)),
+        Ok(Some(problems)) => Err(format!(
+            "{} failed its integrity check ({problems}); it was left untouched: copy it \
+             aside and see the README's \"A damaged spool\"",
+            config.paths.spool.display()
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+struct Drain {
+    config: Config,
+    worker: Worker,
+    source: Uuid,
+    connection: watch::Receiver<Option<Connection>>,
+    status: watch::Sender<DrainStatus>,
+    sink: Option<Sink>,
+    /// Stopped on request (`stop drain`).
+    paused: bool,
+    /// Stopped by a failure a person must look at (a source-id conflict).
+    halted: Option<String>,
+    failures: u32,
+    retry_at: Option<tokio::time::Instant>,
+    wake: Arc<Notify>,
+    drained_total: u64,
+    /// (when, drained_total) over the last minute, for the rate.
+    samples: VecDeque<(Instant, u64)>,
+    /// When the drain last made progress or found the queue empty.
+    last_progress: Instant,
+    last_stats: Option<Instant>,
+    last_housekeeping: Instant,
+}
+
+/// What the drain does next.
+enum Next {
+    /// Move a batch (or find there is none).
+    Work,
+    /// Wait: for a command, a nudge, a poll, a retry, or PostgreSQL.
+    Wait,
+    /// The daemon is shutting down.
+    Shutdown,
+}
+
+impl Drain {
+    async fn run(&mut self, inbox: &mut Inbox<DrainStatus>) {
+        loop {
+            let next = match self.ready_to_work() {
+                true => self.work(&mut inbox.commands).await,
+                false => Next::Wait,
+            };
+            match next {
+                Next::Shutdown => return,
+                Next::Wait => tokio::select! {
+                    command = inbox.commands.recv() => match command {
+                        Some(Command::Shutdown) | None => return,
+                        Some(command) => self.command(command),
+                    },
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(POLL) => {}
+                    _ = sleep_until(self.retry_at) => {
+                        self.retry_at = None;
+                        self.set_state();
+                    }
+                    _ = self.connection.changed() => self.set_state(),
+                },
+                // Between batches: take a command without waiting.
+                Next::Work => match inbox.commands.try_recv() {
+                    Ok(Command::Shutdown) => return,
+                    Ok(command) => self.command(command),
+                    Err(_) => {}
+                },
+            }
+        }
+    }
+
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Stop(reply) => {
+                info!("drain paused on request");
+                self.paused = true;
+                self.set_state();
+                let _ = reply.send(Ok(()));
+            }
+            Command::Start(reply) => {
+                if self.paused || self.halted.is_some() {
+                    info!("drain resumed on request");
+                }
+                self.paused = false;
+                self.halted = None;
+                self.retry_at = None;
+                self.set_state();
+                let _ = reply.send(Ok(()));
+            }
+            Command::Shutdown => {}
+        }
+    }
+
+    fn ready_to_work(&self) -> bool {
+        !self.paused
+            && self.halted.is_none()
+            && self.retry_at.is_none()
+            && self.connection.borrow().is_some()
+    }
+
+    /// One step: connect if needed, then move one batch. A shutdown that
+    /// arrives meanwhile lets the batch in flight finish for
+    /// [`FINISH_GRACE`], then abandons it (its transaction rolls back).
+    async fn work(&mut self, commands: &mut mpsc::Receiver<Command>) -> Next {
+        self.housekeeping().await;
+        if self.sink.is_none() {
+            let connection = self.connection.borrow().clone().expect("checked");
+            match Sink::connect(&connection, self.source).await {
+                Ok(sink) => {
+                    info!(cursor = sink.cursor, source = %self.source, "the drain is connected");
+                    self.status.send_modify(|s| s.cursor = Some(sink.cursor));
+                    self.sink = Some(sink);
+                }
+                Err(failure) => {
+                    self.failed(failure);
+                    return Next::Wait;
+                }
+            }
+        }
+        let cursor = self.sink.as_ref().expect("connected").cursor;
+        let limit = self.config.drain_batch_max;
+        let source = self.source;
+        let batch = self
+            .worker
+            .run(move |spool| {
+                let mut batch = Batch::default();
+                spool.visit_batch(cursor, limit, |event| batch.push(&source, event))?;
+                Ok(batch)
+            })
+            .await;
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(e) => {
+                self.failed(Failure::Spool(e.to_string()));
+                return Next::Wait;
+            }
+        };
+        if batch.is_empty() {
+            self.last_progress = Instant::now();
+            self.set_state();
+            self.refresh_stats(true).await;
+            return Next::Wait;
+        }
+        self.set_state();
+        let mut deferred = None;
+        let landed = {
+            let sink = self.sink.as_mut().expect("connected");
+            let commit = sink.commit(&batch, &self.worker);
+            tokio::pin!(commit);
+            loop {
+                tokio::select! {
+                    landed = &mut commit => break landed,
+                    command = commands.recv(), if deferred.is_none() => match command {
+                        Some(Command::Shutdown) | None => {
+                            if tokio::time::timeout(FINISH_GRACE, &mut commit).await.is_err() {
+                                warn!("abandoned the batch in flight at shutdown: PostgreSQL did not answer");
+                            }
+                            return Next::Shutdown;
+                        }
+                        Some(command) => deferred = Some(command),
+                    },
+                }
+            }
+        };
+        if let Some(command) = deferred {
+            self.command(command);
+        }
+        match landed {
+            Ok(landed) => {
+                let last = batch.last_seq().expect("not empty");
+                if landed.dead > 0 {
+                    warn!(
+                        count = landed.dead,
+                        "PostgreSQL rejected events: moved them to the dead letters"
+                    );
+                }
+                if landed.duplicates > 0 {
+                    info!(
+                        count = landed.duplicates,
+                        "skipped events whose idempotency id had landed before"
+                    );
+                }
+                let delete = self.worker.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = delete.run(move |spool| spool.delete_through(last)).await {
+                        warn!(error = %e, "could not delete drained events from the spool; the cursor keeps them from landing twice");
+                    }
+                });
+                self.succeeded(landed.rows as u64, last);
+                self.refresh_stats(false).await;
+                Next::Work
+            }
+            Err(Failure::Conflict(why))
+                if batch.first_seq().is_some_and(|first| first <= cursor) =>
+            {
+                // Rows at or below the cursor: their deletion was lost, or
+                // another spool shares the source id. `reconcile` tells.
+                self.reconcile(&batch, why).await
+            }
+            Err(failure) => {
+                self.failed(failure);
+                Next::Wait
+            }
+        }
+    }
+
+    /// Rows still in the spool at or below the cursor: delete them if
+    /// PostgreSQL holds them as this spool wrote them.
+    async fn reconcile(&mut self, batch: &Batch, _why: String) -> Next {
+        let sink = self.sink.as_mut().expect("connected");
+        if let Err(failure) = sink.refresh().await {
+            self.failed(failure);
+            return Next::Wait;
+        }
+        match sink.reconcile(batch).await {
+            Ok(()) => {
+                let cursor = sink.cursor;
+                info!(
+                    through = cursor,
+                    "deleting events PostgreSQL already holds (a crash came between commit and delete)"
+                );
+                if let Err(e) = self
+                    .worker
+                    .run(move |spool| spool.delete_through(cursor))
+                    .await
+                {
+                    self.failed(Failure::Spool(e.to_string()));
+                    return Next::Wait;
+                }
+                Next::Work
+            }
+            Err(failure) => {
+                self.failed(failure);
+                Next::Wait
+            }
+        }
+    }
+
+    fn succeeded(&mut self, rows: u64, cursor: i64) {
+        self.failures = 0;
+        self.drained_total += rows;
+        self.last_progress = Instant::now();
+        let now = Instant::now();
+        self.samples.push_back((now, self.drained_total));
+        while self
+            .samples
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > Duration::from_secs(60))
+        {
+            self.samples.pop_front();
+        }
+        let total = self.drained_total;
+        self.status.send_modify(|s| {
+            s.drained_total = total;
+            s.cursor = Some(cursor);
+            s.last_drain_at = Some(crate::unix_now());
+            s.consecutive_failures = 0;
+        });
+        self.set_state();
+    }
+
+    fn failed(&mut self, failure: Failure) {
+        self.failures += 1;
+        let text = failure.to_string();
+        let delay = match &failure {
+            Failure::Transient(_) => backoff_from(
+                Duration::from_millis(100),
+                Duration::from_secs(10),
+                self.failures,
+            ),
+            Failure::Setup(_) | Failure::Spool(_) => backoff_from(
+                Duration::from_secs(1),
+                Duration::from_secs(30),
+                self.failures,
+            ),
+            Failure::Conflict(_) => Duration::ZERO,
+        };
+        match failure {
+            Failure::Conflict(why) => {
+                error!(error = %why, "the drain is stopped: another spool shares this source id");
+                self.halted = Some(why);
+            }
+            _ => {
+                if self.failures == 1 || self.failures.is_power_of_two() {
+                    warn!(error = %text, retry_in_ms = delay.as_millis() as u64, failures = self.failures, "the drain failed; retrying");
+                }
+                self.retry_at = Some(tokio::time::Instant::now() + delay);
+            }
+        }
+        self.sink = None;
+        let failures = self.failures;
+        self.status.send_modify(|s| {
+            s.consecutive_failures = failures;
+            s.last_error = Some(text);
+            s.last_error_at = Some(crate::unix_now());
+        });
+        self.set_state();
+    }
+
+    fn set_state(&self) {
+        let state = if self.halted.is_some() {
+            "failed"
+        } else if self.paused {
+            "paused"
+        } else if self.retry_at.is_some() {
+            "backing_off"
+        } else if self.connection.borrow().is_none() {
+            "waiting"
+        } else {
+            "running"
+        };
+        self.status.send_modify(|s| {
+            if s.state != state {
+                s.state = state.into();
+            }
+        });
+    }
+
+    /// Refreshes queued, oldest, dead letters, rate and `stuck` (at most
+    /// every [`STATS_EVERY`] unless `now`).
+    async fn refresh_stats(&mut self, now: bool) {
+        if !now && self.last_stats.is_some_and(|at| at.elapsed() < STATS_EVERY) {
+            return;
+        }
+        self.last_stats = Some(Instant::now());
+        let Ok(stats) = self.worker.run(|spool| spool.stats()).await else {
+            return;
+        };
+        let cursor = self.status.borrow().cursor.unwrap_or(0);
+        let rate = match (self.samples.front(), self.samples.back()) {
+            (Some((t0, n0)), Some((t1, n1))) if t1 > t0 => {
+                (n1 - n0) as f64 / t1.duration_since(*t0).as_secs_f64().max(1.0)
+            }
+            _ => 0.0,
+        };
+        let stuck_for = self.last_progress.elapsed();
+        let stuck = stats.queued > 0 && stuck_for >= self.config.stuck_after;
+        self.status.send_modify(|s| {
+            // Rows at or below the cursor are only waiting for deletion.
+            s.queued = if stats.last_seq <= cursor {
+                0
+            } else {
+                stats.queued
+            };
+            s.oldest_queued_age_secs = stats
+                .oldest_enqueued_at
+                .filter(|_| s.queued > 0)
+                .map(|at| (now_micros() - at).max(0) as f64 / 1e6);
+            s.dead_letters = stats.dead_letters;
+            s.rate_per_sec = rate;
+            s.stuck = stuck;
+            s.stuck_for_secs = stuck.then_some(stuck_for.as_secs());
+        });
+    }
+
+    /// Forgets old idempotency ids, checkpoints the spool's WAL, applies
+    /// retention in PostgreSQL.
+    async fn housekeeping(&mut self) {
+        if self.last_housekeeping.elapsed() < HOUSEKEEPING_EVERY {
+            return;
+        }
+        self.last_housekeeping = Instant::now();
+        let window = self.config.idempotency_window.as_micros() as i64;
+        let kept = self
+            .worker
+            .run(move |spool| {
+                spool.prune_ids(now_micros() - window)?;
+                spool.checkpoint()
+            })
+            .await;
+        if let Err(e) = kept {
+            warn!(error = %e, "spool housekeeping failed");
+        }
+        if let (Some(days), Some(sink)) = (self.config.retention_days, self.sink.as_ref()) {
+            match sink.apply_retention(days, RETENTION_CHUNK).await {
+                Ok(0) => {}
+                Ok(deleted) => info!(deleted, days, "deleted drained events past the retention"),
+                Err(e) => warn!(error = %e, "could not apply the retention"),
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// After a spool failure: answer requests until `run` shuts the component
+/// down.
+async fn refuse_until_shutdown(mut inbox: Inbox<DrainStatus>) {
+    while let Some(command) = inbox.commands.recv().await {
+        match command {
+            Command::Start(reply) | Command::Stop(reply) => {
+                let _ = reply.send(Err("the spool cannot be used; see status".into()));
+            }
+            Command::Shutdown => return,
+        }
+    }
+}

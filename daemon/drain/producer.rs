@@ -1,0 +1,41 @@
+//! The spool connection that the control socket's ops use (`enqueue` from
+//! tools in other languages, `flush`, `dead_letters`): opened on first use,
+//! used off the runtime, one request at a time.
+
+use std::sync::{Arc, Mutex};
+
+use outboxd::error::Result;
+use outboxd::paths::Paths;
+use outboxd::spool::{Options, Spool};
+
+#[derive(Clone)]
+pub struct Producer {
+    paths: Paths,
+    spool: Arc<Mutex<Option<Spool>>>,
+}
+
+impl Producer {
+    pub fn new(paths: &Paths) -> Producer {
+        Producer {
+            paths: paths.clone(),
+            spool: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Runs `job` with the spool on a blocking thread.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Spool) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut slot = this.spool.lock().unwrap_or_else(|e| e.into_inner());
+            if slot.is_none() {
+                *slot = Some(Spool::open_with(&this.paths, Options::default())?);
+            }
+            job(slot.as_mut().expect("opened above"))
+        })
+        .await
+        .expect("spool jobs do not panic")
+    }
+}
