@@ -1080,30 +1080,37 @@ fn check_string(text: &[u8], mut at: usize) -> Result<usize, String> {
         )
     };
     loop {
-        match text.get(at) {
-            None => return Ok(at),
-            Some(b'"') => return Ok(at + 1),
-            Some(b'\\') if text.get(at + 1) == Some(&b'u') => match hex4(text, at + 2) {
-                Some(0) => {
-                    return Err("contains \\u0000: PostgreSQL's jsonb cannot store \
-                                the NUL character"
-                        .into());
+        // Jump over plain characters to the closing quote or an escape.
+        let rest = text.get(at..).unwrap_or_default();
+        let Some(skip) = rest.iter().position(|&b| b == b'"' || b == b'\\') else {
+            return Ok(text.len());
+        };
+        at += skip;
+        if text[at] == b'"' {
+            return Ok(at + 1);
+        }
+        if text.get(at + 1) != Some(&b'u') {
+            at += 2;
+            continue;
+        }
+        match hex4(text, at + 2) {
+            Some(0) => {
+                return Err("contains \\u0000: PostgreSQL's jsonb cannot store \
+                            the NUL character"
+                    .into());
+            }
+            Some(high @ 0xD800..=0xDBFF) => {
+                let low = match text.get(at + 6..at + 8) {
+                    Some(b"\\u") => hex4(text, at + 8),
+                    _ => None,
+                };
+                if !matches!(low, Some(0xDC00..=0xDFFF)) {
+                    return Err(unpaired(high));
                 }
-                Some(high @ 0xD800..=0xDBFF) => {
-                    let low = match text.get(at + 6..at + 8) {
-                        Some(b"\\u") => hex4(text, at + 8),
-                        _ => None,
-                    };
-                    if !matches!(low, Some(0xDC00..=0xDFFF)) {
-                        return Err(unpaired(high));
-                    }
-                    at += 12;
-                }
-                Some(low @ 0xDC00..=0xDFFF) => return Err(unpaired(low)),
-                _ => at += 6,
-            },
-            Some(b'\\') => at += 2,
-            Some(_) => at += 1,
+                at += 12;
+            }
+            Some(low @ 0xDC00..=0xDFFF) => return Err(unpaired(low)),
+            _ => at += 6,
         }
     }
 }
