@@ -8,11 +8,15 @@
 
 mod component;
 mod daemon;
+mod dead_letters;
+mod enqueue;
+mod flush;
 mod logs;
 mod output;
 mod start;
 mod status;
 mod stop;
+mod tail;
 mod url;
 
 use std::path::PathBuf;
@@ -96,6 +100,57 @@ enum Command {
         #[arg(long)]
         postgres: bool,
     },
+    /// Enqueue events into the spool (works while the daemon is down): one
+    /// from arguments, or many as NDJSON on standard input
+    Enqueue {
+        /// The event's topic (letters, digits and . _ : / -; 1 to 200 bytes)
+        #[arg(long, required_unless_present = "ndjson")]
+        topic: Option<String>,
+        /// Key, for ordering and lookup
+        #[arg(long)]
+        key: Option<String>,
+        /// Idempotency id: an event with an id seen before lands once
+        #[arg(long)]
+        id: Option<String>,
+        /// The payload: any JSON value (a string needs its quotes: '"text"')
+        #[arg(required_unless_present = "ndjson", conflicts_with = "ndjson")]
+        payload: Option<String>,
+        /// Read events from standard input, one JSON object a line:
+        /// {"topic": ..., "payload": ..., "key": ..., "id": ...}
+        #[arg(long, conflicts_with_all = ["topic", "key", "id"])]
+        ndjson: bool,
+        /// With --ndjson: lines per transaction; a bad line fails its batch
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        batch_size: u64,
+        /// full: on disk when the command returns (default); normal: faster,
+        /// but a power loss may lose the last events (a crash never does)
+        #[arg(long, value_parser = ["full", "normal"], default_value = "full")]
+        durability: String,
+    },
+    /// Wait until everything enqueued so far is in PostgreSQL or dead-lettered
+    Flush {
+        /// Give up after this many seconds (0 to 86400) [default: 60]
+        #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
+        timeout: Option<Duration>,
+    },
+    /// The events PostgreSQL rejected: list, requeue or purge them
+    #[command(name = "dead-letters", subcommand)]
+    DeadLetters(DeadLettersCommand),
+    /// Print the last events in PostgreSQL; with -f, follow new ones
+    Tail {
+        /// Keep printing events as they land
+        #[arg(short, long)]
+        follow: bool,
+        /// Only events of this topic
+        #[arg(long)]
+        topic: Option<String>,
+        /// How many of the last events
+        #[arg(short = 'n', long, default_value_t = 10)]
+        lines: usize,
+        /// An external PostgreSQL to read [default: the daemon's]
+        #[arg(long, env = "OUTBOXD_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions { shell: clap_complete::Shell },
     /// Print the PostgreSQL connection URL
@@ -113,6 +168,41 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLettersCommand {
+    /// List them, oldest first
+    List {
+        /// How many
+        #[arg(short = 'n', long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Move them back into the queue (new seqs, everything else kept)
+    Requeue {
+        /// The dead letters' seqs
+        #[arg(required_unless_present = "all")]
+        seqs: Vec<i64>,
+        /// Every dead letter
+        #[arg(long, conflicts_with = "seqs")]
+        all: bool,
+    },
+    /// Delete them for good
+    Purge {
+        /// The dead letters' seqs
+        #[arg(required_unless_present = "all")]
+        seqs: Vec<i64>,
+        /// Every dead letter
+        #[arg(long, conflicts_with = "seqs")]
+        all: bool,
+    },
+}
+
+fn selection(seqs: Vec<i64>, all: bool) -> outboxd::spool::Selection {
+    match all {
+        true => outboxd::spool::Selection::All,
+        false => outboxd::spool::Selection::Seqs(seqs),
+    }
 }
 
 fn parse_timeout(text: &str) -> Result<Duration, String> {
@@ -143,9 +233,14 @@ fn main() -> ExitCode {
         Ok(paths) => paths,
         Err(err) => return fail(&out, CtlError::Failed(err.to_string())),
     };
-    // As root, become the home's account first (a home that does not exist
-    // yet, or is root's, is only looked at; `start` lets the daemon decide).
-    if let Err(err) = privileges::settle(&paths.home, None, Intent::Inspect) {
+    // As root, become the home's account first. A home that does not exist
+    // yet, or is root's, is only looked at (`start` lets the daemon decide),
+    // except by a producer, which creates it as the daemon would.
+    let intent = match cli.command {
+        Command::Enqueue { .. } => Intent::Create,
+        _ => Intent::Inspect,
+    };
+    if let Err(err) = privileges::settle(&paths.home, None, intent) {
         return fail(&out, CtlError::from_lib(&paths, err));
     }
     let code = match cli.command {
@@ -169,6 +264,59 @@ fn main() -> ExitCode {
         } => logs::run(&paths, lines, follow, postgres, &out),
         Command::Url { with_password, tcp } => url::url(&paths, with_password, tcp, &out),
         Command::Psql { args } => url::psql(&paths, &args, &out),
+        Command::Enqueue {
+            topic,
+            key,
+            id,
+            payload,
+            ndjson,
+            batch_size,
+            durability,
+        } => enqueue::run(
+            &paths,
+            enqueue::Args {
+                topic,
+                key,
+                id,
+                payload,
+                ndjson,
+                batch_size: batch_size as usize,
+                durability: match durability.as_str() {
+                    "normal" => outboxd::spool::Durability::Normal,
+                    _ => outboxd::spool::Durability::Full,
+                },
+            },
+            &out,
+        ),
+        Command::Flush { timeout } => flush::run(&paths, timeout, &out),
+        Command::DeadLetters(command) => dead_letters::run(
+            &paths,
+            match command {
+                DeadLettersCommand::List { limit } => dead_letters::Action::List { limit },
+                DeadLettersCommand::Requeue { seqs, all } => {
+                    dead_letters::Action::Requeue(selection(seqs, all))
+                }
+                DeadLettersCommand::Purge { seqs, all } => {
+                    dead_letters::Action::Purge(selection(seqs, all))
+                }
+            },
+            &out,
+        ),
+        Command::Tail {
+            follow,
+            topic,
+            lines,
+            database_url,
+        } => tail::run(
+            &paths,
+            tail::Args {
+                follow,
+                topic,
+                lines,
+                database_url,
+            },
+            &out,
+        ),
         Command::Completions { .. } => unreachable!("handled above"),
     };
     ExitCode::from(code)

@@ -1,0 +1,276 @@
+//! `outboxctl tail [-f] [--topic T] [-n N]`: the last events in
+//! PostgreSQL, and with `-f` each new one as it lands (`LISTEN
+//! outbox_events`). This is how a user sees the flow.
+//!
+//! It reads PostgreSQL directly: the embedded server through the verified
+//! daemon's status and the home's secret; an external one through
+//! `--database-url`, `OUTBOXD_DATABASE_URL` or `database_url` in
+//! `config.toml`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use outboxd::exit_code;
+use outboxd::paths::{Paths, SocketPath};
+use outboxd::protocol::{Request, Status};
+use outboxd::safefs::{self, Owner};
+use serde_json::json;
+use tokio_postgres::{AsyncMessage, Client, NoTls, Row};
+
+use crate::daemon::{self, CtlError};
+use crate::output::Output;
+
+pub struct Args {
+    pub follow: bool,
+    pub topic: Option<String>,
+    pub lines: usize,
+    pub database_url: Option<String>,
+}
+
+pub fn run(paths: &Paths, args: Args, out: &Output) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            out.error(format!("could not start an async runtime: {e}"));
+            return exit_code::FAILURE;
+        }
+    };
+    match runtime.block_on(tail(paths, args, out)) {
+        Ok(()) => exit_code::OK,
+        Err(err) => {
+            let code = err.exit_code();
+            out.error(&err);
+            code
+        }
+    }
+}
+
+const COLUMNS: &str = "source_id::text, seq, topic, key, payload::text, id, \
+     (extract(epoch FROM enqueued_at) * 1000000)::int8, \
+     (extract(epoch FROM drained_at) * 1000000)::int8";
+
+async fn tail(paths: &Paths, args: Args, out: &Output) -> Result<(), CtlError> {
+    let config = connection_config(paths, args.database_url.as_deref())?;
+    let _socket_dir = config.1;
+    let (client, mut connection) = config
+        .0
+        .connect(NoTls)
+        .await
+        .map_err(|e| CtlError::Failed(format!("could not connect to PostgreSQL: {e}")))?;
+    // The connection's messages: notifications go to this channel.
+    let (notes_tx, mut notes) = tokio::sync::mpsc::unbounded_channel();
+    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+    tokio::spawn(async move {
+        while let Some(Ok(message)) = messages.next().await {
+            if let AsyncMessage::Notification(note) = message {
+                let _ = notes_tx.send(note.payload().to_string());
+            }
+        }
+    });
+    let failed = |e: tokio_postgres::Error| {
+        CtlError::Failed(format!(
+            "PostgreSQL: {}",
+            e.as_db_error()
+                .map_or(e.to_string(), |d| d.message().to_string())
+        ))
+    };
+    if args.follow {
+        client
+            .batch_execute("LISTEN outbox_events")
+            .await
+            .map_err(failed)?;
+    }
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {COLUMNS} FROM (
+                     SELECT e.* FROM outbox.cursors c CROSS JOIN LATERAL (
+                         SELECT * FROM outbox.events e
+                         WHERE e.source_id = c.source_id AND ($2::text IS NULL OR e.topic = $2)
+                         ORDER BY e.seq DESC LIMIT $1
+                     ) e
+                 ) t ORDER BY drained_at DESC, seq DESC LIMIT $1"
+            ),
+            &[&(args.lines as i64), &args.topic],
+        )
+        .await
+        .map_err(failed)?;
+    for row in rows.iter().rev() {
+        print_row(row, out);
+    }
+    if !args.follow {
+        return Ok(());
+    }
+    let mut last: HashMap<String, i64> = client
+        .query("SELECT source_id::text, seq FROM outbox.cursors", &[])
+        .await
+        .map_err(failed)?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    while let Some(payload) = notes.recv().await {
+        let Some((source, seq)) = payload.split_once(':') else {
+            continue;
+        };
+        let Ok(seq) = seq.parse::<i64>() else {
+            continue;
+        };
+        let after = last.get(source).copied().unwrap_or(0);
+        if seq <= after {
+            continue;
+        }
+        print_new(&client, source, after, &args.topic, out)
+            .await
+            .map_err(failed)?;
+        last.insert(source.to_string(), seq);
+    }
+    Err(CtlError::Failed(
+        "the connection to PostgreSQL was lost".into(),
+    ))
+}
+
+async fn print_new(
+    client: &Client,
+    source: &str,
+    after: i64,
+    topic: &Option<String>,
+    out: &Output,
+) -> Result<(), tokio_postgres::Error> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {COLUMNS} FROM outbox.events
+                 WHERE source_id = $1::text::uuid AND seq > $2 AND ($3::text IS NULL OR topic = $3)
+                 ORDER BY seq"
+            ),
+            &[&source, &after, topic],
+        )
+        .await?;
+    for row in &rows {
+        print_row(row, out);
+    }
+    Ok(())
+}
+
+fn print_row(row: &Row, out: &Output) {
+    let source: String = row.get(0);
+    let seq: i64 = row.get(1);
+    let topic: String = row.get(2);
+    let key: Option<String> = row.get(3);
+    let payload: String = row.get(4);
+    let id: Option<String> = row.get(5);
+    let enqueued_at: i64 = row.get(6);
+    let drained_at: i64 = row.get(7);
+    let mut text = format!("{}  {topic}  seq {seq}", timestamp(drained_at));
+    if let Some(key) = &key {
+        text.push_str(&format!("  key {key}"));
+    }
+    if let Some(id) = &id {
+        text.push_str(&format!("  id {id}"));
+    }
+    text.push_str(&format!("  {payload}"));
+    out.result(
+        text,
+        json!({"source_id": source, "seq": seq, "topic": topic, "key": key, "id": id,
+               "payload": serde_json::from_str::<serde_json::Value>(&payload).unwrap_or_default(),
+               "enqueued_at": enqueued_at as f64 / 1e6, "drained_at": drained_at as f64 / 1e6}),
+    );
+}
+
+/// Where to connect, and the socket directory address that must stay
+/// alive while connected (very long homes).
+fn connection_config(
+    paths: &Paths,
+    url: Option<&str>,
+) -> Result<(tokio_postgres::Config, Option<SocketPath>), CtlError> {
+    let url = match url {
+        Some(url) => Some(url.to_string()),
+        None => outboxd::config::read_file(paths)
+            .ok()
+            .and_then(|settings| settings.database_url),
+    };
+    if let Some(url) = url {
+        let config = url
+            .parse()
+            .map_err(|e| CtlError::Failed(format!("invalid database URL: {e}")))?;
+        return Ok((config, None));
+    }
+    let (mut client, _) = daemon::connect(paths, daemon::ANSWER_TIMEOUT)?;
+    let status: Status = client
+        .call_as(&Request::Status)
+        .map_err(|e| CtlError::Failed(e.to_string()))?;
+    let pg = status
+        .postgres
+        .ok_or_else(|| CtlError::Failed("this daemon reports no PostgreSQL".into()))?;
+    let dir = pg.socket_dir.ok_or_else(|| {
+        CtlError::Failed(
+            "the daemon's PostgreSQL is external: pass --database-url (or set \
+             OUTBOXD_DATABASE_URL)"
+                .into(),
+        )
+    })?;
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(&paths.home)
+        .map(|m| m.uid())
+        .map_err(|e| {
+            CtlError::Failed(format!("could not inspect {}: {e}", paths.home.display()))
+        })?;
+    let secret = safefs::read_capped(&paths.pg_secret, 4096, Owner::Is(owner))
+        .map_err(|e| CtlError::from_lib(paths, e))?
+        .ok_or_else(|| CtlError::Failed(format!("{} is missing", paths.pg_secret.display())))?;
+    let address = SocketPath::dir(&dir).map_err(|e| CtlError::Failed(e.to_string()))?;
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host_path(address.address())
+        .port(pg.port.unwrap_or(5432))
+        .user("postgres")
+        .dbname("postgres")
+        .password(String::from_utf8_lossy(&secret).trim())
+        .application_name("outboxctl tail")
+        .connect_timeout(Duration::from_secs(5));
+    Ok((config, Some(address)))
+}
+
+/// `2026-11-22T05:46:25.498Z` for microseconds since the Unix epoch (UTC).
+pub fn timestamp(micros: i64) -> String {
+    let secs = micros.div_euclid(1_000_000);
+    let millis = micros.rem_euclid(1_000_000) / 1000;
+    let days = secs.div_euclid(86_400);
+    let rest = secs.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timestamps_are_utc_iso_8601() {
+        assert_eq!(super::timestamp(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            super::timestamp(1_795_326_385_498_331),
+            "2026-11-22T05:46:25.498Z"
+        );
+        assert_eq!(
+            super::timestamp(951_782_400_000_000),
+            "2000-02-29T00:00:00.000Z"
+        );
+    }
+}
