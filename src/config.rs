@@ -61,7 +61,7 @@ pub struct Settings {
     )]
     pub database_url: Option<String>,
 
-    /// Most events the drain moves in one transaction [default: 20000]
+    /// Most events the drain moves in one transaction [default: 50000]
     #[arg(long, value_name = "N")]
     pub drain_batch_max: Option<usize>,
 
@@ -135,7 +135,7 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 128;
 /// The port that names PostgreSQL's Unix socket when no TCP port is set.
 pub const DEFAULT_PG_PORT: u16 = 5432;
 /// The most events in one drain transaction.
-pub const DEFAULT_DRAIN_BATCH_MAX: usize = 20_000;
+pub const DEFAULT_DRAIN_BATCH_MAX: usize = 50_000;
 /// How long idempotency ids are remembered.
 pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How long a drain may make no progress with events queued before it counts as stuck.

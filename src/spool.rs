@@ -249,6 +249,13 @@ pub struct DeadLetter {
     pub failed_at: i64,
 }
 
+/// How [`Spool::checkpoint`] treats producers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checkpoint {
+    Passive,
+    Truncate,
+}
+
 /// Which dead letters to requeue or purge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selection {
@@ -568,15 +575,20 @@ impl Spool {
         purge(&mut self.conn, &which).at("purge dead letters in", &self.paths.spool)
     }
 
-    /// Copies the WAL into the database and truncates it
-    /// (`wal_checkpoint(TRUNCATE)`). Producers never checkpoint when they
-    /// close, so the drain calls this when the queue is empty and
-    /// periodically: otherwise the WAL grows with every event ever written
-    /// between SQLite's automatic (passive) checkpoints. A checkpoint that
-    /// readers keep from finishing is not an error; the next one catches up.
-    pub fn checkpoint(&mut self) -> Result<()> {
+    /// Copies the WAL into the database. Producers never checkpoint when
+    /// they close, so the drain calls this periodically: otherwise the WAL
+    /// grows between SQLite's automatic checkpoints. `Passive` never waits
+    /// for (or blocks) producers; `Truncate` also shrinks the WAL file to
+    /// nothing, but waits for writers and makes new ones wait, so the drain
+    /// uses it only when the spool is quiet. A checkpoint that readers keep
+    /// from finishing is not an error; the next one catches up.
+    pub fn checkpoint(&mut self, mode: Checkpoint) -> Result<()> {
+        let sql = match mode {
+            Checkpoint::Passive => "PRAGMA wal_checkpoint(PASSIVE)",
+            Checkpoint::Truncate => "PRAGMA wal_checkpoint(TRUNCATE)",
+        };
         self.conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            .query_row(sql, [], |_| Ok(()))
             .at("checkpoint", &self.paths.spool)
     }
 
@@ -1760,7 +1772,7 @@ mod tests {
         drop(producer);
         let wal = home.path().join("outbox.db-wal");
         assert!(fs::metadata(&wal).unwrap().len() > 0);
-        drain.checkpoint().unwrap();
+        drain.checkpoint(Checkpoint::Truncate).unwrap();
         assert_eq!(fs::metadata(&wal).unwrap().len(), 0);
         assert_eq!(drain.integrity_check().unwrap(), None);
         assert_eq!(drain.read_batch(0, 1000).unwrap().len(), 100);

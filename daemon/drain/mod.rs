@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use outboxd::config::Config;
 use outboxd::protocol::DrainStatus;
-use outboxd::spool::now_micros;
+use outboxd::spool::{Checkpoint, now_micros};
 use tokio::sync::{Notify, mpsc, watch};
 use tracing::{error, info, warn};
 use uuid::Uuid;
@@ -55,6 +55,8 @@ const FINISH_GRACE: Duration = Duration::from_secs(5);
 const STATS_EVERY: Duration = Duration::from_millis(500);
 /// Housekeeping (idempotency ids, WAL checkpoint, retention) this often.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(30);
+/// How long nothing must have been drained before the WAL is truncated.
+const QUIET_FOR: Duration = Duration::from_secs(10);
 /// Retention deletes this many rows per statement.
 const RETENTION_CHUNK: i64 = 10_000;
 
@@ -101,6 +103,7 @@ async fn run(
         halted: None,
         failures: 0,
         retry_at: None,
+        prefetched: None,
         wake,
         drained_total: 0,
         samples: VecDeque::new(),
@@ -144,6 +147,9 @@ struct Drain {
     halted: Option<String>,
     failures: u32,
     retry_at: Option<tokio::time::Instant>,
+    /// The next batch, being read while the current one is committed:
+    /// (the seq it reads after, the read).
+    prefetched: Option<(i64, tokio::task::JoinHandle<outboxd::Result<Batch>>)>,
     wake: Arc<Notify>,
     drained_total: u64,
     /// (when, drained_total) over the last minute, for the rate.
@@ -245,16 +251,12 @@ impl Drain {
             }
         }
         let cursor = self.sink.as_ref().expect("connected").cursor;
-        let limit = self.config.drain_batch_max;
-        let source = self.source;
-        let batch = self
-            .worker
-            .run(move |spool| {
-                let mut batch = Batch::default();
-                spool.visit_batch(cursor, limit, |event| batch.push(&source, event))?;
-                Ok(batch)
-            })
-            .await;
+        // The batch after the cursor: read ahead while the previous batch
+        // was being committed, or read now.
+        let batch = match self.prefetched.take() {
+            Some((after, read)) if after == cursor => read.await.expect("reads do not panic"),
+            _ => self.read_after(cursor).await,
+        };
         let batch = match batch {
             Ok(batch) => batch,
             Err(e) => {
@@ -267,6 +269,13 @@ impl Drain {
             self.set_state();
             self.refresh_stats(true).await;
             return Next::Wait;
+        }
+        // Under load, SQLite reads the next batch while PostgreSQL takes
+        // this one (it is thrown away if this one fails).
+        if batch.len() == self.config.drain_batch_max {
+            let after = batch.last_seq().expect("not empty");
+            let read = self.read_after(after);
+            self.prefetched = Some((after, tokio::spawn(read)));
         }
         self.set_state();
         let mut deferred = None;
@@ -328,6 +337,25 @@ impl Drain {
                 self.failed(failure);
                 Next::Wait
             }
+        }
+    }
+
+    /// Reads (and encodes) the batch after `after` on the spool thread.
+    fn read_after(
+        &self,
+        after: i64,
+    ) -> impl std::future::Future<Output = outboxd::Result<Batch>> + Send + 'static {
+        let worker = self.worker.clone();
+        let limit = self.config.drain_batch_max;
+        let source = self.source;
+        async move {
+            worker
+                .run(move |spool| {
+                    let mut batch = Batch::default();
+                    spool.visit_batch(after, limit, |event| batch.push(&source, event))?;
+                    Ok(batch)
+                })
+                .await
         }
     }
 
@@ -488,11 +516,21 @@ impl Drain {
         }
         self.last_housekeeping = Instant::now();
         let window = self.config.idempotency_window.as_micros() as i64;
+        // Truncating the WAL makes producers wait: only when nothing has
+        // flowed for a while.
+        let quiet = self
+            .samples
+            .back()
+            .is_none_or(|(at, _)| at.elapsed() >= QUIET_FOR);
+        let mode = match quiet {
+            true => Checkpoint::Truncate,
+            false => Checkpoint::Passive,
+        };
         let kept = self
             .worker
             .run(move |spool| {
                 spool.prune_ids(now_micros() - window)?;
-                spool.checkpoint()
+                spool.checkpoint(mode)
             })
             .await;
         if let Err(e) = kept {
