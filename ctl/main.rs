@@ -58,7 +58,7 @@ enum Command {
     /// a component, start that component of the running daemon
     Start {
         /// A component of the running daemon
-        #[arg(value_parser = parse_component)]
+        #[arg(value_parser = component_parser())]
         component: Option<Component>,
         /// Seconds to wait for the daemon to be ready (0 to 86400); a daemon
         /// not ready by then is stopped again [default: 60; a component: 120]
@@ -69,7 +69,7 @@ enum Command {
     /// stop only that component and keep it stopped (maintenance)
     Stop {
         /// A component of the running daemon
-        #[arg(value_parser = parse_component)]
+        #[arg(value_parser = component_parser())]
         component: Option<Component>,
         /// Seconds to wait after the request, and again after SIGTERM (0 to
         /// 86400) [default: 30, longer than the daemon's own 20 s budget for
@@ -217,8 +217,12 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
-fn parse_component(text: &str) -> Result<Component, String> {
-    text.parse()
+/// A component name, with its possible values known to clap (for help
+/// and shell completion).
+fn component_parser() -> impl clap::builder::TypedValueParser<Value = Component> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(Component::ALL.map(Component::as_str))
+        .map(|name| name.parse().expect("a possible value"))
 }
 
 fn main() -> ExitCode {

@@ -215,12 +215,15 @@ fn said_before_detaching(said: std::thread::JoinHandle<String>) -> String {
 /// The reason for a failed start, with the daemon's own words: what it
 /// wrote before detaching, else what it logged during this start.
 fn explain(why: String, said: &str, log: &Path, log_start: u64) -> String {
+    // Once the home is ready the daemon copies what it says to its log, so
+    // the log (when it has this start's lines) tells the whole story once;
+    // before that, only its standard error does.
     let logged = last_lines(log, log_start, LOG_LINES).unwrap_or_default();
-    let words: Vec<&str> = said
-        .lines()
-        .chain(logged.iter().map(String::as_str))
-        .filter(|line| !line.trim().is_empty())
-        .collect();
+    let words: Vec<&str> = match logged.is_empty() {
+        true => said.lines().collect(),
+        false => logged.iter().map(String::as_str).collect(),
+    };
+    let words: Vec<&str> = words.into_iter().filter(|l| !l.trim().is_empty()).collect();
     let words = words[words.len().saturating_sub(LOG_LINES)..].join("\n");
     match words.is_empty() {
         true => format!("outboxd did not start: {why}"),
