@@ -116,6 +116,7 @@ async fn run(
         .send_modify(|s| s.source_id = Some(source.to_string()));
     drain.run(&mut inbox).await;
     drain.status.send_modify(|s| s.state = "stopped".into());
+    info!("the drain stopped");
 }
 
 /// Opens the spool on its thread and checks its integrity.

@@ -3,6 +3,7 @@
 //! home of its own and stops everything it started, also when it fails.
 
 mod common;
+mod components;
 mod lifecycle;
 mod postgres;
 mod socket;
