@@ -24,7 +24,7 @@ use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use crate::account::{self, Account};
@@ -231,11 +231,20 @@ fn choose(flag: Option<&str>, config: Option<&str>) -> Result<Account> {
 /// home), the home itself 0700, given to `account`.
 fn create_home(home: &Path, account: &Account) -> Result<()> {
     if let Some(parent) = home.parent() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(parent)
-            .at("create the parent directories of", home)?;
+        // Each missing parent in turn, chmod-ed: the umask (077 in the
+        // daemon) would otherwise close them to the account.
+        let missing: Vec<&Path> = parent
+            .ancestors()
+            .take_while(|dir| fs::symlink_metadata(dir).is_err())
+            .collect();
+        for dir in missing.into_iter().rev() {
+            match fs::DirBuilder::new().mode(0o755).create(dir) {
+                Ok(()) => fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
+                    .at("open to the account the parent directory", dir)?,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e).at("create the parent directory", dir),
+            }
+        }
     }
     match fs::DirBuilder::new().mode(0o700).create(home) {
         Ok(()) => {}

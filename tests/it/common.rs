@@ -359,3 +359,20 @@ pub fn run_as_nobody(exe: &Path, args: &[&std::ffi::OsStr]) -> Run {
     // std clears the supplementary groups when it sets the uid as root.
     run(&mut command)
 }
+
+/// Reports a test that cannot run here, visibly: on the real standard
+/// error (the harness captures `eprintln!`) and in
+/// `$CARGO_TARGET_TMPDIR/skipped.txt`, which `.ci/run` prints and counts.
+pub fn skip(test: &str, reason: &str) {
+    use std::io::Write;
+    let line = format!("SKIPPED: {test}: {reason}\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("skipped.txt");
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = file.write_all(line.as_bytes());
+    }
+}

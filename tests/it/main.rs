@@ -7,3 +7,4 @@ mod components;
 mod lifecycle;
 mod postgres;
 mod socket;
+mod usability;
