@@ -1,7 +1,7 @@
 //! The daemon's life seen from outside: start, status, stop, crashes, races.
 //! Every test spawns the real binaries on its own home.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
