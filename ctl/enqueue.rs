@@ -41,8 +41,63 @@ pub fn run(paths: &Paths, args: Args, out: &Output) -> u8 {
     }
 }
 
-fn open(paths: &Paths, durability: Durability) -> Result<Spool, CtlError> {
-    Spool::open_with(paths, Options { durability }).map_err(|e| CtlError::from_lib(paths, e))
+/// Where events go: the spool itself (the home's account), or the
+/// daemon's socket (a member of its `producer_group`, who may not open the
+/// spool).
+enum Sink {
+    Spool(Box<Spool>),
+    Socket(outboxd::client::Client),
+}
+
+impl Sink {
+    fn open(paths: &Paths, durability: Durability) -> Result<Sink, CtlError> {
+        use std::os::unix::fs::MetadataExt;
+        let owner = std::fs::metadata(&paths.home).map(|m| m.uid()).ok();
+        if owner.is_some_and(|owner| owner != outboxd::process::euid()) {
+            let (client, _) = crate::daemon::connect(paths, std::time::Duration::from_secs(60))?;
+            return Ok(Sink::Socket(client));
+        }
+        Spool::open_with(paths, Options { durability })
+            .map(|spool| Sink::Spool(Box::new(spool)))
+            .map_err(|e| CtlError::from_lib(paths, e))
+    }
+
+    fn enqueue(
+        &mut self,
+        paths: &Paths,
+        events: &[NewEvent],
+    ) -> Result<Vec<outboxd::spool::Enqueued>, CtlError> {
+        match self {
+            Sink::Spool(spool) => spool
+                .enqueue_batch(events)
+                .map_err(|e| CtlError::from_lib(paths, e)),
+            Sink::Socket(client) => {
+                let request = outboxd::protocol::Request::Enqueue(outboxd::protocol::Enqueue {
+                    events: events
+                        .iter()
+                        .map(|e| outboxd::protocol::WireEvent {
+                            topic: e.topic.clone(),
+                            key: e.key.clone(),
+                            id: e.id.clone(),
+                            payload: e.payload.clone(),
+                        })
+                        .collect(),
+                    batch: true,
+                });
+                let result: outboxd::protocol::EnqueuedBatch = client
+                    .call_as(&request)
+                    .map_err(|e| CtlError::Failed(e.to_string()))?;
+                Ok(result
+                    .events
+                    .into_iter()
+                    .map(|e| outboxd::spool::Enqueued {
+                        seq: e.seq,
+                        duplicate: e.duplicate,
+                    })
+                    .collect())
+            }
+        }
+    }
 }
 
 fn one(paths: &Paths, args: &Args, out: &Output) -> Result<(), CtlError> {
@@ -61,10 +116,8 @@ fn one(paths: &Paths, args: &Args, out: &Output) -> Result<(), CtlError> {
     };
     // Validated before the spool is opened: a bad event creates nothing.
     outboxd::spool::validate(&event).map_err(|e| CtlError::Failed(hint(e.to_string())))?;
-    let mut spool = open(paths, args.durability)?;
-    let enqueued = spool
-        .enqueue(&event)
-        .map_err(|e| CtlError::from_lib(paths, e))?;
+    let mut sink = Sink::open(paths, args.durability)?;
+    let enqueued = sink.enqueue(paths, std::slice::from_ref(&event))?[0];
     let text = match enqueued.duplicate {
         true => format!(
             "seq {} (a duplicate: id {:?} was enqueued before; nothing was added)",
@@ -108,7 +161,7 @@ fn ndjson(paths: &Paths, args: &Args, out: &Output) -> Result<(), CtlError> {
     if std::io::stdin().is_terminal() {
         out.progress("reading events from standard input, one JSON object a line (Ctrl-D ends)");
     }
-    let mut spool = None;
+    let mut sink = None;
     let mut accepted = 0u64;
     let mut duplicates = 0u64;
     let mut range: Option<(i64, i64)> = None;
@@ -149,17 +202,16 @@ fn ndjson(paths: &Paths, args: &Args, out: &Output) -> Result<(), CtlError> {
             }
         }
         if batch.len() >= args.batch_size || (end && !batch.is_empty()) {
-            if spool.is_none() {
-                spool = Some(open(paths, args.durability)?);
+            if sink.is_none() {
+                sink = Some(Sink::open(paths, args.durability)?);
             }
-            let written = spool
+            let written = sink
                 .as_mut()
                 .expect("opened")
-                .enqueue_batch(&batch)
+                .enqueue(paths, &batch)
                 .map_err(|e| {
                     CtlError::Failed(format!(
-                        "{}; nothing of lines {batch_start} on was written{}",
-                        CtlError::from_lib(paths, e),
+                        "{e}; nothing of lines {batch_start} on was written{}",
                         summary(accepted, duplicates, range)
                     ))
                 })?;

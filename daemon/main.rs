@@ -22,6 +22,7 @@ mod server;
 mod shutdown;
 mod signals;
 mod state;
+mod watchdog;
 
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -62,12 +63,16 @@ struct Args {
 
 fn main() -> ExitCode {
     signals::block();
-    let notifier = Arc::new(take_notifier());
+    let (notifier, watchdog) = take_notifier();
+    let notifier = Arc::new(notifier);
     let matches = Args::command().get_matches();
     let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let flags = Flags::from_matches(args.settings.clone(), &matches);
-    logging::init();
-    match start(&args, &flags, &notifier) {
+    logging::init(match flags.settings.log_format.as_deref() {
+        Some("json") => outboxd::config::LogFormat::Json,
+        _ => outboxd::config::LogFormat::Text,
+    });
+    match start(&args, &flags, &notifier, watchdog) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Reported(code)) => ExitCode::from(code),
         Err(Failure::Error(err)) => {
@@ -97,17 +102,27 @@ impl From<Error> for Failure {
 
 /// Reads `NOTIFY_SOCKET` and removes it from the environment, so that no
 /// child (PostgreSQL speaks this protocol too) sends READY in our name.
-fn take_notifier() -> Notifier {
-    let Some(target) = std::env::var_os(NOTIFY_SOCKET) else {
-        return Notifier::none();
-    };
-    // SAFETY: called first thing in main, while this is the only thread,
-    // so nothing reads the environment concurrently.
-    unsafe { std::env::remove_var(NOTIFY_SOCKET) };
-    Notifier::connect(std::path::Path::new(&target))
+/// Also reads the watchdog interval, and hides `WATCHDOG_*` from children.
+fn take_notifier() -> (Notifier, Option<std::time::Duration>) {
+    let watchdog = watchdog::interval_from_env();
+    let target = std::env::var_os(NOTIFY_SOCKET);
+    for name in [NOTIFY_SOCKET, "WATCHDOG_USEC", "WATCHDOG_PID"] {
+        // SAFETY: called first thing in main, while this is the only
+        // thread, so nothing reads the environment concurrently.
+        unsafe { std::env::remove_var(name) };
+    }
+    match target {
+        Some(target) => (Notifier::connect(std::path::Path::new(&target)), watchdog),
+        None => (Notifier::none(), None),
+    }
 }
 
-fn start(args: &Args, flags: &Flags, notifier: &Arc<Notifier>) -> Result<(), Failure> {
+fn start(
+    args: &Args,
+    flags: &Flags,
+    notifier: &Arc<Notifier>,
+    watchdog: Option<std::time::Duration>,
+) -> Result<(), Failure> {
     // Everything the daemon creates is private to its account.
     // SAFETY: umask only sets the process's file mode mask.
     unsafe { libc::umask(0o077) };
@@ -123,6 +138,7 @@ fn start(args: &Args, flags: &Flags, notifier: &Arc<Notifier>) -> Result<(), Fai
         info!(user = %account.name, uid = account.uid, "started as root: now running as the home's account");
     }
     let config = Config::load(paths, flags)?;
+    logging::set_format(config.log_format);
     home::check_user_setting(&config)?;
 
     let mut reporter = None;
@@ -132,6 +148,11 @@ fn start(args: &Args, flags: &Flags, notifier: &Arc<Notifier>) -> Result<(), Fai
             Detached::Child(report) => reporter = Some(report),
         }
         logging::end_tee();
+        logging::rotate_at(
+            &config.paths.log_file,
+            config.log_max_bytes,
+            config.log_keep,
+        );
         notifier.main_pid(std::process::id());
     }
 
@@ -169,6 +190,7 @@ fn start(args: &Args, flags: &Flags, notifier: &Arc<Notifier>) -> Result<(), Fai
         shutdown,
         reload,
         log_file,
+        watchdog,
     ));
 
     drop(runtime);

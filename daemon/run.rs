@@ -23,6 +23,7 @@ use crate::pg::{self, PgError};
 use crate::server;
 use crate::shutdown::Shutdown;
 use crate::state::State;
+use crate::watchdog::{self, Heartbeat};
 
 /// How often the daemon checks that its lock file is still in place.
 const LOCK_CHECK_EVERY: Duration = Duration::from_secs(2);
@@ -35,6 +36,7 @@ pub async fn run(
     shutdown: Shutdown,
     reload: Arc<Notify>,
     log_file: Option<PathBuf>,
+    watchdog: Option<Duration>,
 ) -> Result<()> {
     let started_at = SystemTime::now();
     let pid = std::process::id() as i32;
@@ -43,6 +45,9 @@ pub async fn run(
 
     notifier.status("binding the control socket");
     let bound = server::bind(&paths.socket)?;
+    if let Some((group, gid)) = &config.producer_group {
+        server::open_to_group(&paths, group, *gid)?;
+    }
     lock.record(&LockInfo {
         pid,
         version: outboxd::VERSION.into(),
@@ -51,8 +56,18 @@ pub async fn run(
     })?;
     let lock_guard = tokio::spawn(guard_lock(lock, shutdown.clone()));
 
-    let postgres = pg::spawn(&config, notifier.clone(), shutdown.clone());
-    let drain = drain::spawn(&config, postgres.connection.clone());
+    let beats = Beats {
+        server: Heartbeat::new("control server"),
+        postgres: Heartbeat::new("postgres supervisor"),
+        drain: Heartbeat::new("drain"),
+    };
+    let postgres = pg::spawn(
+        &config,
+        notifier.clone(),
+        shutdown.clone(),
+        beats.postgres.clone(),
+    );
+    let drain = drain::spawn(&config, postgres.connection.clone(), beats.drain.clone());
     let euid = outboxd::process::euid();
     let ctx = Arc::new(Context {
         limits: RwLock::new(Limits::of(&config, crate::open_files_limit())),
@@ -69,7 +84,7 @@ pub async fn run(
         drain: drain.handle.clone(),
         producer: Producer::new(&paths),
     });
-    let server = tokio::spawn(server::serve(bound, ctx.clone()));
+    let server = tokio::spawn(server::serve(bound, ctx.clone(), beats.server.clone()));
     tokio::spawn(reload_on_signal(ctx.clone(), reload));
 
     let outcome = match postgres.first.await {
@@ -88,6 +103,18 @@ pub async fn run(
         state.set(DaemonState::Running);
         notifier.ready(&format!("running (pid {pid})"));
         info!(pid, version = outboxd::VERSION, home = ?paths.home, socket = ?paths.socket, "ready");
+        if let Some(interval) = watchdog {
+            info!(
+                interval_ms = interval.as_millis() as u64,
+                "sending watchdog keep-alives while the daemon's loops are live"
+            );
+            tokio::spawn(watchdog::keep_alive(
+                notifier.clone(),
+                interval,
+                vec![beats.server, beats.postgres, beats.drain],
+                shutdown.clone(),
+            ));
+        }
         let reason = shutdown.wait().await;
         info!(%reason, "shutting down");
     }
@@ -109,6 +136,13 @@ pub async fn run(
         info!("stopped");
     }
     outcome
+}
+
+/// The heartbeats of the daemon's loops, for the watchdog.
+struct Beats {
+    server: Heartbeat,
+    postgres: Heartbeat,
+    drain: Heartbeat,
 }
 
 /// A failed first start of PostgreSQL, as the daemon's error.

@@ -104,6 +104,57 @@ where
     }
 }
 
+/// The gid of the group named `name`, if there is one.
+pub fn group_id(name: &str) -> Result<Option<u32>> {
+    let c_name = CString::new(name).map_err(|_| Error::Account {
+        problem: format!("{name:?} is not a valid group name"),
+        fix: "name an existing group".into(),
+    })?;
+    let mut size = 4096;
+    loop {
+        let mut buf = vec![0 as libc::c_char; size];
+        // SAFETY: group is plain data; all-zero is a valid value to be filled in.
+        let mut group: libc::group = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::group = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the sizes given.
+        let rc = unsafe {
+            libc::getgrnam_r(
+                c_name.as_ptr(),
+                &mut group,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        if rc == libc::ERANGE && size < 1 << 20 {
+            size *= 4;
+            continue;
+        }
+        if rc != 0 {
+            return Err(lookup_failed(
+                &format!("group {name}"),
+                io::Error::from_raw_os_error(rc),
+            ));
+        }
+        return Ok((!result.is_null()).then_some(group.gr_gid));
+    }
+}
+
+/// Whether the process with these credentials is in group `gid` (its
+/// primary group, or a supplementary one from `/proc/PID/status`).
+pub fn process_in_group(pid: i32, gid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status.lines().any(|line| {
+        (line.starts_with("Gid:") || line.starts_with("Groups:"))
+            && line
+                .split_whitespace()
+                .skip(1)
+                .any(|g| g.parse::<u32>().is_ok_and(|g| g == gid))
+    })
+}
+
 /// Becomes `account` for good: supplementary groups from the group database
 /// (`initgroups`, which also drops root's own), then the group, then the
 /// user. Then checks that root cannot be regained.

@@ -79,6 +79,26 @@ pub struct Settings {
     /// outbox.events [default: keep them]
     #[arg(long, value_name = "DAYS")]
     pub retention_days: Option<u32>,
+
+    /// Log lines as `text` or `json` (one object a line)
+    /// [default: text]
+    #[arg(long, env = "OUTBOXD_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<String>,
+
+    /// Rotate log/outboxd.log (and copy-truncate log/postgres.log) past
+    /// this size, in bytes [default: 10485760]
+    #[arg(long, value_name = "BYTES")]
+    pub log_max_bytes: Option<u64>,
+
+    /// Rotated log files kept (outboxd.log.1 ... .N) [default: 5]
+    #[arg(long, value_name = "N")]
+    pub log_keep: Option<u32>,
+
+    /// A group whose members may use the control socket as producers
+    /// (enqueue, flush, status), but not stop or change the daemon
+    /// [default: none]
+    #[arg(long, value_name = "GROUP")]
+    pub producer_group: Option<String>,
 }
 
 /// The command-line layer: the flags given, and for each where it came from
@@ -141,6 +161,19 @@ pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(7 * 24 * 36
 /// How long a drain may make no progress with events queued before it counts as stuck.
 pub const DEFAULT_STUCK_AFTER: Duration = Duration::from_secs(60);
 
+/// The largest log file before it is rotated.
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 10 << 20;
+/// Rotated log files kept.
+pub const DEFAULT_LOG_KEEP: u32 = 5;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
 /// The daemon's whole configuration, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -159,6 +192,11 @@ pub struct Config {
     pub idempotency_window: Duration,
     pub stuck_after: Duration,
     pub retention_days: Option<u32>,
+    pub log_format: LogFormat,
+    pub log_max_bytes: u64,
+    pub log_keep: u32,
+    /// The gid of `producer_group`, if set.
+    pub producer_group: Option<(String, u32)>,
     /// Where each setting came from (a key absent here is a default).
     pub origins: BTreeMap<String, Origin>,
     /// The command-line layer, kept so that a reload applies it again.
@@ -270,8 +308,44 @@ impl Config {
                 ));
             }
         };
+        let log_format = match s.log_format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(invalid(
+                    "log_format",
+                    format!("must be \"text\" or \"json\", not {other:?}"),
+                ));
+            }
+        };
+        let log_max_bytes = match s.log_max_bytes {
+            None => DEFAULT_LOG_MAX_BYTES,
+            Some(n) if n >= 4096 => n,
+            Some(n) => {
+                return Err(invalid(
+                    "log_max_bytes",
+                    format!("must be at least 4096, not {n}"),
+                ));
+            }
+        };
+        let producer_group = match &s.producer_group {
+            None => None,
+            Some(name) => match crate::account::group_id(name)? {
+                Some(gid) => Some((name.clone(), gid)),
+                None => {
+                    return Err(invalid(
+                        "producer_group",
+                        format!("there is no group named {name:?} (create it with groupadd)"),
+                    ));
+                }
+            },
+        };
         Ok(Config {
             paths,
+            log_format,
+            log_max_bytes,
+            log_keep: s.log_keep.unwrap_or(DEFAULT_LOG_KEEP),
+            producer_group,
             idle_timeout,
             max_connections,
             pg_bin: s.pg_bin,

@@ -43,6 +43,7 @@ use uuid::Uuid;
 
 use crate::component::{self, Command, Inbox, Running};
 use crate::pg::{Connection, backoff_from};
+use crate::watchdog::Heartbeat;
 use copy::Batch;
 use sink::{Failure, Sink};
 use worker::Worker;
@@ -64,19 +65,23 @@ const RETENTION_CHUNK: i64 = 10_000;
 pub fn spawn(
     config: &Config,
     connection: watch::Receiver<Option<Connection>>,
+    heartbeat: Heartbeat,
 ) -> Running<DrainStatus> {
     let config = config.clone();
     let initial = DrainStatus {
         state: "starting".into(),
         ..DrainStatus::default()
     };
-    component::spawn(initial, move |inbox| run(config, connection, inbox))
+    component::spawn(initial, move |inbox| {
+        run(config, connection, inbox, heartbeat)
+    })
 }
 
 async fn run(
     config: Config,
     connection: watch::Receiver<Option<Connection>>,
     mut inbox: Inbox<DrainStatus>,
+    heartbeat: Heartbeat,
 ) {
     let opened = open_spool(&config).await;
     let (worker, source) = match opened {
@@ -87,7 +92,7 @@ async fn run(
                 s.state = "failed".into();
                 s.spool_error = Some(why);
             });
-            return refuse_until_shutdown(inbox).await;
+            return refuse_until_shutdown(inbox, heartbeat).await;
         }
     };
     let wake = Arc::new(Notify::new());
@@ -110,6 +115,7 @@ async fn run(
         last_progress: Instant::now(),
         last_stats: None,
         last_housekeeping: Instant::now() - HOUSEKEEPING_EVERY,
+        heartbeat,
     };
     drain
         .status
@@ -159,6 +165,8 @@ struct Drain {
     last_progress: Instant,
     last_stats: Option<Instant>,
     last_housekeeping: Instant,
+    /// Beaten each time round the loop (not while a batch is in flight).
+    heartbeat: Heartbeat,
 }
 
 /// What the drain does next.
@@ -174,6 +182,7 @@ enum Next {
 impl Drain {
     async fn run(&mut self, inbox: &mut Inbox<DrainStatus>) {
         loop {
+            self.heartbeat.beat();
             let next = match self.ready_to_work() {
                 true => self.work(&mut inbox.commands).await,
                 false => Next::Wait,
@@ -556,8 +565,14 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 
 /// After a spool failure: answer requests until `run` shuts the component
 /// down.
-async fn refuse_until_shutdown(mut inbox: Inbox<DrainStatus>) {
-    while let Some(command) = inbox.commands.recv().await {
+async fn refuse_until_shutdown(mut inbox: Inbox<DrainStatus>, heartbeat: Heartbeat) {
+    loop {
+        heartbeat.beat();
+        let command = tokio::select! {
+            command = inbox.commands.recv() => command,
+            _ = tokio::time::sleep(POLL) => continue,
+        };
+        let Some(command) = command else { return };
         match command {
             Command::Start(reply) | Command::Stop(reply) => {
                 let _ = reply.send(Err("the spool cannot be used; see status".into()));

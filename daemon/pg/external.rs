@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use super::Connection;
 use super::instance::query_version;
 use crate::component::{Command, Inbox};
+use crate::watchdog::Heartbeat;
 
 /// How often an external server is checked.
 const CHECK_EVERY: Duration = Duration::from_secs(5);
@@ -24,6 +25,7 @@ pub async fn run_external(
     url: String,
     mut inbox: Inbox<PostgresStatus>,
     connection: watch::Sender<Option<Connection>>,
+    heartbeat: Heartbeat,
 ) {
     let config: tokio_postgres::Config = match url.parse() {
         Ok(config) => config,
@@ -39,8 +41,11 @@ pub async fn run_external(
     let external = Connection { config, tls: true };
     connection.send_replace(Some(external.clone()));
     let mut check = tokio::time::interval(CHECK_EVERY);
+    let mut alive = tokio::time::interval(Duration::from_secs(1));
     loop {
+        heartbeat.beat();
         tokio::select! {
+            _ = alive.tick() => {}
             _ = check.tick() => {
                 let outcome = tokio::time::timeout(Duration::from_secs(10), query_version(&external)).await;
                 let outcome = outcome.unwrap_or_else(|_| Err(super::error::PgError::Client("no answer within 10 s".into())));

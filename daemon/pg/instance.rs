@@ -43,6 +43,8 @@ pub struct Embedded {
     pub password: String,
     pub secret: PathBuf,
     pub log: PathBuf,
+    /// `log` is copied to `log.1` and truncated past this size.
+    pub log_max_bytes: u64,
     /// The uid PostgreSQL runs as: this daemon's.
     pub uid: u32,
 }

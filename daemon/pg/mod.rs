@@ -42,6 +42,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::component::{self, Running};
 use crate::shutdown::Shutdown;
+use crate::watchdog::Heartbeat;
 
 pub use error::{PgError, describe};
 pub use supervisor::backoff_from;
@@ -95,20 +96,33 @@ pub struct Started {
 /// external one. `cancel` (the daemon's shutdown) interrupts a start in
 /// progress; the server itself stops only when `run` shuts the component
 /// down.
-pub fn spawn(config: &Config, notifier: Arc<Notifier>, cancel: Shutdown) -> Started {
+pub fn spawn(
+    config: &Config,
+    notifier: Arc<Notifier>,
+    cancel: Shutdown,
+    heartbeat: Heartbeat,
+) -> Started {
     let (connection_tx, connection) = watch::channel(None);
     let (first_tx, first) = oneshot::channel();
     let component = match config.database_url.clone() {
         Some(url) => {
             let _ = first_tx.send(Ok(()));
             component::spawn(initial_status(config), move |inbox| {
-                external::run_external(url, inbox, connection_tx)
+                external::run_external(url, inbox, connection_tx, heartbeat)
             })
         }
         None => {
             let config = config.clone();
             component::spawn(initial_status(&config), move |inbox| {
-                supervisor::run_embedded(config, notifier, cancel, inbox, connection_tx, first_tx)
+                supervisor::run_embedded(
+                    config,
+                    notifier,
+                    cancel,
+                    inbox,
+                    connection_tx,
+                    first_tx,
+                    heartbeat,
+                )
             })
         }
     };

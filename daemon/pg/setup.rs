@@ -82,6 +82,7 @@ pub async fn prepare(
         password,
         secret: paths.pg_secret.clone(),
         log: paths.pg_log.clone(),
+        log_max_bytes: config.log_max_bytes,
         uid,
     })
 }

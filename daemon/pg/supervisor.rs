@@ -19,6 +19,7 @@ use super::instance::{Embedded, Running};
 use super::setup;
 use crate::component::{Command, Inbox};
 use crate::shutdown::Shutdown;
+use crate::watchdog::Heartbeat;
 
 /// Restart backoff: first delay, cap, and how long a run must last for the
 /// backoff to start over.
@@ -27,6 +28,9 @@ const BACKOFF_CAP: Duration = Duration::from_secs(10);
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
 /// How often a running server is checked.
 const HEALTH_EVERY: Duration = Duration::from_secs(2);
+/// How often the loop goes round even when nothing happens (the
+/// watchdog's heartbeat).
+const ALIVE_EVERY: Duration = Duration::from_secs(1);
 
 struct Supervisor {
     embedded: Embedded,
@@ -47,6 +51,7 @@ pub async fn run_embedded(
     mut inbox: Inbox<PostgresStatus>,
     connection: watch::Sender<Option<Connection>>,
     first: oneshot::Sender<Result<(), PgError>>,
+    heartbeat: Heartbeat,
 ) {
     let prepared = setup::prepare(&config, &notifier, &inbox.status).await;
     let embedded = match prepared {
@@ -54,7 +59,7 @@ pub async fn run_embedded(
         Err(e) => {
             fail(&inbox.status, &e);
             let _ = first.send(Err(e));
-            return refuse_until_shutdown(inbox).await;
+            return refuse_until_shutdown(inbox, heartbeat).await;
         }
     };
     notifier.status("starting PostgreSQL");
@@ -74,10 +79,10 @@ pub async fn run_embedded(
         Err(e) => {
             fail(&supervisor.status, &e);
             let _ = first.send(Err(e));
-            return refuse_until_shutdown(inbox).await;
+            return refuse_until_shutdown(inbox, heartbeat).await;
         }
     }
-    supervisor.watch(&mut inbox).await;
+    supervisor.watch(&mut inbox, &heartbeat).await;
     supervisor.stop().await;
 }
 
@@ -118,11 +123,14 @@ impl Supervisor {
     }
 
     /// Serves commands and watches the server until `Shutdown`.
-    async fn watch(&mut self, inbox: &mut Inbox<PostgresStatus>) {
+    async fn watch(&mut self, inbox: &mut Inbox<PostgresStatus>, heartbeat: &Heartbeat) {
         let mut health = tokio::time::interval(HEALTH_EVERY);
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut alive = tokio::time::interval(ALIVE_EVERY);
         loop {
+            heartbeat.beat();
             tokio::select! {
+                _ = alive.tick() => {}
                 command = inbox.commands.recv() => match command {
                     Some(Command::Stop(reply)) => {
                         info!("stopping PostgreSQL on request");
@@ -179,6 +187,14 @@ impl Supervisor {
     }
 
     async fn check_health(&mut self) {
+        let (log, max) = (self.embedded.log.clone(), self.embedded.log_max_bytes);
+        match tokio::task::spawn_blocking(move || crate::logging::copy_truncate(&log, max)).await {
+            Ok(Ok(true)) => {
+                info!(log = ?self.embedded.log, "PostgreSQL's log reached its limit: copied to .1 and truncated")
+            }
+            Ok(Err(e)) => warn!(error = %e, "could not bound PostgreSQL's log"),
+            _ => {}
+        }
         let Some(run) = &self.current else { return };
         let health = run.health(&self.embedded.connection()).await;
         let state = self.status.borrow().state;
@@ -214,8 +230,14 @@ fn fail(status: &watch::Sender<PostgresStatus>, e: &PgError) {
 
 /// After a failed first start: answer requests with the failure until
 /// `run` shuts the component down.
-async fn refuse_until_shutdown(mut inbox: Inbox<PostgresStatus>) {
-    while let Some(command) = inbox.commands.recv().await {
+async fn refuse_until_shutdown(mut inbox: Inbox<PostgresStatus>, heartbeat: Heartbeat) {
+    loop {
+        heartbeat.beat();
+        let command = tokio::select! {
+            command = inbox.commands.recv() => command,
+            _ = tokio::time::sleep(ALIVE_EVERY) => continue,
+        };
+        let Some(command) = command else { return };
         match command {
             Command::Start(reply) | Command::Stop(reply) => {
                 let _ = reply.send(Err("PostgreSQL failed to start".into()));

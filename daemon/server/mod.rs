@@ -31,6 +31,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use crate::context::Context;
+use crate::watchdog::Heartbeat;
 use framing::{Frame, read_frame, write_line};
 use registry::Registry;
 
@@ -69,6 +70,34 @@ pub fn bind(socket: &Path) -> Result<Bound> {
     })
 }
 
+/// Lets members of `producer_group` reach the socket: the home and `run/`
+/// become group-traversable (0710) and the socket group-writable (0660),
+/// all with that group. The daemon's account must be a member of the group
+/// (only then may it give files to it).
+pub fn open_to_group(paths: &outboxd::paths::Paths, group: &str, gid: u32) -> Result<()> {
+    for (path, mode) in [
+        (&paths.home, 0o710),
+        (&paths.run_dir, 0o710),
+        (&paths.socket, 0o660),
+    ] {
+        std::os::unix::fs::lchown(path, None, Some(gid)).map_err(|e| {
+            Error::problem(
+                "producer group for",
+                path,
+                format!("could not give it to the group {group}: {e}"),
+                format!(
+                    "add the daemon's account to the group (usermod -aG {group} {}) and restart",
+                    outboxd::account::name_of(outboxd::process::euid())
+                ),
+                e.raw_os_error().unwrap_or(libc::EPERM),
+            )
+        })?;
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+            .at("open to the producer group", path)?;
+    }
+    Ok(())
+}
+
 fn remove_stale_socket(socket: &Path) -> Result<()> {
     let meta = match fs::symlink_metadata(socket) {
         Ok(meta) => meta,
@@ -104,12 +133,15 @@ fn remove_stale_socket(socket: &Path) -> Result<()> {
 /// Accepts and serves connections until shutdown, then gives open
 /// connections a moment to finish. Returns the socket, no longer
 /// accepting: dropping it unlinks the socket file, which `run` does last.
-pub async fn serve(bound: Bound, ctx: Arc<Context>) -> Bound {
+pub async fn serve(bound: Bound, ctx: Arc<Context>, heartbeat: Heartbeat) -> Bound {
     let registry = Arc::new(Registry::default());
     let mut connections = JoinSet::new();
+    let mut alive = tokio::time::interval(Duration::from_secs(1));
     loop {
+        heartbeat.beat();
         tokio::select! {
             _ = ctx.shutdown.wait() => break,
+            _ = alive.tick() => {}
             accepted = bound.listener.accept() => match accepted {
                 Ok(stream) => {
                     let slot = Registry::admit(&registry, ctx.limits().max_connections);
@@ -146,20 +178,44 @@ pub async fn serve(bound: Bound, ctx: Arc<Context>) -> Bound {
     bound
 }
 
+/// What a peer may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The daemon's own account, or root: everything.
+    Owner,
+    /// A member of `producer_group`: `hello`, `status`, `enqueue`, `flush`.
+    Producer,
+}
+
+/// The role of a peer with these credentials, if any.
+fn role(ctx: &Context, uid: Option<u32>, pid: Option<i32>) -> Option<Role> {
+    let uid = uid?;
+    if uid == ctx.euid || uid == 0 {
+        return Some(Role::Owner);
+    }
+    let (_, gid) = ctx.config().producer_group?;
+    pid.filter(|&pid| outboxd::account::process_in_group(pid, gid))
+        .map(|_| Role::Producer)
+}
+
 async fn serve_connection(stream: Stream, ctx: Arc<Context>, slot: registry::Slot) {
     let idle = ctx.limits().idle_timeout;
     let peer = stream.peer_creds().ok();
     let peer_uid = peer.as_ref().and_then(|creds| creds.euid());
     let peer_pid = peer.as_ref().and_then(|creds| creds.pid());
-    if !peer_uid.is_some_and(|uid| uid == ctx.euid || uid == 0) {
+    let Some(role) = role(&ctx, peer_uid, peer_pid) else {
         warn!(
             peer_uid,
             peer_pid, "refused a control connection from another user"
         );
+        let groups = match ctx.config().producer_group {
+            Some((name, _)) => format!(", and members of the group {name} as producers"),
+            None => String::new(),
+        };
         let error = ErrorBody::new(
             ErrorCode::Forbidden,
             format!(
-                "only {} (uid {}) and root may use this daemon; your uid is {}",
+                "only {} (uid {}) and root may use this daemon{groups}; your uid is {}",
                 ctx.account,
                 ctx.euid,
                 peer_uid.map_or("unknown".into(), |uid| uid.to_string())
@@ -168,7 +224,7 @@ async fn serve_connection(stream: Stream, ctx: Arc<Context>, slot: registry::Slo
         let mut stream = stream;
         let _ = write_line(&mut stream, &Response::failure(None, error), idle).await;
         return;
-    }
+    };
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
     loop {
@@ -189,7 +245,7 @@ async fn serve_connection(stream: Stream, ctx: Arc<Context>, slot: registry::Slo
                 Response::failure(None, ErrorBody::new(ErrorCode::FrameTooLarge, message))
             }
             Ok(Ok(Frame::Line)) if line.iter().all(u8::is_ascii_whitespace) => continue,
-            Ok(Ok(Frame::Line)) => handlers::handle(&ctx, &line).await,
+            Ok(Ok(Frame::Line)) => handlers::handle(&ctx, role, &line).await,
         };
         let closing = matches!(frame, Err(_) | Ok(Ok(Frame::TooLarge)));
         if write_line(reader.get_mut(), &response, idle).await.is_err() || closing {

@@ -8,14 +8,15 @@ mod hello;
 mod lifecycle;
 mod status;
 
-use outboxd::protocol::{self, ErrorBody, Id, Request, Response};
+use outboxd::protocol::{self, ErrorBody, ErrorCode, Id, Request, Response};
 use serde::Serialize;
 use tracing::debug;
 
 use crate::context::Context;
+use crate::server::Role;
 
-/// Answers one request line.
-pub async fn handle(ctx: &Context, line: &[u8]) -> Response {
+/// Answers one request line from a peer in `role`.
+pub async fn handle(ctx: &Context, role: Role, line: &[u8]) -> Response {
     let (id, request) = match protocol::decode_request(line) {
         Ok(decoded) => decoded,
         Err(rejected) => {
@@ -23,6 +24,22 @@ pub async fn handle(ctx: &Context, line: &[u8]) -> Response {
             return Response::failure(rejected.id, rejected.error);
         }
     };
+    let producer_may = matches!(
+        request,
+        Request::Hello(_) | Request::Status | Request::Enqueue(_) | Request::Flush(_)
+    );
+    if role == Role::Producer && !producer_may {
+        let message = format!(
+            "producers (the group {}) may only hello, status, enqueue and flush; {} needs the \
+             daemon's account or root",
+            ctx.config()
+                .producer_group
+                .map(|(name, _)| name)
+                .unwrap_or_default(),
+            request.op()
+        );
+        return Response::failure(id, ErrorBody::new(ErrorCode::Forbidden, message));
+    }
     match request {
         Request::Hello(_) => respond(id, Ok(hello::hello())),
         Request::Status => respond(id, Ok(status::status(ctx))),
