@@ -7,11 +7,13 @@
 //! does): root never reads, writes or signals anything there as root.
 
 mod component;
+mod config;
 mod daemon;
 mod dead_letters;
 mod enqueue;
 mod flush;
 mod logs;
+mod metrics;
 mod output;
 mod start;
 mod status;
@@ -151,6 +153,12 @@ enum Command {
         #[arg(long, env = "OUTBOXD_DATABASE_URL", hide_env_values = true)]
         database_url: Option<String>,
     },
+    /// Print the daemon's numbers in OpenMetrics text (for node_exporter's
+    /// textfile collector or any scraper)
+    Metrics,
+    /// The configuration in force
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions { shell: clap_complete::Shell },
     /// Print the PostgreSQL connection URL
@@ -168,6 +176,12 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Every setting in force and where its value came from
+    Show,
 }
 
 #[derive(Debug, Subcommand)]
@@ -321,6 +335,8 @@ fn main() -> ExitCode {
             },
             &out,
         ),
+        Command::Metrics => metrics::run(&paths, &out),
+        Command::Config(ConfigCommand::Show) => config::show(&paths, &out),
         Command::Completions { .. } => unreachable!("handled above"),
     };
     ExitCode::from(code)

@@ -32,6 +32,8 @@ pub struct Context {
     pub producer: Producer,
     /// The connection limits in force; a reload may change them.
     pub limits: RwLock<Limits>,
+    /// The open control connections.
+    pub registry: std::sync::Arc<crate::server::Registry>,
 }
 
 /// The connection limits, which a configuration reload changes live.

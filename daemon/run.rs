@@ -83,6 +83,7 @@ pub async fn run(
         postgres: postgres.component.handle.clone(),
         drain: drain.handle.clone(),
         producer: Producer::new(&paths),
+        registry: Default::default(),
     });
     let server = tokio::spawn(server::serve(bound, ctx.clone(), beats.server.clone()));
     tokio::spawn(reload_on_signal(ctx.clone(), reload));

@@ -174,6 +174,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// One setting as it is in force.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Effective {
+    pub key: String,
+    /// `null` when unset (the default is to do without).
+    pub value: Value,
+    pub origin: Origin,
+}
+
 /// The daemon's whole configuration, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -232,6 +241,41 @@ impl Config {
     /// Where the value of `key` came from.
     pub fn origin(&self, key: &str) -> Origin {
         self.origins.get(key).cloned().unwrap_or(Origin::Default)
+    }
+
+    /// Every setting's value in force (defaults included; a database URL
+    /// without its password) and where it came from, in key order.
+    pub fn effective(&self) -> Vec<Effective> {
+        let in_force = Settings {
+            idle_timeout_secs: Some(self.idle_timeout.as_secs_f64()),
+            max_connections: Some(self.max_connections),
+            pg_bin: self.pg_bin.clone(),
+            pg_port: self.pg_port,
+            user: self.user.clone(),
+            database_url: self.database_url.as_deref().map(crate::redact::url),
+            drain_batch_max: Some(self.drain_batch_max),
+            idempotency_window_secs: Some(self.idempotency_window.as_secs()),
+            stuck_after_secs: Some(self.stuck_after.as_secs()),
+            retention_days: self.retention_days,
+            log_format: Some(match self.log_format {
+                LogFormat::Text => "text".into(),
+                LogFormat::Json => "json".into(),
+            }),
+            log_max_bytes: Some(self.log_max_bytes),
+            log_keep: Some(self.log_keep),
+            producer_group: self.producer_group.as_ref().map(|(name, _)| name.clone()),
+        };
+        match serde_json::to_value(in_force).expect("settings serialize") {
+            Value::Object(map) => map
+                .into_iter()
+                .map(|(key, value)| Effective {
+                    origin: self.origin(&key),
+                    key,
+                    value,
+                })
+                .collect(),
+            _ => unreachable!("a struct serializes to an object"),
+        }
     }
 
     fn from_layers(

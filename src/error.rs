@@ -57,7 +57,7 @@ pub enum Error {
 }
 
 /// Where a setting's value came from.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind", content = "name")]
 pub enum Origin {
     /// The built-in default.

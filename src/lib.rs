@@ -16,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod exit_code;
 pub mod lock;
+pub mod metrics;
 pub mod notify;
 pub mod nudge;
 pub mod paths;

@@ -49,6 +49,10 @@ pub enum Request {
     Flush(Flush),
     /// List, requeue or purge dead letters.
     DeadLetters(DeadLetters),
+    /// The configuration in force, with where each value came from.
+    Config,
+    /// The daemon's numbers in OpenMetrics text.
+    Metrics,
 }
 
 /// Every op, in the order `hello` lists them. A test checks that this list
@@ -62,6 +66,8 @@ pub const OPS: &[&str] = &[
     "enqueue",
     "flush",
     "dead_letters",
+    "config",
+    "metrics",
 ];
 
 impl Request {
@@ -76,6 +82,8 @@ impl Request {
             Request::Enqueue(_) => "enqueue",
             Request::Flush(_) => "flush",
             Request::DeadLetters(_) => "dead_letters",
+            Request::Config => "config",
+            Request::Metrics => "metrics",
         }
     }
 }
@@ -366,7 +374,11 @@ pub fn encode_request(id: Option<u64>, request: &Request) -> Vec<u8> {
                 }
                 Request::Flush(flush) => fields(flush),
                 Request::DeadLetters(dead) => fields(dead),
-                Request::Status | Request::Reload | Request::Enqueue(_) => Map::new(),
+                Request::Status
+                | Request::Reload
+                | Request::Config
+                | Request::Metrics
+                | Request::Enqueue(_) => Map::new(),
             };
             object.insert("op".into(), Value::from(request.op()));
             if let Some(id) = id {
@@ -476,6 +488,8 @@ fn decode_op(op: &str, text: &str) -> Result<Request, ErrorBody> {
         "enqueue" => Request::Enqueue(enqueue_from(body(text)?)?),
         "flush" => Request::Flush(body(text)?),
         "dead_letters" => Request::DeadLetters(body(text)?),
+        "config" => Request::Config,
+        "metrics" => Request::Metrics,
         other => {
             return Err(ErrorBody::new(
                 ErrorCode::UnknownOp,
@@ -588,6 +602,9 @@ pub struct Status {
     /// The drain and the spool (absent from daemons that predate them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain: Option<DrainStatus>,
+    /// Open control connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<usize>,
 }
 
 impl Status {
@@ -755,6 +772,19 @@ pub struct DrainStatus {
     pub spool_error: Option<String>,
 }
 
+/// The result of `config`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigShown {
+    pub settings: Vec<crate::config::Effective>,
+}
+
+/// The result of `metrics`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsText {
+    /// OpenMetrics text exposition.
+    pub text: String,
+}
+
 /// The result of `stop`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Stopping {
@@ -863,6 +893,8 @@ mod tests {
                 all: false,
                 limit: None,
             }),
+            Request::Config,
+            Request::Metrics,
         ];
         assert_eq!(requests.len(), OPS.len());
         for (request, op) in requests.iter().zip(OPS) {

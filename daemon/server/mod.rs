@@ -33,7 +33,7 @@ use tracing::{debug, info, warn};
 use crate::context::Context;
 use crate::watchdog::Heartbeat;
 use framing::{Frame, read_frame, write_line};
-use registry::Registry;
+pub use registry::Registry;
 
 /// How long shutdown waits for connections to finish the request in hand.
 const DRAIN_CONNECTIONS: Duration = Duration::from_secs(2);
@@ -134,7 +134,7 @@ fn remove_stale_socket(socket: &Path) -> Result<()> {
 /// connections a moment to finish. Returns the socket, no longer
 /// accepting: dropping it unlinks the socket file, which `run` does last.
 pub async fn serve(bound: Bound, ctx: Arc<Context>, heartbeat: Heartbeat) -> Bound {
-    let registry = Arc::new(Registry::default());
+    let registry = ctx.registry.clone();
     let mut connections = JoinSet::new();
     let mut alive = tokio::time::interval(Duration::from_secs(1));
     loop {

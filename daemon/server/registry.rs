@@ -59,7 +59,6 @@ impl Registry {
         }
     }
 
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.open.lock().expect("registry lock").len()
     }

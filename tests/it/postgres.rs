@@ -165,7 +165,10 @@ fn postgres_can_be_stopped_for_maintenance_and_started_again() {
     assert_eq!(home.query("select 1"), "1");
     let unknown = home.ctl(&["stop", "warp-drive"]);
     assert_ne!(unknown.code, 0);
-    assert!(unknown.stderr.contains("possible values: postgres, drain"), "{unknown:?}");
+    assert!(
+        unknown.stderr.contains("possible values: postgres, drain"),
+        "{unknown:?}"
+    );
     home.stop();
 }
 

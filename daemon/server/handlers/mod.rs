@@ -8,7 +8,9 @@ mod hello;
 mod lifecycle;
 mod status;
 
-use outboxd::protocol::{self, ErrorBody, ErrorCode, Id, Request, Response};
+use outboxd::protocol::{
+    self, ConfigShown, ErrorBody, ErrorCode, Id, MetricsText, Request, Response,
+};
 use serde::Serialize;
 use tracing::debug;
 
@@ -55,6 +57,18 @@ pub async fn handle(ctx: &Context, role: Role, line: &[u8]) -> Response {
         Request::Enqueue(enqueue) => respond(id, enqueue::enqueue(ctx, enqueue).await),
         Request::Flush(flush) => respond(id, flush::flush(ctx, flush).await),
         Request::DeadLetters(dead) => respond(id, dead_letters::dead_letters(ctx, dead).await),
+        Request::Config => respond(
+            id,
+            Ok(ConfigShown {
+                settings: ctx.config().effective(),
+            }),
+        ),
+        Request::Metrics => respond(
+            id,
+            Ok(MetricsText {
+                text: outboxd::metrics::render(&status::status(ctx)),
+            }),
+        ),
     }
 }
 

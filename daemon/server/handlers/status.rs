@@ -28,5 +28,6 @@ pub fn status(ctx: &Context) -> Status {
         }),
         postgres: Some(postgres),
         drain: Some(ctx.drain.status()),
+        connections: Some(ctx.registry.len()),
     }
 }

@@ -1,0 +1,84 @@
+//! `outboxctl config show`: every setting in force and where its value came
+//! from (default, file, flag, environment). From the running daemon when
+//! there is one (its flags included); else as a daemon started now would
+//! see it (`config.toml` and this environment).
+
+use outboxd::config::{Config, Effective, Flags, Settings};
+use outboxd::error::Origin;
+use outboxd::exit_code;
+use outboxd::paths::Paths;
+use outboxd::protocol::{ConfigShown, Request};
+use serde_json::json;
+
+use crate::daemon::{self, CtlError};
+use crate::output::Output;
+
+pub fn show(paths: &Paths, out: &Output) -> u8 {
+    let found = match daemon::connect(paths, daemon::ANSWER_TIMEOUT) {
+        Ok((mut client, _)) => client
+            .call_as::<ConfigShown>(&Request::Config)
+            .map(|shown| (shown.settings, "the running daemon"))
+            .map_err(|e| CtlError::Failed(e.to_string())),
+        Err(CtlError::NotRunning { .. }) => local(paths).map(|s| (s, "a daemon started now")),
+        Err(err) => Err(err),
+    };
+    match found {
+        Ok((settings, whose)) => {
+            let width = settings.iter().map(|s| s.key.len()).max().unwrap_or(0);
+            let mut text = format!("configuration of {whose} (home {})", paths.home.display());
+            for setting in &settings {
+                let value = match &setting.value {
+                    serde_json::Value::Null => "(unset)".to_string(),
+                    serde_json::Value::String(text) => text.clone(),
+                    other => other.to_string(),
+                };
+                text.push_str(&format!(
+                    "\n  {:width$}  {value}  ({})",
+                    setting.key,
+                    describe(&setting.origin)
+                ));
+            }
+            out.result(text, json!({"settings": settings}));
+            exit_code::OK
+        }
+        Err(err) => {
+            let code = err.exit_code();
+            out.error(&err);
+            code
+        }
+    }
+}
+
+fn describe(origin: &Origin) -> String {
+    match origin {
+        Origin::Default => "default".into(),
+        Origin::File(path) => format!("file {}", path.display()),
+        Origin::Flag(flag) => format!("flag {flag}"),
+        Origin::Env(name) => format!("environment {name}"),
+    }
+}
+
+/// The configuration from `config.toml` and the variables a daemon reads.
+fn local(paths: &Paths) -> Result<Vec<Effective>, CtlError> {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let settings = Settings {
+        pg_bin: env("OUTBOXD_PG_BIN").map(Into::into),
+        database_url: env("OUTBOXD_DATABASE_URL"),
+        log_format: env("OUTBOXD_LOG_FORMAT"),
+        ..Settings::default()
+    };
+    let mut flags = Flags {
+        settings,
+        ..Flags::default()
+    };
+    for (key, var) in [
+        ("pg_bin", "OUTBOXD_PG_BIN"),
+        ("database_url", "OUTBOXD_DATABASE_URL"),
+        ("log_format", "OUTBOXD_LOG_FORMAT"),
+    ] {
+        flags.origins.insert(key.into(), Origin::Env(var.into()));
+    }
+    Config::load(paths.clone(), &flags)
+        .map(|config| config.effective())
+        .map_err(|e| CtlError::from_lib(paths, e))
+}

@@ -1,0 +1,35 @@
+//! `outboxctl metrics`: the daemon's numbers in OpenMetrics text, for
+//! node_exporter's textfile collector (`outboxctl metrics >
+//! /var/lib/node_exporter/textfile/outboxd.prom.$$ && mv ...`) or any
+//! scraper. A daemon that is not running is `outboxd_up 0`.
+
+use outboxd::exit_code;
+use outboxd::paths::Paths;
+use outboxd::protocol::{MetricsText, Request};
+
+use crate::daemon::{self, CtlError};
+use crate::output::Output;
+
+pub fn run(paths: &Paths, out: &Output) -> u8 {
+    let answer = daemon::connect(paths, daemon::ANSWER_TIMEOUT).and_then(|(mut client, _)| {
+        client
+            .call_as::<MetricsText>(&Request::Metrics)
+            .map_err(|e| CtlError::Failed(e.to_string()))
+    });
+    match answer {
+        Ok(metrics) => {
+            print!("{}", metrics.text);
+            exit_code::OK
+        }
+        Err(CtlError::NotRunning { .. }) => {
+            print!("{}", outboxd::metrics::render_down());
+            exit_code::NOT_RUNNING
+        }
+        Err(err) => {
+            let code = err.exit_code();
+            out.error(&err);
+            print!("{}", outboxd::metrics::render_down());
+            code
+        }
+    }
+}
