@@ -4,5 +4,6 @@
 
 mod common;
 mod lifecycle;
+mod outbox;
 mod postgres;
 mod socket;
