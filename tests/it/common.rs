@@ -53,22 +53,64 @@ pub fn run(command: &mut Command) -> Run {
     wait_output(child)
 }
 
-/// Collects a spawned child's output, killing it if it outlives [`COMMAND_LIMIT`].
+/// Runs a command with `input` on its standard input, to completion,
+/// failing the test if it hangs.
+pub fn run_with_stdin(command: &mut Command, input: &[u8]) -> Run {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn command");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let input = input.to_vec();
+    // A writer thread: the child may fail (and stop reading) half-way.
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let run = wait_output(child);
+    let _ = writer.join();
+    run
+}
+
+/// Collects a spawned child's output, killing it if it outlives
+/// [`COMMAND_LIMIT`]. Its pipes are read while it runs, so a child that
+/// prints more than a pipe holds does not block.
 pub fn wait_output(mut child: Child) -> Run {
+    fn drain(
+        pipe: Option<impl std::io::Read + Send + 'static>,
+    ) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    }
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
     let deadline = Instant::now() + COMMAND_LIMIT;
-    while child.try_wait().expect("poll child").is_none() {
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll child") {
+            break status;
+        }
         if Instant::now() > deadline {
             let _ = child.kill();
             panic!("command did not finish within {COMMAND_LIMIT:?}");
         }
         std::thread::sleep(Duration::from_millis(5));
-    }
-    let output = child.wait_with_output().expect("collect output");
+    };
     Run {
-        code: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        code: status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&stdout.join().expect("read stdout")).into_owned(),
+        stderr: String::from_utf8_lossy(&stderr.join().expect("read stderr")).into_owned(),
     }
+}
+
+/// Says, visibly, that a test did not run (for example: it needs root).
+pub fn skip(why: &str) {
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
 }
 
 /// Sends `signal` to a process the test started; it must exist.

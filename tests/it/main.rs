@@ -5,6 +5,7 @@
 mod common;
 mod components;
 mod lifecycle;
+mod outbox;
 mod postgres;
 mod socket;
 mod usability;
