@@ -54,53 +54,104 @@ pub fn settle(home: &Path, user: Option<&str>, intent: Intent) -> Result<Option<
     if crate::process::euid() != 0 {
         return Ok(None);
     }
-    let account = match open_home(home)? {
-        None if intent == Intent::Inspect => return Ok(None),
-        None => {
-            let account = choose(user, None)?;
-            create_home(home, &account)?;
-            account
-        }
-        Some((dir, meta)) if meta.uid() != 0 => {
-            safefs::check_not_writable_by_others(home, &meta)?;
-            let owner = account::by_uid(meta.uid())?.ok_or_else(|| Error::Account {
-                problem: format!(
-                    "the home {} belongs to uid {}, which has no account",
-                    home.display(),
-                    meta.uid()
-                ),
-                fix: "give the home to an existing account (chown) or choose another --home".into(),
-            })?;
-            if let Some(name) = user
-                && name != owner.name
-            {
-                return Err(Error::Account {
-                    problem: format!(
-                        "the home {} belongs to {}; it cannot run as {name}",
-                        home.display(),
-                        owner.name
-                    ),
-                    fix: format!(
-                        "leave out --user (outboxd runs as the home's owner), or choose a home \
-                         that {name} owns"
-                    ),
-                });
+    // Concurrent first starts (producers, daemons) race to create and hand
+    // over a new home: a decision made on a root-owned home that another
+    // process handed over meanwhile is made again.
+    let mut attempts = 0;
+    let account = loop {
+        attempts += 1;
+        match decide(home, user, intent)? {
+            Decision::Look => return Ok(None),
+            Decision::Become(account) => break account,
+            Decision::Again if attempts < 5 => continue,
+            Decision::Again => {
+                return Err(Error::problem(
+                    "home",
+                    home,
+                    "keeps changing hands while outboxd decides whose it is",
+                    "try again; if it goes on, stop what else works on this directory",
+                    libc::EAGAIN,
+                ));
             }
-            drop(dir);
-            owner
-        }
-        Some(_) if intent == Intent::Inspect => return Ok(None),
-        Some((dir, meta)) => {
-            safefs::check_not_writable_by_others(home, &meta)?;
-            let root_config = root_config_user(home, &dir)?;
-            let account = choose(user, root_config.as_deref())?;
-            fchown(&dir, &account).at("give the home to its account", home)?;
-            account
         }
     };
     account::become_account(&account)?;
     check_reachable(home, &account)?;
     Ok(Some(account))
+}
+
+/// What root does with a home.
+enum Decision {
+    /// Stay root and only look (nothing of an account's is there).
+    Look,
+    Become(Account),
+    /// The home changed hands while it was decided about: decide again.
+    Again,
+}
+
+fn decide(home: &Path, user: Option<&str>, intent: Intent) -> Result<Decision> {
+    Ok(match open_home(home)? {
+        None if intent == Intent::Inspect => Decision::Look,
+        None => {
+            let account = choose(user, None)?;
+            create_home(home, &account)?;
+            Decision::Become(account)
+        }
+        Some((_, meta)) if meta.uid() != 0 => Decision::Become(home_owner(home, &meta, user)?),
+        Some(_) if intent == Intent::Inspect => Decision::Look,
+        Some((dir, meta)) => {
+            safefs::check_not_writable_by_others(home, &meta)?;
+            let root_config = match root_config_user(home, &dir) {
+                Ok(user) => user,
+                // Not empty because another process handed it over and
+                // wrote in it meanwhile: decide again.
+                Err(_) if owner_now(&dir).is_some_and(|uid| uid != 0) => {
+                    return Ok(Decision::Again);
+                }
+                Err(e) => return Err(e),
+            };
+            let account = choose(user, root_config.as_deref())?;
+            fchown(&dir, &account).at("give the home to its account", home)?;
+            Decision::Become(account)
+        }
+    })
+}
+
+/// The owner of an open directory now.
+fn owner_now(dir: &OwnedFd) -> Option<u32> {
+    fs::File::from(dir.try_clone().ok()?)
+        .metadata()
+        .ok()
+        .map(|m| m.uid())
+}
+
+/// The account of a home an ordinary user owns; `user` may only name it.
+fn home_owner(home: &Path, meta: &fs::Metadata, user: Option<&str>) -> Result<Account> {
+    safefs::check_not_writable_by_others(home, meta)?;
+    let owner = account::by_uid(meta.uid())?.ok_or_else(|| Error::Account {
+        problem: format!(
+            "the home {} belongs to uid {}, which has no account",
+            home.display(),
+            meta.uid()
+        ),
+        fix: "give the home to an existing account (chown) or choose another --home".into(),
+    })?;
+    if let Some(name) = user
+        && name != owner.name
+    {
+        return Err(Error::Account {
+            problem: format!(
+                "the home {} belongs to {}; it cannot run as {name}",
+                home.display(),
+                owner.name
+            ),
+            fix: format!(
+                "leave out --user (outboxd runs as the home's owner), or choose a home that \
+                 {name} owns"
+            ),
+        });
+    }
+    Ok(owner)
 }
 
 /// The home directory, opened without following a link, with its metadata;
@@ -282,24 +333,37 @@ fn fchown(dir: &OwnedFd, account: &Account) -> io::Result<()> {
     }
 }
 
-/// After the switch, the account must reach its home: a parent directory
-/// closed to it (say a 0700 directory of root's) makes every file unreachable.
+/// After the switch, the account must reach its home and write in it: a
+/// parent directory closed to it (say a 0700 directory of root's) makes
+/// every file unreachable; a home without write permission for its owner
+/// takes no new file.
 fn check_reachable(home: &Path, account: &Account) -> Result<()> {
-    let c_home = CString::new(home.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
-        .at("inspect", home)?;
-    // SAFETY: access only reads the path.
-    if unsafe { libc::access(c_home.as_ptr(), libc::R_OK | libc::W_OK | libc::X_OK) } == 0 {
-        return Ok(());
+    let access = |path: &Path, mode: libc::c_int| {
+        CString::new(path.as_os_str().as_bytes())
+            // SAFETY: access only reads the path.
+            .is_ok_and(|c| unsafe { libc::access(c.as_ptr(), mode) } == 0)
+    };
+    if !access(home, libc::X_OK) {
+        return Err(Error::problem(
+            "home directory",
+            home,
+            format!(
+                "is not reachable by the account {} outboxd runs as",
+                account.name
+            ),
+            "let that account traverse every parent directory (chmod o+x on each) or choose \
+             another --home",
+            libc::EACCES,
+        ));
     }
-    Err(Error::problem(
-        "home directory",
-        home,
-        format!(
-            "is not reachable by the account {} the daemon runs as",
-            account.name
-        ),
-        "let that account traverse every parent directory (chmod o+x) or choose another --home",
-        libc::EACCES,
-    ))
+    if !access(home, libc::R_OK | libc::W_OK) {
+        return Err(Error::problem(
+            "home directory",
+            home,
+            format!("cannot be read and written by its owner {}", account.name),
+            format!("run `chmod u+rwx {}`", quote::shell(home)),
+            libc::EACCES,
+        ));
+    }
+    Ok(())
 }

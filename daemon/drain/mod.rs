@@ -187,6 +187,11 @@ impl Drain {
                 true => self.work(&mut inbox.commands).await,
                 false => Next::Wait,
             };
+            if let Next::Wait = next {
+                // Queued counts and `stuck` stay true while the drain waits
+                // (paused, backing off, PostgreSQL down).
+                self.refresh_stats(false).await;
+            }
             match next {
                 Next::Shutdown => return,
                 Next::Wait => tokio::select! {
@@ -499,7 +504,8 @@ impl Drain {
             _ => 0.0,
         };
         let stuck_for = self.last_progress.elapsed();
-        let stuck = stats.queued > 0 && stuck_for >= self.config.stuck_after;
+        // A drain paused on request is not stuck: `paused` says why.
+        let stuck = stats.queued > 0 && stuck_for >= self.config.stuck_after && !self.paused;
         self.status.send_modify(|s| {
             // Rows at or below the cursor are only waiting for deletion.
             s.queued = if stats.last_seq <= cursor {

@@ -108,11 +108,6 @@ pub fn wait_output(mut child: Child) -> Run {
     }
 }
 
-/// Says, visibly, that a test did not run (for example: it needs root).
-pub fn skip(why: &str) {
-    let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
-}
-
 /// Sends `signal` to a process the test started; it must exist.
 pub fn kill(pid: i32, signal: i32) {
     // SAFETY: a plain signal to a process this test started.
@@ -405,9 +400,13 @@ pub fn run_as_nobody(exe: &Path, args: &[&std::ffi::OsStr]) -> Run {
 /// Reports a test that cannot run here, visibly: on the real standard
 /// error (the harness captures `eprintln!`) and in
 /// `$CARGO_TARGET_TMPDIR/skipped.txt`, which `.ci/run` prints and counts.
-pub fn skip(test: &str, reason: &str) {
-    use std::io::Write;
-    let line = format!("SKIPPED: {test}: {reason}\n");
+/// `why` names the test and the reason.
+pub fn skip(why: &str) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    let line = format!("SKIPPED: {test}: {why}\n");
     let _ = std::io::stderr().write_all(line.as_bytes());
     let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("skipped.txt");
     if let Ok(mut file) = std::fs::OpenOptions::new()

@@ -786,7 +786,6 @@ fn eight_first_producers_on_a_new_home_of_their_account_all_succeed() {
 }
 
 #[test]
-#[ignore = "BUG: as root, concurrent first producers on a new root-owned home race: some fail with \"belongs to root and is not empty\""]
 fn as_root_eight_first_producers_on_a_new_home_all_succeed() {
     if !is_root() {
         common::skip("needs root: root handing a new home to its account is under test");
@@ -1183,7 +1182,6 @@ fn a_read_only_spool_directory_is_refused_clearly() {
 }
 
 #[test]
-#[ignore = "BUG: as root, a read-only home is reported as not reachable, with a wrong fix (chmod o+x of the parents)"]
 fn as_root_a_read_only_home_is_reported_as_read_only() {
     if !is_root() {
         common::skip("needs root: root's own check of the home is under test");
@@ -1466,7 +1464,6 @@ fn a_paused_drain_keeps_events_queued_until_resumed() {
 }
 
 #[test]
-#[ignore = "BUG: status keeps the queued count of before the pause: events queued while the drain is paused show as queued 0"]
 fn status_counts_events_queued_while_the_drain_is_paused() {
     let home = Home::new();
     home.start();
@@ -1491,7 +1488,6 @@ fn status_counts_events_queued_while_the_drain_is_paused() {
 // ---------------------------------------------------------------------------
 
 #[test]
-#[ignore = "BUG: a drain that fails on every batch is never reported stuck (queued stays 0, stuck false, status exit 0)"]
 fn a_drain_that_keeps_failing_is_reported_stuck() {
     let home = Home::new();
     home.write_config("stuck_after_secs = 1\n");
@@ -1527,7 +1523,6 @@ fn a_drain_that_keeps_failing_is_reported_stuck() {
 }
 
 #[test]
-#[ignore = "BUG: flush says everything is in PostgreSQL when the drain dead-lettered events before the flush was asked"]
 fn flush_reports_dead_letters_the_drain_moved_before_it_was_asked() {
     let home = Home::new();
     home.start();

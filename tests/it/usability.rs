@@ -132,7 +132,7 @@ fn daemonize_on_a_running_home_exits_3_and_leaves_its_log_alone() {
 #[test]
 fn as_root_a_new_nested_home_is_reachable_by_its_account() {
     if !is_root() {
-        crate::common::skip("as_root_a_new_nested_home", "needs root");
+        crate::common::skip("needs root");
         return;
     }
     let base = Home::new();
@@ -247,7 +247,7 @@ fn messages_name_where_a_setting_came_from_and_hints_keep_the_home() {
 #[test]
 fn as_root_a_missing_account_names_itself_in_the_fix() {
     if !is_root() {
-        crate::common::skip("as_root_a_missing_account", "needs root");
+        crate::common::skip("needs root");
         return;
     }
     let base = Home::new();
@@ -266,7 +266,7 @@ fn as_root_a_missing_account_names_itself_in_the_fix() {
 #[test]
 fn an_ordinary_user_on_a_root_home_is_told_what_to_do() {
     if !is_root() {
-        crate::common::skip("an_ordinary_user_on_a_root_home", "needs root");
+        crate::common::skip("needs root");
         return;
     }
     let home = Home::new();

@@ -31,7 +31,6 @@ pub async fn flush(ctx: &Context, request: protocol::Flush) -> Result<Flushed, E
         .run(|spool| spool.last_seq())
         .await
         .map_err(internal)?;
-    let from = ctx.drain.status().cursor.unwrap_or(0);
     let mut drain = ctx.drain.watch();
     let reached = tokio::time::timeout(timeout, async {
         loop {
@@ -91,9 +90,11 @@ pub async fn flush(ctx: &Context, request: protocol::Flush) -> Result<Flushed, E
             ));
         }
     }
+    // Every event enqueued before the flush that is not in PostgreSQL is a
+    // dead letter now, whenever it was set aside.
     let dead_letters = ctx
         .producer
-        .run(move |spool| spool.count_dead_letters(from, target))
+        .run(move |spool| spool.count_dead_letters(0, target))
         .await
         .map_err(internal)?;
     Ok(Flushed {
