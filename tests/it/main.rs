@@ -3,6 +3,8 @@
 //! home of its own and stops everything it started, also when it fails.
 
 mod common;
+mod faults;
 mod lifecycle;
 mod postgres;
+mod security;
 mod socket;
