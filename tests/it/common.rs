@@ -417,3 +417,444 @@ pub fn skip(why: &str) {
         let _ = file.write_all(line.as_bytes());
     }
 }
+
+
+/// The uid and gid of an account, from the password database.
+pub fn account(name: &str) -> Option<(u32, u32)> {
+    let c_name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: all-zero is a valid passwd; getpwnam_r fills it with pointers
+    // into `buf`, which outlives the read of the two numbers.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    let mut result: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the size given.
+    let rc = unsafe {
+        libc::getpwnam_r(
+            c_name.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+        )
+    };
+    (rc == 0 && !result.is_null()).then_some((pwd.pw_uid, pwd.pw_gid))
+}
+
+/// A throwaway system account, created for one test (root only) and removed
+/// when dropped. Declare it before the homes and processes that use it, so
+/// that they are gone by the time it is removed.
+pub struct TempUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// How often `useradd`/`userdel` are tried: concurrent tests contend for the
+/// lock on /etc/passwd.
+const ACCOUNT_ATTEMPTS: u32 = 40;
+
+fn account_tool(name: &str) -> PathBuf {
+    let sbin = Path::new("/usr/sbin").join(name);
+    if sbin.exists() {
+        sbin
+    } else {
+        PathBuf::from(name)
+    }
+}
+
+impl TempUser {
+    /// Creates `outboxd-t<random>`. Fails (with the reason, for [`skip`])
+    /// when not root or when the account cannot be created.
+    pub fn create() -> Result<TempUser, String> {
+        if !is_root() {
+            return Err("needs root to create a throwaway account".into());
+        }
+        let mut last = String::new();
+        for attempt in 0..ACCOUNT_ATTEMPTS {
+            let random = uuid::Uuid::new_v4().simple().to_string();
+            let name = format!("outboxd-t{}", &random[..8]);
+            let output = Command::new(account_tool("useradd"))
+                .args([
+                    "--system",
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    &name,
+                ])
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("could not run useradd: {e}"))?;
+            if output.status.success() {
+                let (uid, gid) = account(&name)
+                    .ok_or_else(|| format!("useradd made {name} but it cannot be looked up"))?;
+                return Ok(TempUser { name, uid, gid });
+            }
+            last = String::from_utf8_lossy(&output.stderr).trim().to_string();
+            std::thread::sleep(Duration::from_millis(25 * u64::from(attempt.min(8) + 1)));
+        }
+        Err(format!(
+            "useradd failed {ACCOUNT_ATTEMPTS} times; last: {last}"
+        ))
+    }
+
+    /// `program` to be run as this account (no supplementary groups; std
+    /// clears them when root sets the uid), from `/`, with `HOME=/`.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = Command::new(program);
+        command
+            .current_dir("/")
+            .env("HOME", "/")
+            .uid(self.uid)
+            .gid(self.gid);
+        command
+    }
+
+    /// Gives `path` itself (not a symlink's target) to this account, as if
+    /// the account had made it.
+    pub fn owns(&self, path: &Path) {
+        std::os::unix::fs::lchown(path, Some(self.uid), Some(self.gid))
+            .unwrap_or_else(|e| panic!("lchown {}: {e}", path.display()));
+    }
+
+    /// Live processes running as this account.
+    fn processes(&self) -> Vec<i32> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+                continue;
+            };
+            let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else {
+                continue;
+            };
+            let uid = status
+                .lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|u| u.parse::<u32>().ok());
+            if uid == Some(self.uid) && outboxd::process::alive(pid) {
+                found.push(pid);
+            }
+        }
+        found
+    }
+}
+
+impl Drop for TempUser {
+    fn drop(&mut self) {
+        // Whatever the test started as this account and left running (it
+        // should have stopped it already) would keep userdel from working.
+        for pid in self.processes() {
+            // SAFETY: a plain signal to a process of this test's own account.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        for attempt in 0..ACCOUNT_ATTEMPTS {
+            let done = Command::new(account_tool("userdel"))
+                .arg(&self.name)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if done || account(&self.name).is_none() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25 * u64::from(attempt.min(8) + 1)));
+        }
+        let _ = writeln!(
+            std::io::stderr(),
+            "warning: could not remove the throwaway account {}",
+            self.name
+        );
+    }
+}
+
+impl Home {
+    /// A new, empty home owned by `user` (its parent, /tmp, is traversable).
+    pub fn owned_by(user: &TempUser) -> Home {
+        let home = Home::new();
+        user.owns(&home.path);
+        home
+    }
+
+    /// A home named `name` inside a private temporary directory that others
+    /// may traverse (as root the daemon runs as another account).
+    pub fn with_name(name: &str) -> Home {
+        let dir = tempfile::Builder::new()
+            .prefix("outboxd-test-")
+            .tempdir()
+            .expect("create temporary directory");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        Home {
+            path: dir.path().join(name),
+            _dir: dir,
+        }
+    }
+
+    /// The text of the daemon's log, empty when there is none.
+    pub fn log(&self) -> String {
+        std::fs::read(self.paths().log_file)
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// A child process that is killed (SIGCONT, then SIGKILL) and reaped when
+/// dropped, also when the test fails.
+pub struct Guard {
+    pub child: Child,
+}
+
+impl Guard {
+    pub fn spawn(command: &mut Command) -> Guard {
+        let child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
+        Guard { child }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Reads the first line the child prints, failing the test if none
+    /// comes within `limit` (the child's stdout must be piped).
+    pub fn first_line(&mut self, limit: Duration) -> String {
+        let stdout = self.child.stdout.take().expect("stdout is piped");
+        let (send, receive) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = send.send(line);
+        });
+        let line = receive
+            .recv_timeout(limit)
+            .unwrap_or_else(|_| panic!("no line from {} within {limit:?}", self.pid()));
+        assert!(
+            !line.is_empty(),
+            "process {} closed its output without a line",
+            self.pid()
+        );
+        line.trim().to_string()
+    }
+
+    /// Waits for the child (its stdout and stderr piped) to finish and
+    /// collects its output, failing the test if it outlives [`COMMAND_LIMIT`].
+    pub fn output(&mut self) -> Run {
+        use std::io::Read;
+        let collect = |pipe: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                if let Some(mut pipe) = pipe {
+                    let _ = pipe.read_to_end(&mut bytes);
+                }
+                String::from_utf8_lossy(&bytes).into_owned()
+            })
+        };
+        let stdout = collect(self.child.stdout.take().map(|p| Box::new(p) as _));
+        let stderr = collect(self.child.stderr.take().map(|p| Box::new(p) as _));
+        let status = self
+            .wait_for(COMMAND_LIMIT)
+            .unwrap_or_else(|| panic!("command did not finish within {COMMAND_LIMIT:?}"));
+        Run {
+            code: status.code().unwrap_or(-1),
+            stdout: stdout.join().unwrap(),
+            stderr: stderr.join().unwrap(),
+        }
+    }
+
+    /// Waits for the child to exit, at most `limit`; `None` if it still runs.
+    pub fn wait_for(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll child") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: plain signals to this test's own child.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGCONT) };
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// A foreground `outboxd` (no `--daemonize`), the test's own child, with a
+/// notify socket of the test's: it can be signalled and its exit status seen.
+/// Its standard error goes to a file ([`Foreground::log`]).
+pub struct Foreground {
+    pub guard: Guard,
+    pub listener: outboxd::notify::NotifyListener,
+    stderr: tempfile::NamedTempFile,
+}
+
+impl Foreground {
+    /// `outboxd --home HOME ARGS...`, spawned at once.
+    pub fn spawn(home: &Path, args: &[&str]) -> Foreground {
+        Foreground::spawn_with(home, args, |_| {})
+    }
+
+    /// As [`Foreground::spawn`], letting `adjust` change the command first.
+    pub fn spawn_with(home: &Path, args: &[&str], adjust: impl FnOnce(&mut Command)) -> Foreground {
+        let listener = outboxd::notify::NotifyListener::bind().expect("bind a notify socket");
+        let stderr = tempfile::NamedTempFile::new().expect("create a log file");
+        let mut command = Command::new(OUTBOXD);
+        command
+            .arg("--home")
+            .arg(home)
+            .args(args)
+            .env(outboxd::notify::NOTIFY_SOCKET, listener.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr.reopen().expect("reopen the log file"));
+        adjust(&mut command);
+        Foreground {
+            guard: Guard::spawn(&mut command),
+            listener,
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.guard.pid()
+    }
+
+    /// Waits until the daemon says READY=1 (`Ok`) or exits (`Err` with its
+    /// status), failing the test after `limit`.
+    pub fn ready_or_exit(&mut self, limit: Duration) -> Result<(), std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(events) = self
+                .listener
+                .recv(Duration::from_millis(20))
+                .expect("read the notify socket")
+                && events.contains(&outboxd::notify::Event::Ready)
+            {
+                return Ok(());
+            }
+            if let Some(status) = self.guard.child.try_wait().expect("poll daemon") {
+                return Err(status);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon neither became ready nor exited within {limit:?}; its log: {}",
+                self.log()
+            );
+        }
+    }
+
+    /// What the daemon wrote to standard error so far.
+    pub fn log(&self) -> String {
+        std::fs::read(self.stderr.path())
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// Live postmasters whose working directory is `data` itself (compared by
+/// device and inode, so a moved or symlinked directory is recognised). A
+/// postmaster keeps its original command line; its children rename
+/// themselves (`postgres: checkpointer`), so they are not counted.
+pub fn postmasters_on(data: &Path) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(target) = std::fs::metadata(data) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let program = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+        if !program.ends_with(b"/postgres") {
+            continue;
+        }
+        let Ok(cwd) = std::fs::metadata(entry.path().join("cwd")) else {
+            continue;
+        };
+        if cwd.dev() == target.dev() && cwd.ino() == target.ino() && outboxd::process::alive(pid) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Runs `command` with its soft and hard limit of `resource` set to `limit`
+/// (inherited by everything it starts).
+pub fn with_rlimit(command: &mut Command, resource: libc::__rlimit_resource_t, limit: u64) {
+    // SAFETY: setrlimit is async-signal-safe and touches only the child.
+    unsafe {
+        command.pre_exec(move || {
+            let value = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(resource, &value) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+}
+
+/// Polls `condition` until it holds (`true`) or `limit` passes (`false`).
+/// For waits whose timing out is not itself a failure.
+pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs a command to completion with its output going to files rather than
+/// pipes, so that a process it leaves behind (holding the inherited
+/// descriptors) cannot keep the test waiting for end-of-file.
+pub fn run_to_files(command: &mut Command) -> Run {
+    let stdout = tempfile::NamedTempFile::new().expect("create a temporary file");
+    let stderr = tempfile::NamedTempFile::new().expect("create a temporary file");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(stdout.reopen().expect("reopen"))
+        .stderr(stderr.reopen().expect("reopen"))
+        .spawn()
+        .expect("spawn command");
+    let deadline = Instant::now() + COMMAND_LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll child") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("command did not finish within {COMMAND_LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let read = |file: &tempfile::NamedTempFile| {
+        String::from_utf8_lossy(&std::fs::read(file.path()).unwrap_or_default()).into_owned()
+    };
+    Run {
+        code: status.code().unwrap_or(-1),
+        stdout: read(&stdout),
+        stderr: read(&stderr),
+    }
+}

@@ -4,8 +4,10 @@
 
 mod common;
 mod components;
+mod faults;
 mod lifecycle;
 mod outbox;
 mod postgres;
+mod security;
 mod socket;
 mod usability;
