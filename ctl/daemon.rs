@@ -139,6 +139,9 @@ pub fn find(paths: &Paths) -> Found {
         Ok(state) => state,
         Err(err) => return Found::Unknown(CtlError::from_lib(paths, err)),
     };
+    if let Err(err) = check_record(paths, &state) {
+        return Found::Unknown(err);
+    }
     match state {
         LockState::Held { pid, .. } => {
             let answer = connect_verified(paths, pid, ANSWER_TIMEOUT)
@@ -185,10 +188,29 @@ pub fn find(paths: &Paths) -> Found {
     }
 }
 
+/// A daemon of this home records this home's socket in its lock file; a
+/// record naming another socket was not written by it.
+pub fn check_record(paths: &Paths, state: &LockState) -> Result<(), CtlError> {
+    match state {
+        LockState::Held {
+            info: Some(info), ..
+        } if info.socket != paths.socket => Err(CtlError::Untrusted(format!(
+            "the lock file {} names the socket {}, not this home's {}: it was not written by \
+             this home's daemon",
+            paths.lock.display(),
+            info.socket.display(),
+            paths.socket.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// A verified connection to the running daemon, or why there is none.
 pub fn connect(paths: &Paths, timeout: Duration) -> Result<(Client, i32), CtlError> {
     check_home(paths)?;
-    match lock::inspect(paths).map_err(|e| CtlError::from_lib(paths, e))? {
+    let state = lock::inspect(paths).map_err(|e| CtlError::from_lib(paths, e))?;
+    check_record(paths, &state)?;
+    match state {
         LockState::Held { pid, .. } => connect_verified(paths, pid, timeout)
             .map(|client| (client, pid))
             .map_err(|e| CtlError::from_client(paths, e)),

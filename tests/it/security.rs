@@ -671,6 +671,13 @@ fn a_home_others_can_write_is_refused_with_the_chmod_that_fixes_it() {
         let dir = home.path.join(open);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        if is_root() {
+            // A home of an ordinary user, so that only the mode is wrong.
+            for path in [&home.path, &dir] {
+                std::os::unix::fs::chown(path, Some(crate::common::NOBODY), Some(crate::common::NOBODY))
+                    .unwrap();
+            }
+        }
         let start = home.ctl(&["start"]);
         assert_ne!(
             start.code,
@@ -743,9 +750,16 @@ fn a_long_home_starts_even_when_another_user_took_the_fallback_directory() {
         return;
     };
     let home = Home::with_long_path();
-    // Today's predictable place: /tmp/outboxd-<fnv1a(home)>.
-    let taken = home.paths().run_dir;
-    assert!(taken.starts_with("/tmp"), "{}", taken.display());
+    // The old code's predictable place: /tmp/outboxd-<fnv1a(home)>.
+    let hash = home
+        .path
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    let taken = std::path::PathBuf::from(format!("/tmp/outboxd-{hash:016x}"));
     let _cleanup = RemoveDir(taken.clone());
     std::fs::create_dir(&taken).unwrap();
     intruder.owns(&taken);
