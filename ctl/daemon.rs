@@ -135,9 +135,9 @@ pub fn find(paths: &Paths) -> Found {
     if let Err(e) = check_home(paths) {
         return Found::Unknown(e);
     }
-    let state = match lock::inspect(paths) {
+    let state = match inspect_lock(paths) {
         Ok(state) => state,
-        Err(err) => return Found::Unknown(CtlError::from_lib(paths, err)),
+        Err(err) => return Found::Unknown(err),
     };
     if let Err(err) = check_record(paths, &state) {
         return Found::Unknown(err);
@@ -205,10 +205,28 @@ pub fn check_record(paths: &Paths, state: &LockState) -> Result<(), CtlError> {
     }
 }
 
+/// How long a daemon may take to restore a deleted lock file.
+const LOCK_RESTORED_WITHIN: Duration = Duration::from_secs(4);
+
+/// The lock's state. When nobody holds the lock but a process answers on
+/// the socket, the lock file was deleted under a running daemon, which
+/// restores it within seconds: wait for that.
+pub fn inspect_lock(paths: &Paths) -> Result<LockState, CtlError> {
+    let deadline = std::time::Instant::now() + LOCK_RESTORED_WITHIN;
+    loop {
+        let state = lock::inspect(paths).map_err(|e| CtlError::from_lib(paths, e))?;
+        let held = matches!(state, LockState::Held { .. });
+        if held || socket_answers(paths).is_none() || std::time::Instant::now() >= deadline {
+            return Ok(state);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A verified connection to the running daemon, or why there is none.
 pub fn connect(paths: &Paths, timeout: Duration) -> Result<(Client, i32), CtlError> {
     check_home(paths)?;
-    let state = lock::inspect(paths).map_err(|e| CtlError::from_lib(paths, e))?;
+    let state = inspect_lock(paths)?;
     check_record(paths, &state)?;
     match state {
         LockState::Held { pid, .. } => connect_verified(paths, pid, timeout)

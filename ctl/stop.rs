@@ -95,7 +95,7 @@ pub fn run(paths: &Paths, grace: Option<Duration>, out: &Output) -> u8 {
 pub fn stop(paths: &Paths, grace: Option<Duration>) -> Result<Report, CtlError> {
     let grace = grace.unwrap_or(DEFAULT_GRACE);
     daemon::check_home(paths)?;
-    let state = lock::inspect(paths).map_err(|e| CtlError::from_lib(paths, e))?;
+    let state = daemon::inspect_lock(paths)?;
     daemon::check_record(paths, &state)?;
     let mut report = Report {
         pid: None,

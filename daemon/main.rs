@@ -74,9 +74,15 @@ fn main() -> ExitCode {
     });
     match start(&args, &flags, &notifier, watchdog) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Reported(code)) => ExitCode::from(code),
-        Err(Failure::Error(err)) => {
-            error!("{err}");
+        Err(failure) => {
+            let err = match failure {
+                Failure::Reported(code) => return ExitCode::from(code),
+                Failure::Logged(err) => err,
+                Failure::Error(err) => {
+                    error!("{err}");
+                    err
+                }
+            };
             notifier.failed(err.errno(), &err.to_string());
             match err {
                 Error::AlreadyRunning { .. } => ExitCode::from(exit_code::ALREADY_RUNNING),
@@ -90,6 +96,8 @@ fn main() -> ExitCode {
 enum Failure {
     /// An error for `main` to log and report.
     Error(Error),
+    /// An error `run` has logged already.
+    Logged(Error),
     /// Already reported (to the process that started us); exit with this.
     Reported(u8),
 }
@@ -195,7 +203,7 @@ fn start(
 
     drop(runtime);
     signals.stop();
-    result.map_err(Failure::Error)
+    result.map_err(Failure::Logged)
 }
 
 enum Detached {

@@ -26,9 +26,11 @@ use crate::state::State;
 use crate::watchdog::{self, Heartbeat};
 
 /// How often the daemon checks that its lock file is still in place.
-const LOCK_CHECK_EVERY: Duration = Duration::from_secs(2);
+const LOCK_CHECK_EVERY: Duration = Duration::from_secs(1);
 
-/// Runs the daemon until `shutdown` is triggered.
+/// Runs the daemon until `shutdown` is triggered. Every error is logged
+/// here, where it happens (a failed start-up before the teardown's lines),
+/// and then returned.
 pub async fn run(
     config: Config,
     mut lock: PidLock,
@@ -44,16 +46,21 @@ pub async fn run(
     let state = State::new();
 
     notifier.status("binding the control socket");
-    let bound = server::bind(&paths.socket)?;
+    let logged = |e: Error| {
+        error!("{e}");
+        e
+    };
+    let bound = server::bind(&paths.socket).map_err(logged)?;
     if let Some((group, gid)) = &config.producer_group {
-        server::open_to_group(&paths, group, *gid)?;
+        server::open_to_group(&paths, group, *gid).map_err(logged)?;
     }
     lock.record(&LockInfo {
         pid,
         version: outboxd::VERSION.into(),
         started_at: unix_secs(started_at),
         socket: paths.socket.clone(),
-    })?;
+    })
+    .map_err(logged)?;
     let lock_guard = tokio::spawn(guard_lock(lock, shutdown.clone()));
 
     let beats = Beats {
@@ -120,6 +127,10 @@ pub async fn run(
         info!(%reason, "shutting down");
     }
 
+    if let Err(e) = &outcome {
+        // Said before the teardown's lines, so the log reads in order.
+        error!("{e}");
+    }
     shutdown.trigger("start-up failed");
     state.set(DaemonState::Stopping);
     if outcome.is_ok() {
@@ -132,7 +143,7 @@ pub async fn run(
     postgres.component.shutdown().await;
     drop(bound);
     let lock = lock_guard.await.expect("the lock guard does not panic");
-    lock.release()?;
+    lock.release().map_err(logged)?;
     if outcome.is_ok() {
         info!("stopped");
     }

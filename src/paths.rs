@@ -47,9 +47,6 @@ pub struct Paths {
     pub pg_secret: PathBuf,
     /// `pg/socket/`: PostgreSQL's Unix socket directory.
     pub pg_socket_dir: PathBuf,
-    /// `pg/initialized`: written once initdb and its configuration are
-    /// complete; a data directory without it is an interrupted initdb.
-    pub pg_initialized: PathBuf,
     /// `pg/install/`: PostgreSQL binaries downloaded when none are installed.
     pub pg_install: PathBuf,
     /// `log/postgres.log`: PostgreSQL's own log.
@@ -86,7 +83,6 @@ impl Paths {
             pg_data: pg_dir.join("data"),
             pg_secret: pg_dir.join("secret"),
             pg_install: pg_dir.join("install"),
-            pg_initialized: pg_dir.join("initialized"),
             pg_socket_dir: pg_dir.join("socket"),
             pg_dir,
         }

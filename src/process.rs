@@ -23,6 +23,15 @@ pub fn alive(pid: i32) -> bool {
     exists && !is_zombie(pid)
 }
 
+/// Whether any process, a zombie included, has `pid` (PostgreSQL's own
+/// checks of its lock files count a zombie as alive).
+pub fn exists(pid: i32) -> bool {
+    // SAFETY: kill with signal 0 only checks for existence and permission.
+    pid > 0
+        && (unsafe { libc::kill(pid, 0) } == 0
+            || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+}
+
 /// Whether `/proc/PID/stat` shows the process as a zombie (`Z`) or dead (`X`).
 /// Where `/proc` is missing (macOS) nothing is known and the answer is no.
 pub fn is_zombie(pid: i32) -> bool {

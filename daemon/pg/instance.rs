@@ -183,6 +183,12 @@ impl Embedded {
         })
         .await?;
         info!(pid, how, "stopped the orphaned postmaster");
+        // Until init reaps it, PostgreSQL's check of the socket's lock file
+        // takes the dead postmaster for alive: wait for it to be gone.
+        let deadline = Instant::now() + ZOMBIE_WAIT;
+        while outboxd::process::exists(pid) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         Ok(None)
     }
 

@@ -64,7 +64,9 @@ impl Connection {
     /// Connects; the connection's I/O runs in a task of its own until the
     /// client is dropped.
     pub async fn connect(&self) -> Result<tokio_postgres::Client, PgError> {
-        let failed = |e: tokio_postgres::Error| PgError::Client(describe(&e));
+        let failed = |e: tokio_postgres::Error| {
+            PgError::Client(format!("{} ({})", describe(&e), self.target()))
+        };
         if self.tls {
             let (client, connection) = self
                 .config
@@ -82,6 +84,30 @@ impl Connection {
             tokio::spawn(connection);
             Ok(client)
         }
+    }
+}
+
+impl Connection {
+    /// Where this connects, for messages: `host:port` or the socket
+    /// directory and port; never the password.
+    pub fn target(&self) -> String {
+        let ports = self.config.get_ports();
+        let targets: Vec<String> = self
+            .config
+            .get_hosts()
+            .iter()
+            .enumerate()
+            .map(|(i, host)| {
+                let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+                match host {
+                    tokio_postgres::config::Host::Tcp(name) => format!("{name}:{port}"),
+                    tokio_postgres::config::Host::Unix(dir) => {
+                        format!("socket {} port {port}", dir.display())
+                    }
+                }
+            })
+            .collect();
+        format!("server {}", targets.join(", "))
     }
 }
 

@@ -418,7 +418,6 @@ pub fn skip(why: &str) {
     }
 }
 
-
 /// The uid and gid of an account, from the password database.
 pub fn account(name: &str) -> Option<(u32, u32)> {
     let c_name = std::ffi::CString::new(name).ok()?;

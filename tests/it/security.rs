@@ -674,8 +674,12 @@ fn a_home_others_can_write_is_refused_with_the_chmod_that_fixes_it() {
         if is_root() {
             // A home of an ordinary user, so that only the mode is wrong.
             for path in [&home.path, &dir] {
-                std::os::unix::fs::chown(path, Some(crate::common::NOBODY), Some(crate::common::NOBODY))
-                    .unwrap();
+                std::os::unix::fs::chown(
+                    path,
+                    Some(crate::common::NOBODY),
+                    Some(crate::common::NOBODY),
+                )
+                .unwrap();
             }
         }
         let start = home.ctl(&["start"]);
