@@ -80,7 +80,18 @@ fn read_last_lines(file: &mut File, from: u64, lines: usize) -> io::Result<Vec<S
 fn tail(log: &Path, lines: usize, follow: bool) -> io::Result<()> {
     let mut stdout = io::stdout().lock();
     let mut file = File::open(log)?;
-    for line in read_last_lines(&mut file, 0, lines)? {
+    let mut last = read_last_lines(&mut file, 0, lines)?;
+    // A file rotated a moment ago holds few lines: the rest of the tail is
+    // in the newest rotated file.
+    if last.len() < lines {
+        let rotated = std::path::PathBuf::from(format!("{}.1", log.display()));
+        if let Ok(mut older) = File::open(&rotated) {
+            let mut earlier = read_last_lines(&mut older, 0, lines - last.len())?;
+            earlier.append(&mut last);
+            last = earlier;
+        }
+    }
+    for line in last {
         writeln!(stdout, "{line}")?;
     }
     stdout.flush()?;

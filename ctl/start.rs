@@ -157,6 +157,7 @@ fn launch(paths: &Paths, deadline: Instant, out: &Output) -> Result<Started, Ctl
                     last_status = text;
                 }
                 Event::MainPid(pid) => main_pid = Some(pid),
+                Event::Watchdog => {}
                 Event::Ready => {
                     let _ = child.wait();
                     return wait_ready(paths, deadline).map(|status| Started {

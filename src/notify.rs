@@ -111,6 +111,7 @@ pub enum Event {
     Stopping,
     Errno(i32),
     MainPid(i32),
+    Watchdog,
 }
 
 /// Parses a notify datagram into the fields this project uses.
@@ -125,6 +126,7 @@ pub fn parse(message: &[u8]) -> Vec<Event> {
                 "STOPPING" if value == "1" => Some(Event::Stopping),
                 "ERRNO" => value.parse().ok().map(Event::Errno),
                 "MAINPID" => value.parse().ok().map(Event::MainPid),
+                "WATCHDOG" if value == "1" => Some(Event::Watchdog),
                 _ => None,
             }
         })

@@ -75,10 +75,12 @@ pub fn bind(socket: &Path) -> Result<Bound> {
 /// all with that group. The daemon's account must be a member of the group
 /// (only then may it give files to it).
 pub fn open_to_group(paths: &outboxd::paths::Paths, group: &str, gid: u32) -> Result<()> {
+    // The lock file too: a client checks who holds it before it talks.
     for (path, mode) in [
         (&paths.home, 0o710),
         (&paths.run_dir, 0o710),
         (&paths.socket, 0o660),
+        (&paths.lock, 0o640),
     ] {
         std::os::unix::fs::lchown(path, None, Some(gid)).map_err(|e| {
             Error::problem(

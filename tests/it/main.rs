@@ -6,6 +6,7 @@ mod common;
 mod components;
 mod faults;
 mod lifecycle;
+mod operations;
 mod outbox;
 mod postgres;
 mod security;
