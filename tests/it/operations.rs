@@ -362,8 +362,7 @@ fn log_lines_are_json_when_asked() {
     let log = std::fs::read_to_string(home.paths().log_file).unwrap();
     let ready = log
         .lines()
-        .filter(|l| l.contains("\"ready\""))
-        .last()
+        .rfind(|l| l.contains("\"ready\""))
         .unwrap_or_else(|| panic!("{log}"));
     let parsed: serde_json::Value = serde_json::from_str(ready).unwrap();
     assert_eq!(parsed["fields"]["message"], "ready", "{parsed}");
