@@ -46,10 +46,6 @@ impl Batch {
         self.seqs.is_empty()
     }
 
-    pub fn first_seq(&self) -> Option<i64> {
-        self.seqs.first().copied()
-    }
-
     pub fn last_seq(&self) -> Option<i64> {
         self.seqs.last().copied()
     }
@@ -134,7 +130,7 @@ mod tests {
         let row = one.len() - HEADER.len() - TRAILER.len();
         assert_eq!(all.len() - HEADER.len() - TRAILER.len(), 3 * row);
         assert_eq!(&one[HEADER.len()..HEADER.len() + 2], &[0, 7]);
-        assert_eq!(batch.first_seq(), Some(1));
+        assert_eq!(batch.seqs[0], 1);
         assert_eq!(batch.last_seq(), Some(3));
     }
 }

@@ -264,6 +264,10 @@ impl Drain {
                     return Next::Wait;
                 }
             }
+            if let Err(failure) = self.settle_below_cursor().await {
+                self.failed(failure);
+                return Next::Wait;
+            }
         }
         let cursor = self.sink.as_ref().expect("connected").cursor;
         // The batch after the cursor: read ahead while the previous batch
@@ -341,13 +345,6 @@ impl Drain {
                 self.refresh_stats(false).await;
                 Next::Work
             }
-            Err(Failure::Conflict(why))
-                if batch.first_seq().is_some_and(|first| first <= cursor) =>
-            {
-                // Rows at or below the cursor: their deletion was lost, or
-                // another spool shares the source id. `reconcile` tells.
-                self.reconcile(&batch, why).await
-            }
             Err(failure) => {
                 self.failed(failure);
                 Next::Wait
@@ -374,35 +371,39 @@ impl Drain {
         }
     }
 
-    /// Rows still in the spool at or below the cursor: delete them if
-    /// PostgreSQL holds them as this spool wrote them.
-    async fn reconcile(&mut self, batch: &Batch, _why: String) -> Next {
-        let sink = self.sink.as_mut().expect("connected");
-        if let Err(failure) = sink.refresh().await {
-            self.failed(failure);
-            return Next::Wait;
-        }
-        match sink.reconcile(batch).await {
-            Ok(()) => {
-                let cursor = sink.cursor;
-                info!(
-                    through = cursor,
-                    "deleting events PostgreSQL already holds (a crash came between commit and delete)"
-                );
-                if let Err(e) = self
-                    .worker
-                    .run(move |spool| spool.delete_through(cursor))
-                    .await
-                {
-                    self.failed(Failure::Spool(e.to_string()));
-                    return Next::Wait;
-                }
-                Next::Work
-            }
-            Err(failure) => {
-                self.failed(failure);
-                Next::Wait
-            }
+    /// Rows still in the spool at or below PostgreSQL's cursor, found when
+    /// the drain connects: this spool committed them and a crash came
+    /// before their deletion (then they are deleted, never sent again), or
+    /// another spool shares the source id (then the drain stops, and they
+    /// stay).
+    async fn settle_below_cursor(&mut self) -> Result<(), Failure> {
+        loop {
+            let sink = self.sink.as_ref().expect("connected");
+            let cursor = sink.cursor;
+            let limit = self.config.drain_batch_max;
+            let source = self.source;
+            let head = self
+                .worker
+                .run(move |spool| {
+                    let mut batch = Batch::default();
+                    spool.visit_batch(0, limit, |event| {
+                        if event.seq <= cursor {
+                            batch.push(&source, event);
+                        }
+                    })?;
+                    Ok(batch)
+                })
+                .await
+                .map_err(|e| Failure::Spool(e.to_string()))?;
+            let Some(last) = head.last_seq() else {
+                return Ok(());
+            };
+            sink.reconcile(&head).await?;
+            info!(count = head.len(), through = last, "deleting events PostgreSQL already holds (a crash came between commit and delete)");
+            self.worker
+                .run(move |spool| spool.delete_through(last))
+                .await
+                .map_err(|e| Failure::Spool(e.to_string()))?;
         }
     }
 

@@ -96,12 +96,6 @@ impl Sink {
         })
     }
 
-    /// Re-reads the cursor (after another drain moved it).
-    pub async fn refresh(&mut self) -> Result<(), Failure> {
-        self.cursor = read_cursor(&self.client, self.source).await?;
-        Ok(())
-    }
-
     /// Checks that rows still in the spool at or below the cursor are in
     /// PostgreSQL as this spool wrote them (or, for a row with an
     /// idempotency id, that the id landed): then they were committed and

@@ -787,7 +787,19 @@ pub fn postmasters_on(data: &Path) -> Vec<i32> {
             found.push(pid);
         }
     }
+    // A child a postmaster has just forked has its parent's command line
+    // until it names itself: only processes whose parent is not one of
+    // them are postmasters.
+    let parents: Vec<Option<i32>> = found
+        .iter()
+        .map(|&pid| outboxd::process::parent_of(pid))
+        .collect();
     found
+        .iter()
+        .zip(parents)
+        .filter(|(_, parent)| !parent.is_some_and(|p| found.contains(&p)))
+        .map(|(pid, _)| *pid)
+        .collect()
 }
 
 /// Runs `command` with its soft and hard limit of `resource` set to `limit`
