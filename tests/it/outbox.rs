@@ -204,13 +204,16 @@ fn integrity(home: &Path) -> String {
 }
 
 /// Kills the daemon with SIGKILL and waits until it is gone for good: its
-/// lock released and the process dead. (`outboxctl start` run while a
-/// killed daemon is still exiting can fail: see
+/// lock released and its control socket closed. (The kernel releases the
+/// lock before the socket: for a moment a dying daemon's socket still
+/// accepts connections, and `outboxctl start` then refuses, exit 4, "a
+/// process answers ... but nobody holds the lock". See also
 /// `start_while_a_hung_daemon_dies_starts_a_new_one`.)
 fn crash_and_reap(home: &Home, pid: i32) {
+    let socket = home.paths().socket;
     home.crash_daemon(pid);
-    eventually("the killed daemon is gone", LIMIT, || {
-        !outboxd::process::alive(pid)
+    eventually("the killed daemon's socket is closed", LIMIT, || {
+        std::os::unix::net::UnixStream::connect(&socket).is_err()
     });
 }
 
