@@ -8,6 +8,10 @@
 //! The spool is read directly with rusqlite (as root SQLite gives files it
 //! creates to the database's owner, and these connections never
 //! checkpoint), PostgreSQL through `outboxctl psql` or tokio-postgres.
+//!
+//! Tests marked `#[ignore = "BUG: ..."]` show product bugs found on the way:
+//! they fail until the bug is fixed (`cargo test --test it outbox:: --
+//! --ignored`), then lose the mark.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
@@ -800,14 +804,14 @@ fn eight_first_producers_on_a_new_home_of_their_account_all_succeed() {
 }
 
 #[test]
-#[ignore = "BUG: as root, concurrent first producers on a new root-owned home race: some fail with \"belongs to root and is not empty\""]
+#[ignore = "BUG (a race, so some runs pass): as root, concurrent first producers on a new root-owned home fail with \"belongs to root and is not empty\""]
 fn as_root_eight_first_producers_on_a_new_home_all_succeed() {
     if !is_root() {
         common::skip("needs root: root handing a new home to its account is under test");
         return;
     }
-    // A race: it shows in a few rounds out of ten on two busy cores.
-    let failures = first_producers_at_once(30, |_| {});
+    // A race: about one producer in 300 fails on two cores, more under load.
+    let failures = first_producers_at_once(60, |_| {});
     assert!(
         failures.is_empty(),
         "{} first producers failed, first: {:#?}",
