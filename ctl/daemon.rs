@@ -49,8 +49,8 @@ pub enum CtlError {
     #[error("outboxd is not running (home {}); start it with `{}`", home.display(), quote::ctl(home, "start"))]
     NotRunning { home: PathBuf },
     /// Permission denied, with what to do.
-    #[error("{error}; the home belongs to {owner}: run this as {owner}, or with sudo")]
-    Denied { error: String, owner: String },
+    #[error("{error}; {hint}")]
+    Denied { error: String, hint: String },
     /// The socket or the lock file is not to be trusted.
     #[error("{0}; refusing to talk to it or signal anything")]
     Untrusted(String),
@@ -75,7 +75,7 @@ impl CtlError {
         if err.is_permission_denied() {
             return CtlError::Denied {
                 error: err.to_string(),
-                owner: home_owner_name(&paths.home),
+                hint: denied_hint(&paths.home),
             };
         }
         match err {
@@ -92,7 +92,7 @@ impl CtlError {
             {
                 CtlError::Denied {
                     error: err.to_string(),
-                    owner: home_owner_name(&paths.home),
+                    hint: denied_hint(&paths.home),
                 }
             }
             other => CtlError::Failed(other.to_string()),
@@ -100,12 +100,19 @@ impl CtlError {
     }
 }
 
-fn home_owner_name(home: &Path) -> String {
+/// What to do about a permission denied in `home`.
+fn denied_hint(home: &Path) -> String {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(home).map_or_else(
-        |_| "its owner".into(),
-        |m| outboxd::account::name_of(m.uid()),
-    )
+    match std::fs::metadata(home).map(|m| m.uid()) {
+        Ok(owner) if owner == outboxd::process::euid() => {
+            "you own the home: give its files back their owner's permissions (chmod u+rw)".into()
+        }
+        Ok(owner) => {
+            let name = outboxd::account::name_of(owner);
+            format!("the home belongs to {name}: run this as {name}, or with sudo")
+        }
+        Err(_) => "run this as the home's owner, or with sudo".into(),
+    }
 }
 
 /// Whether the home exists (as a directory); the error says what is wrong.

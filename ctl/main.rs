@@ -115,7 +115,11 @@ enum Command {
         #[arg(long)]
         id: Option<String>,
         /// The payload: any JSON value (a string needs its quotes: '"text"')
-        #[arg(required_unless_present = "ndjson", conflicts_with = "ndjson")]
+        #[arg(
+            required_unless_present = "ndjson",
+            conflicts_with = "ndjson",
+            allow_negative_numbers = true
+        )]
         payload: Option<String>,
         /// Read events from standard input, one JSON object a line:
         /// {"topic": ..., "payload": ..., "key": ..., "id": ...}

@@ -80,13 +80,20 @@ pub fn start(paths: &Paths, timeout: Option<Duration>, out: &Output) -> Result<S
             });
         }
         // Starting, or holding the lock before its socket serves: another
-        // start is under way. Wait for it like a start that lost the race.
-        Found::Running { .. } | Found::Unresponsive { .. } => {
-            return wait_ready(paths, deadline).map(|status| Started {
-                status,
-                launched: false,
-            });
-        }
+        // start is under way. Wait for it like a start that lost the race;
+        // if it dies instead (a daemon being killed), start one.
+        Found::Running { .. } | Found::Unresponsive { .. } => match wait_ready(paths, deadline) {
+            Ok(status) => {
+                return Ok(Started {
+                    status,
+                    launched: false,
+                });
+            }
+            Err(Waited::Exited) => {
+                out.progress("outboxd: the daemon that held the lock exited; starting one");
+            }
+            Err(Waited::Failed(err)) => return Err(err),
+        },
         Found::Stopped { .. } | Found::Unknown(CtlError::NoHome { .. }) => {}
         Found::Unknown(err) => return Err(err),
     }
@@ -160,17 +167,21 @@ fn launch(paths: &Paths, deadline: Instant, out: &Output) -> Result<Started, Ctl
                 Event::Watchdog => {}
                 Event::Ready => {
                     let _ = child.wait();
-                    return wait_ready(paths, deadline).map(|status| Started {
-                        status,
-                        launched: true,
-                    });
+                    return wait_ready(paths, deadline)
+                        .map_err(Waited::into_error)
+                        .map(|status| Started {
+                            status,
+                            launched: true,
+                        });
                 }
                 Event::Errno(libc::EEXIST) => {
                     let _ = child.wait();
-                    return wait_ready(paths, deadline).map(|status| Started {
-                        status,
-                        launched: false,
-                    });
+                    return wait_ready(paths, deadline)
+                        .map_err(Waited::into_error)
+                        .map(|status| Started {
+                            status,
+                            launched: false,
+                        });
                 }
                 Event::Errno(_) => return Err(failed(last_status, &mut child)),
                 Event::Stopping => {
@@ -248,8 +259,26 @@ fn check_alive(child: &mut Child, main_pid: Option<i32>) -> Result<(), String> {
     }
 }
 
+/// Why [`wait_ready`] returned without a ready daemon.
+pub enum Waited {
+    /// The daemon exited (nobody holds the lock any more).
+    Exited,
+    Failed(CtlError),
+}
+
+impl Waited {
+    fn into_error(self) -> CtlError {
+        match self {
+            Waited::Exited => CtlError::Failed(
+                "the daemon exited before it was ready; see `outboxctl logs`".into(),
+            ),
+            Waited::Failed(err) => err,
+        }
+    }
+}
+
 /// Polls `status` on a verified connection until the daemon is running.
-pub fn wait_ready(paths: &Paths, deadline: Instant) -> Result<Status, CtlError> {
+pub fn wait_ready(paths: &Paths, deadline: Instant) -> Result<Status, Waited> {
     loop {
         let last = match daemon::find(paths) {
             Found::Running { status, .. } if status.state == DaemonState::Running => {
@@ -257,18 +286,14 @@ pub fn wait_ready(paths: &Paths, deadline: Instant) -> Result<Status, CtlError> 
             }
             Found::Running { status, .. } => format!("it is {}", status.state),
             Found::Unresponsive { error, .. } => error,
-            Found::Stopped { .. } => {
-                return Err(CtlError::Failed(
-                    "the daemon exited before it was ready; see `outboxctl logs`".into(),
-                ));
-            }
-            Found::Unknown(err) => return Err(err),
+            Found::Stopped { .. } => return Err(Waited::Exited),
+            Found::Unknown(err) => return Err(Waited::Failed(err)),
         };
         if Instant::now() >= deadline {
-            return Err(CtlError::Failed(format!(
+            return Err(Waited::Failed(CtlError::Failed(format!(
                 "the daemon was not ready within the time given (--timeout): {last}; it goes on \
                  starting: follow it with `outboxctl logs -f`"
-            )));
+            ))));
         }
         std::thread::sleep(Duration::from_millis(20));
     }

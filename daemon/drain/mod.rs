@@ -256,7 +256,6 @@ impl Drain {
             match Sink::connect(&connection, self.source).await {
                 Ok(sink) => {
                     info!(cursor = sink.cursor, source = %self.source, "the drain is connected");
-                    self.status.send_modify(|s| s.cursor = Some(sink.cursor));
                     self.sink = Some(sink);
                 }
                 Err(failure) => {
@@ -268,6 +267,11 @@ impl Drain {
                 self.failed(failure);
                 return Next::Wait;
             }
+            // Published only now: a cursor this spool has not settled with
+            // (another spool's, under a shared source id) proves nothing
+            // to `flush`.
+            let cursor = self.sink.as_ref().expect("connected").cursor;
+            self.status.send_modify(|s| s.cursor = Some(cursor));
         }
         let cursor = self.sink.as_ref().expect("connected").cursor;
         // The batch after the cursor: read ahead while the previous batch
@@ -399,7 +403,11 @@ impl Drain {
                 return Ok(());
             };
             sink.reconcile(&head).await?;
-            info!(count = head.len(), through = last, "deleting events PostgreSQL already holds (a crash came between commit and delete)");
+            info!(
+                count = head.len(),
+                through = last,
+                "deleting events PostgreSQL already holds (a crash came between commit and delete)"
+            );
             self.worker
                 .run(move |spool| spool.delete_through(last))
                 .await

@@ -8,6 +8,10 @@
 //! The spool is read directly with rusqlite (as root SQLite gives files it
 //! creates to the database's owner, and these connections never
 //! checkpoint), PostgreSQL through `outboxctl psql` or tokio-postgres.
+//!
+//! Tests marked `#[ignore = "BUG: ..."]` show product bugs found on the way:
+//! they fail until the bug is fixed (`cargo test --test it outbox:: --
+//! --ignored`), then lose the mark.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
@@ -201,6 +205,20 @@ fn integrity(home: &Path) -> String {
         .collect::<Result<_, _>>()
         .unwrap();
     rows.join("\n")
+}
+
+/// Kills the daemon with SIGKILL and waits until it is gone for good: its
+/// lock released and its control socket closed. (The kernel releases the
+/// lock before the socket: for a moment a dying daemon's socket still
+/// accepts connections, and `outboxctl start` then refuses, exit 4, "a
+/// process answers ... but nobody holds the lock". See also
+/// `start_while_a_hung_daemon_dies_starts_a_new_one`.)
+fn crash_and_reap(home: &Home, pid: i32) {
+    let socket = home.paths().socket;
+    home.crash_daemon(pid);
+    eventually("the killed daemon's socket is closed", LIMIT, || {
+        std::os::unix::net::UnixStream::connect(&socket).is_err()
+    });
 }
 
 /// A small deterministic random generator (xorshift64*), seeded from the
@@ -551,7 +569,7 @@ fn kill_9_of_the_daemon_in_a_loop_loses_and_duplicates_nothing() {
         std::thread::sleep(rng.millis(50, 500));
         drained_during_loop |= drain_status(&home)["drained_total"].as_u64() > Some(0);
         let daemon = home.holder().expect("a daemon runs");
-        home.crash_daemon(daemon);
+        crash_and_reap(&home, daemon);
         let started = home.ctl(&["start"]);
         assert_eq!(started.code, 0, "start after crash {round}: {started:?}");
     }
@@ -791,8 +809,8 @@ fn as_root_eight_first_producers_on_a_new_home_all_succeed() {
         common::skip("needs root: root handing a new home to its account is under test");
         return;
     }
-    // A race: it shows in a few rounds out of ten on two busy cores.
-    let failures = first_producers_at_once(30, |_| {});
+    // A race: about one producer in 300 fails on two cores, more under load.
+    let failures = first_producers_at_once(60, |_| {});
     assert!(
         failures.is_empty(),
         "{} first producers failed, first: {:#?}",
@@ -1549,4 +1567,126 @@ fn flush_reports_dead_letters_the_drain_moved_before_it_was_asked() {
         "the text must not claim everything is in PostgreSQL: {text:?}"
     );
     home.stop();
+}
+
+#[test]
+fn start_while_a_hung_daemon_dies_starts_a_new_one() {
+    let home = Home::new();
+    let hung = home.start();
+    // A daemon that holds the lock but does not answer (as one that is
+    // dying does for a moment after kill -9).
+    kill(hung, libc::SIGSTOP);
+    let start = home
+        .ctl_command(&["start", "--timeout", "60"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Give `start` time to find the lock held (it then waits for that
+    // daemon), then the hung daemon dies.
+    std::thread::sleep(Duration::from_secs(1));
+    kill(hung, libc::SIGKILL);
+    let run = common::wait_output(start);
+    assert_eq!(
+        run.code, 0,
+        "the home has no daemon any more: start starts one: {run:?}"
+    );
+    let now = home.holder().expect("a daemon runs after start");
+    assert_ne!(now, hung);
+    home.stop();
+}
+
+/// Copies a stopped home's spool into another home (as root keeping the
+/// files' owner, and giving the new home to the same account).
+fn copy_spool(from: &Home, to: &Home) {
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(&from.path).unwrap();
+    for entry in std::fs::read_dir(&from.path).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with("outbox.db") {
+            let copied = run(Command::new("cp")
+                .arg("-a")
+                .arg(entry.path())
+                .arg(to.path.join(&name)));
+            assert_eq!(copied.code, 0, "{copied:?}");
+        }
+    }
+    if is_root() {
+        std::os::unix::fs::chown(&to.path, Some(owner.uid()), Some(owner.gid())).unwrap();
+    }
+}
+
+#[test]
+fn a_copied_home_never_loses_its_events_silently() {
+    let server = Home::new();
+    server.start();
+    let url = server
+        .ctl(&["url", "--with-password"])
+        .stdout
+        .trim()
+        .to_string();
+    let config = format!("database_url = {url:?}\n");
+
+    let original = Home::new();
+    original.write_config(&config);
+    original.start();
+    for n in 1..=3 {
+        enqueue_ok(
+            &original,
+            "shared",
+            &format!("{{\"from\": \"original\", \"n\": {n}}}"),
+        );
+    }
+    flush(&original);
+    let source = source_id(&original);
+    original.stop();
+
+    // The copy: same spool, same source id.
+    let copy = Home::new();
+    copy_spool(&original, &copy);
+    copy.write_config(&config);
+
+    // The original goes on: its seq 4 lands.
+    original.start();
+    let seq = enqueue_ok(&original, "shared", r#"{"from": "original", "n": 4}"#);
+    assert_eq!(seq, 4);
+    flush(&original);
+
+    // The copy hands out seq 4 too, to another event.
+    let seq = enqueue_ok(&copy, "shared", r#"{"from": "copy", "n": 4}"#);
+    assert_eq!(seq, 4);
+    copy.start();
+    assert_eq!(source_id(&copy), source, "the copy shares the source id");
+    let flushed = copy.ctl(&["--json", "flush", "--timeout", "10"]);
+    let in_postgres =
+        server.query("SELECT count(*) FROM outbox.events WHERE payload->>'from' = 'copy'");
+    assert!(
+        flushed.code != 0 || in_postgres == "1",
+        "flush must not say the copy's seq 4 is in PostgreSQL: it is not ({in_postgres} rows); \
+         PostgreSQL's seq 4 is the original's: {flushed:?}"
+    );
+    // Nor may the copy's event vanish: it stays in its spool while the
+    // conflict stands, whatever the copy drains next.
+    enqueue_ok(&copy, "shared", r#"{"from": "copy", "n": 5}"#);
+    std::thread::sleep(Duration::from_secs(2));
+    let kept = open_spool(&copy.path)
+        .query_row(
+            "SELECT count(*) FROM events WHERE seq = 4 AND payload LIKE '%\"copy\"%'",
+            [],
+            |row| row.get::<_, i64>(0),
+        )
+        .unwrap();
+    let landed = server.query(
+        "SELECT count(*) FROM outbox.events WHERE payload->>'from' = 'copy' AND (payload->>'n') = '4'",
+    );
+    assert!(
+        kept == 1 || landed == "1",
+        "the copy's event seq 4 is neither in its spool nor in PostgreSQL: lost; copy's drain: {}",
+        drain_status(&copy)
+    );
+    copy.stop();
+    original.stop();
+    server.stop();
 }
