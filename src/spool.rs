@@ -407,26 +407,18 @@ impl Spool {
 
     /// Up to `limit` queued events with a seq above `after_seq`, in seq order.
     pub fn read_batch(&mut self, after_seq: i64, limit: usize) -> Result<Vec<StoredEvent>> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let mut select = self
-            .conn
-            .prepare_cached(
-                "SELECT seq, topic, key, id, payload, enqueued_at FROM events
-                 WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-            )
-            .at("read events from", &self.paths.spool)?;
-        let rows = select.query_map((after_seq, limit), |row| {
-            Ok(StoredEvent {
-                seq: row.get(0)?,
-                topic: row.get(1)?,
-                key: row.get(2)?,
-                id: row.get(3)?,
-                payload: row.get(4)?,
-                enqueued_at: row.get(5)?,
+        let mut events = Vec::new();
+        self.visit_batch(after_seq, limit, |event| {
+            events.push(StoredEvent {
+                seq: event.seq,
+                topic: event.topic.to_string(),
+                key: event.key.map(str::to_string),
+                id: event.id.map(str::to_string),
+                payload: event.payload.to_string(),
+                enqueued_at: event.enqueued_at,
             })
-        });
-        rows.and_then(Iterator::collect)
-            .at("read events from", &self.paths.spool)
+        })?;
+        Ok(events)
     }
 
     /// Visits up to `limit` queued events with a seq above `after_seq`, in

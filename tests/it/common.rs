@@ -869,3 +869,12 @@ pub fn run_to_files(command: &mut Command) -> Run {
         stderr: read(&stderr),
     }
 }
+
+/// A free TCP port on the loopback (free a moment ago: good enough for a test).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -112,20 +112,11 @@ fn teardown_stops_accepting_then_the_drain_then_postgres_then_the_lock() {
     assert!(!home.paths().socket.exists(), "the socket is removed");
 }
 
-/// Finds a free TCP port on the loopback.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn external_mode_reaches_a_server_that_requires_tls() {
     // The server: a home's embedded PostgreSQL on TCP, switched to TLS only.
     let server = Home::new();
-    let port = free_port();
+    let port = crate::common::free_port();
     server.write_config(&format!("pg_port = {port}\n"));
     server.start();
     let data = server.paths().pg_data;

@@ -735,18 +735,9 @@ fn start_works_without_a_usable_tmpdir() {
 
 // ---------------------------------------------------------------- 8.17
 
-/// A local port that nothing listens on (now).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn an_unreachable_external_server_is_named_in_status() {
-    let port = free_port();
+    let port = crate::common::free_port();
     let home = Home::new();
     home.write_config(&format!(
         "database_url = \"postgresql://app@127.0.0.1:{port}/app\"\n"
