@@ -262,7 +262,12 @@ fn main() -> ExitCode {
         Command::Enqueue { .. } => Intent::Create,
         _ => Intent::Inspect,
     };
-    if let Err(err) = privileges::settle(&paths.home, None, intent) {
+    if let Err(err) = privileges::settle(
+        &paths.home,
+        None,
+        intent,
+        outboxd::account::Groups::PrimaryOnly,
+    ) {
         return fail(&out, CtlError::from_lib(&paths, err));
     }
     let code = match cli.command {

@@ -137,7 +137,12 @@ fn start(
     let paths = Paths::resolve(args.home.as_deref())?;
     Config::check_flags(&paths, flags)?;
     notifier.status("preparing the home directory");
-    let account = privileges::settle(&paths.home, flags.settings.user.as_deref(), Intent::Create)?;
+    let account = privileges::settle(
+        &paths.home,
+        flags.settings.user.as_deref(),
+        Intent::Create,
+        outboxd::account::Groups::Database,
+    )?;
     let paths = home::prepare(&paths)?;
     if args.daemonize {
         logging::tee(logging::open(&paths.log_file)?);

@@ -155,13 +155,23 @@ pub fn process_in_group(pid: i32, gid: u32) -> bool {
     })
 }
 
-/// Becomes `account` for good: supplementary groups from the group database
-/// (`initgroups`, which also drops root's own), then the group, then the
-/// user. Then checks that root cannot be regained.
+/// Which supplementary groups [`become_account`] gives the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Groups {
+    /// The account's groups from the group database (`initgroups`): the
+    /// daemon, which may need them (`producer_group`).
+    Database,
+    /// Only its primary group: short-lived clients, which need nothing
+    /// more, skip the group database's lookups.
+    PrimaryOnly,
+}
+
+/// Becomes `account` for good: supplementary groups (root's own are
+/// dropped), then the group, then the user. Then checks that root cannot be regained.
 ///
 /// Call it before any thread exists: credentials are per thread at the
 /// system-call level, and only a single-threaded process changes them all.
-pub fn become_account(account: &Account) -> Result<()> {
+pub fn become_account(account: &Account, groups: Groups) -> Result<()> {
     let failed = |step: &str, e: io::Error| Error::Account {
         problem: format!(
             "could not switch to the account {}: {step}: {e}",
@@ -180,8 +190,13 @@ pub fn become_account(account: &Account) -> Result<()> {
     // SAFETY: plain credential system calls with valid arguments, in the only
     // order that works (groups and gid need root, which setuid gives up).
     unsafe {
-        check(libc::initgroups(name.as_ptr(), account.gid as _))
-            .map_err(|e| failed("initgroups", e))?;
+        match groups {
+            Groups::Database => check(libc::initgroups(name.as_ptr(), account.gid as _))
+                .map_err(|e| failed("initgroups", e))?,
+            Groups::PrimaryOnly => {
+                check(libc::setgroups(1, &account.gid)).map_err(|e| failed("setgroups", e))?
+            }
+        }
         check(libc::setgid(account.gid)).map_err(|e| failed("setgid", e))?;
         check(libc::setuid(account.uid)).map_err(|e| failed("setuid", e))?;
         if libc::setuid(0) == 0 || libc::geteuid() == 0 || libc::getegid() == 0 {

@@ -50,7 +50,12 @@ pub enum Intent {
 /// [`Intent::Inspect`] on a home that does not exist or belongs to root.
 ///
 /// `user` is the account asked for on the command line.
-pub fn settle(home: &Path, user: Option<&str>, intent: Intent) -> Result<Option<Account>> {
+pub fn settle(
+    home: &Path,
+    user: Option<&str>,
+    intent: Intent,
+    groups: account::Groups,
+) -> Result<Option<Account>> {
     if crate::process::euid() != 0 {
         return Ok(None);
     }
@@ -75,7 +80,7 @@ pub fn settle(home: &Path, user: Option<&str>, intent: Intent) -> Result<Option<
             }
         }
     };
-    account::become_account(&account)?;
+    account::become_account(&account, groups)?;
     check_reachable(home, &account)?;
     Ok(Some(account))
 }
