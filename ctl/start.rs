@@ -274,7 +274,7 @@ pub fn wait_ready(paths: &Paths, deadline: Instant) -> Result<Status, CtlError> 
 }
 
 /// `outboxd` next to this executable, else on `PATH`.
-fn daemon_exe() -> PathBuf {
+pub fn daemon_exe() -> PathBuf {
     std::env::current_exe()
         .ok()
         .map(|exe| exe.with_file_name("outboxd"))

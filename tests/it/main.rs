@@ -9,5 +9,6 @@ mod lifecycle;
 mod outbox;
 mod postgres;
 mod security;
+mod service;
 mod socket;
 mod usability;
