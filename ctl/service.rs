@@ -340,7 +340,6 @@ enum Step {
 
 impl Step {
     fn describe(&self, dry_run: bool) -> String {
-        let (would, did) = if dry_run { ("would ", "") } else { ("", "d") };
         match self {
             Step::Run { argv, why } => {
                 let line = argv.join(" ");
@@ -348,7 +347,8 @@ impl Step {
                 format!("{run} `{line}` ({why})")
             }
             Step::Dir { path, mode, owner } => format!(
-                "{would}create{did} {} (mode {mode:04o}{})",
+                "{} {} (mode {mode:04o}{})",
+                if dry_run { "would create" } else { "created" },
                 path.display(),
                 owner
                     .as_ref()
@@ -460,9 +460,10 @@ pub fn install(target: &Target, dry_run: bool, outboxd: Option<&Path>, out: &Out
         dry_run,
         Plan::new(target, scope, platform).and_then(|plan| {
             let exe = find_outboxd(outboxd)?;
-            let mut problems = binary_problems(&plan, &exe);
             let mut steps = Vec::new();
             let mut notes = Vec::new();
+            let mut problems = Vec::new();
+            check_binary(&plan, &exe, &mut problems, &mut notes);
             account_steps(&plan, &mut steps, &mut notes, &mut problems)?;
             let content = plan.render(&exe)?;
             let updated =
@@ -534,10 +535,13 @@ pub fn uninstall(target: &Target, dry_run: bool, out: &Output) -> u8 {
         Plan::new(target, scope, platform).map(|plan| {
             let mut steps = Vec::new();
             let mut notes = Vec::new();
+            let systemd = match plan.platform {
+                Platform::Linux => manager_state(&plan).ok(),
+                Platform::Macos => None,
+            };
             match plan.platform {
                 Platform::Linux => {
-                    let known = manager_state(&plan);
-                    let manager = known.as_ref().ok();
+                    let manager = systemd.as_ref();
                     let enabled = manager
                         .and_then(|m| m.get("UnitFileState"))
                         .is_some_and(|state| state.starts_with("enabled") || state == "linked");
@@ -569,10 +573,7 @@ pub fn uninstall(target: &Target, dry_run: bool, out: &Output) -> u8 {
                     steps.push(Step::Remove { path });
                 }
             }
-            if plan.platform == Platform::Linux
-                && steps.iter().any(|s| matches!(s, Step::Remove { .. }))
-                && manager_state(&plan).is_ok()
-            {
+            if systemd.is_some() && steps.iter().any(|s| matches!(s, Step::Remove { .. })) {
                 let mut argv = plan.systemctl();
                 argv.push("daemon-reload");
                 steps.push(Step::Run {
@@ -585,19 +586,19 @@ pub fn uninstall(target: &Target, dry_run: bool, out: &Output) -> u8 {
                     "nothing to uninstall: {} is not there",
                     plan.file.display()
                 ));
+            } else {
+                notes.push(match plan.scope {
+                    Scope::System => format!(
+                        "the data stays in {home} and the account {ACCOUNT} stays; to remove \
+                         them too: `rm -rf {home} && userdel {ACCOUNT}`",
+                        home = quote::shell(&plan.home)
+                    ),
+                    Scope::User => format!(
+                        "the data stays in {home}; to remove it too: `rm -rf {home}`",
+                        home = quote::shell(&plan.home)
+                    ),
+                });
             }
-            let keep = match plan.scope {
-                Scope::System => format!(
-                    "the data stays in {home} and the account {ACCOUNT} stays; to remove \
-                     them too: `rm -rf {home} && userdel {ACCOUNT}`",
-                    home = quote::shell(&plan.home)
-                ),
-                Scope::User => format!(
-                    "the data stays in {home}; to remove it too: `rm -rf {home}`",
-                    home = quote::shell(&plan.home)
-                ),
-            };
-            notes.push(keep);
             Done {
                 plan,
                 steps,
@@ -899,11 +900,11 @@ fn is_executable(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-/// Why a system service should not run `exe`: it cannot reach it, or others
-/// than root could replace it. Empty for a user service.
-fn binary_problems(plan: &Plan, exe: &Path) -> Vec<String> {
+/// Whether a system service can run `exe` (else a problem: install
+/// refuses), and whether others than root could replace it (a warning).
+fn check_binary(plan: &Plan, exe: &Path, problems: &mut Vec<String>, notes: &mut Vec<String>) {
     if plan.scope == Scope::User {
-        return Vec::new();
+        return;
     }
     let fix = format!(
         "copy it where the service can run it (install -m 0755 {} {}/outboxctl /usr/local/bin/) \
@@ -911,7 +912,6 @@ fn binary_problems(plan: &Plan, exe: &Path) -> Vec<String> {
         quote::shell(exe),
         quote::shell(exe.parent().unwrap_or(Path::new(".")))
     );
-    let mut problems = Vec::new();
     if plan.platform == Platform::Linux
         && ["/home", "/root", "/run/user"]
             .iter()
@@ -921,37 +921,37 @@ fn binary_problems(plan: &Plan, exe: &Path) -> Vec<String> {
             "{} is under a directory that ProtectHome= hides from the service; {fix}",
             exe.display()
         ));
-        return problems;
+        return;
     }
-    let mut path = Some(exe);
-    while let Some(current) = path {
-        if let Ok(meta) = std::fs::metadata(current) {
-            let mode = meta.permissions().mode();
-            if mode & 0o001 == 0 {
-                problems.push(format!(
-                    "the account {ACCOUNT} cannot reach {} ({} is mode {:04o}); {fix}",
-                    exe.display(),
-                    current.display(),
-                    mode & 0o7777
-                ));
-                break;
-            }
-            let sticky = mode & 0o1000 != 0;
-            if meta.uid() != 0 || (mode & 0o022 != 0 && !(sticky && current != exe)) {
-                problems.push(format!(
-                    "{} can be replaced by others than root ({} is {}'s, mode {:04o}), and \
-                     the service would run what they put there; {fix}",
-                    exe.display(),
-                    current.display(),
-                    outboxd::account::name_of(meta.uid()),
-                    mode & 0o7777
-                ));
-                break;
-            }
+    let mut replaceable = None;
+    for current in exe.ancestors() {
+        let Ok(meta) = std::fs::metadata(current) else {
+            continue;
+        };
+        let mode = meta.permissions().mode();
+        if mode & 0o001 == 0 {
+            problems.push(format!(
+                "the account {ACCOUNT} cannot reach {} ({} is mode {:04o}); {fix}",
+                exe.display(),
+                current.display(),
+                mode & 0o7777
+            ));
+            return;
         }
-        path = current.parent();
+        // A sticky directory (/var/tmp) lets no one else rename what is in it.
+        let sticky = mode & 0o1000 != 0 && current != exe;
+        if replaceable.is_none() && (meta.uid() != 0 || (mode & 0o022 != 0 && !sticky)) {
+            replaceable = Some(format!(
+                "warning: {} can be replaced by others than root ({} is {}'s, mode {:04o}), \
+                 and the service would run what they put there; {fix}",
+                exe.display(),
+                current.display(),
+                outboxd::account::name_of(meta.uid()),
+                mode & 0o7777
+            ));
+        }
     }
-    problems
+    notes.extend(replaceable);
 }
 
 /// The account of a system install: created on Linux when missing; on

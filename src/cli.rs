@@ -8,6 +8,9 @@ use crate::config::Settings;
 
 /// The outboxd daemon: owns an embedded PostgreSQL and drains the outbox
 /// spool into it. Usually started by `outboxctl start`, systemd or launchd.
+// The field docs are the flags' help text, where `<home>` is a placeholder,
+// not HTML.
+#[allow(rustdoc::invalid_html_tags)]
 #[derive(Debug, clap::Parser)]
 #[command(name = "outboxd", version, about)]
 pub struct DaemonArgs {

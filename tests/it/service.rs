@@ -671,6 +671,29 @@ fn the_system_unit_runs_under_real_systemd() {
     assert!(said.contains("Watchdog timeout"), "{said}");
     assert_ne!(ns.property("MainPID"), main_pid);
 
+    // `service status` and `uninstall` ask the running systemd (the unit is
+    // in /run here, not where install puts it).
+    let status = ns.exec(&[ctl, "service", "status", "--system", "--json"]);
+    assert_eq!(status.code, 3, "{status:?}");
+    let manager = &status.json()["services"][0]["manager"];
+    assert_eq!(manager["ActiveState"], "active", "{manager}");
+    assert_eq!(manager["LoadState"], "loaded", "{manager}");
+    let uninstall = ns.exec(&[
+        ctl,
+        "service",
+        "uninstall",
+        "--system",
+        "--dry-run",
+        "--json",
+    ]);
+    assert_eq!(uninstall.code, 0, "{uninstall:?}");
+    let steps = &uninstall.json()["steps"];
+    assert_eq!(
+        steps[0]["run"],
+        serde_json::json!(["systemctl", "disable", "--now", "outboxd"]),
+        "{steps}"
+    );
+
     // Stop: the daemon exits 0 by itself, nothing is left to kill.
     let cursor = ns.journal_cursor();
     ns.ok(&["systemctl", "stop", "outboxd"]);
