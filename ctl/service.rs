@@ -91,6 +91,22 @@ pub struct Target {
     pub home: Option<PathBuf>,
 }
 
+impl Target {
+    /// This target for looking at or removing `scope`'s service: the system
+    /// service's home is fixed, so `--home` (or `OUTBOXD_HOME`) does not
+    /// matter to it; only `install` refuses one that differs.
+    fn for_scope(&self, scope: Scope) -> Target {
+        Target {
+            scope: Some(scope),
+            platform: self.platform,
+            home: match scope {
+                Scope::System => None,
+                Scope::User => self.home.clone(),
+            },
+        }
+    }
+}
+
 /// Why a service command failed, with its exit code.
 struct Failure {
     message: String,
@@ -132,8 +148,6 @@ struct Plan {
 
 impl Plan {
     fn new(target: &Target, scope: Scope, platform: Platform) -> Result<Plan, Failure> {
-        let user_dir =
-            || paths::user_home().map_err(|e| Failure::new(format!("no home directory: {e}")));
         let plan = match scope {
             Scope::System => {
                 if let Some(home) = &target.home
@@ -170,7 +184,8 @@ impl Plan {
                 }
             }
             Scope::User => {
-                let dir = user_dir()?;
+                let dir = paths::user_home()
+                    .map_err(|e| Failure::new(format!("no home directory: {e}")))?;
                 let home = match &target.home {
                     Some(home) => std::path::absolute(home)
                         .map_err(|e| Failure::new(format!("{}: {e}", home.display())))?,
@@ -210,30 +225,21 @@ impl Plan {
     fn render(&self, outboxd: &Path) -> Result<String, Failure> {
         let values = match self.platform {
             Platform::Linux => vec![
-                ("{{OUTBOXD}}", systemd_word(utf8(outboxd)?)?),
-                ("{{HOME}}", self.systemd_home()?),
+                ("OUTBOXD", systemd_word(utf8(outboxd)?)?),
+                ("HOME", self.systemd_home()?),
             ],
             Platform::Macos => {
                 let mut values = vec![
-                    ("{{OUTBOXD}}", xml_escape(utf8(outboxd)?)?),
-                    ("{{HOME}}", xml_escape(utf8(&self.home)?)?),
+                    ("OUTBOXD", xml_escape(utf8(outboxd)?)?),
+                    ("HOME", xml_escape(utf8(&self.home)?)?),
                 ];
                 if let Some(log) = &self.log_file {
-                    values.push(("{{LOG}}", xml_escape(utf8(log)?)?));
+                    values.push(("LOG", xml_escape(utf8(log)?)?));
                 }
                 values
             }
         };
-        let mut rendered = self.template.to_string();
-        for (placeholder, value) in &values {
-            rendered = rendered.replace(placeholder, value);
-        }
-        assert!(
-            !rendered.contains("{{"),
-            "a placeholder of {} is left unfilled",
-            self.file.display()
-        );
-        Ok(rendered)
+        Ok(fill(self.template, &values))
     }
 
     /// The home as an `ExecStart=` word: `%h/...` when it is in the user's
@@ -510,10 +516,7 @@ pub fn install(target: &Target, dry_run: bool, outboxd: Option<&Path>, out: &Out
                     outboxd::account::name_of(outboxd::process::euid())
                 ));
             }
-            let mut extra = json!({"outboxd": exe});
-            if !problems.is_empty() {
-                extra["problems"] = json!(problems);
-            }
+            let extra = json!({"outboxd": exe});
             Ok(Done {
                 next: Some(plan.next(updated)),
                 plan,
@@ -532,7 +535,7 @@ pub fn uninstall(target: &Target, dry_run: bool, out: &Output) -> u8 {
     finish(
         out,
         dry_run,
-        Plan::new(target, scope, platform).map(|plan| {
+        Plan::new(&target.for_scope(scope), scope, platform).map(|plan| {
             let mut steps = Vec::new();
             let mut notes = Vec::new();
             let systemd = match plan.platform {
@@ -542,9 +545,12 @@ pub fn uninstall(target: &Target, dry_run: bool, out: &Output) -> u8 {
             match plan.platform {
                 Platform::Linux => {
                     let manager = systemd.as_ref();
-                    let enabled = manager
-                        .and_then(|m| m.get("UnitFileState"))
-                        .is_some_and(|state| state.starts_with("enabled") || state == "linked");
+                    let enabled =
+                        manager
+                            .and_then(|m| m.get("UnitFileState"))
+                            .is_some_and(|state| {
+                                state.starts_with("enabled") || state.starts_with("linked")
+                            });
                     let active = manager
                         .and_then(|m| m.get("ActiveState"))
                         .is_some_and(|state| state != "inactive");
@@ -689,6 +695,9 @@ fn finish(out: &Output, dry_run: bool, decided: Result<Done, Failure>) -> u8 {
     json["service"] = plan.json();
     json["steps"] = done.steps.iter().map(Step::json).collect();
     json["notes"] = json!(done.notes);
+    if !done.problems.is_empty() {
+        json["problems"] = json!(done.problems);
+    }
     json["next"] = json!(next);
     out.result(text.trim_end(), json);
     exit_code::OK
@@ -715,7 +724,7 @@ pub fn status(target: &Target, out: &Output) -> u8 {
     let mut reports = Vec::new();
     let mut any = false;
     for scope in scopes {
-        let plan = match Plan::new(target, scope, platform) {
+        let plan = match Plan::new(&target.for_scope(scope), scope, platform) {
             Ok(plan) => plan,
             Err(failure) => {
                 let _ = writeln!(text, "{} service: {}", scope.name(), failure.message);
@@ -730,8 +739,8 @@ pub fn status(target: &Target, out: &Output) -> u8 {
             (None, _) => "not installed".to_string(),
             (Some(file), Some(now)) if file == now => "installed, up to date".to_string(),
             (Some(_), Some(_)) => format!(
-                "installed, but not what this outboxctl writes (reinstall: outboxctl service \
-                 install --{})",
+                "installed, but not what `outboxctl service install --{}` would write now \
+                 (another outboxd binary, another version, or edited)",
                 scope.name()
             ),
             (Some(_), None) => "installed".to_string(),
@@ -1016,6 +1025,29 @@ fn account_steps(
     Ok(())
 }
 
+/// `template` with each `{{NAME}}` replaced by its value, in one pass (a
+/// value is never searched for placeholders).
+fn fill(template: &str, values: &[(&str, String)]) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..]
+            .find("}}")
+            .map(|end| start + end)
+            .expect("a placeholder is closed");
+        let name = &rest[start + 2..end];
+        let value = values
+            .iter()
+            .find(|(n, _)| *n == name)
+            .unwrap_or_else(|| panic!("the template's placeholder {name} has no value"));
+        out.push_str(&value.1);
+        rest = &rest[end + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// `text` as one word of an `ExecStart=` line: specifiers (`%`) and
 /// variables (`$`) escaped, quoted when it holds blanks or quotes.
 fn systemd_word(text: &str) -> Result<String, Failure> {
@@ -1139,6 +1171,20 @@ mod tests {
         assert_eq!(home("/home/me"), "%h");
         assert_eq!(home("/srv/ob"), "/srv/ob");
         assert_eq!(home("/home/meself/ob"), "/home/meself/ob");
+    }
+
+    #[test]
+    fn every_template_is_filled_and_values_are_not_searched() {
+        let values = [
+            ("OUTBOXD", "/opt/{{HOME}}/outboxd".to_string()),
+            ("HOME", "/h".to_string()),
+            ("LOG", "/l".to_string()),
+        ];
+        for template in [SYSTEM_UNIT, USER_UNIT, DAEMON_PLIST, AGENT_PLIST] {
+            let filled = fill(template, &values);
+            assert!(filled.contains("/opt/{{HOME}}/outboxd"), "{filled}");
+            assert_eq!(filled.matches("{{").count(), 1, "{filled}");
+        }
     }
 
     #[test]
