@@ -13,8 +13,10 @@ mod dead_letters;
 mod enqueue;
 mod flush;
 mod logs;
+mod man;
 mod metrics;
 mod output;
+mod service;
 mod start;
 mod status;
 mod stop;
@@ -37,7 +39,7 @@ use crate::output::Output;
 /// Control the outboxd daemon.
 #[derive(Debug, Parser)]
 #[command(name = "outboxctl", version, about, propagate_version = true)]
-struct Cli {
+pub struct Cli {
     /// The daemon's home directory
     /// [default: ~/.local/state/outboxd, /var/lib/outboxd for root]
     #[arg(long, global = true, env = "OUTBOXD_HOME", value_name = "DIR")]
@@ -165,6 +167,17 @@ enum Command {
     Config(ConfigCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions { shell: clap_complete::Shell },
+    /// Run outboxd as a service of systemd (Linux) or launchd (macOS):
+    /// install, uninstall, status
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// Write the manual pages, DIR/man8/outboxd.8 and DIR/man1/outboxctl.1
+    /// (`service install` installs them)
+    Man {
+        /// The directory (a man directory: /usr/local/share/man, say)
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
     /// Print the PostgreSQL connection URL
     Url {
         /// Include the password
@@ -180,6 +193,71 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum ServiceCommand {
+    /// Write the systemd unit or launchd plist with this machine's paths
+    /// (the outboxd binary next to outboxctl, else on PATH; the home; the
+    /// account), create the account of a system service (Linux), install
+    /// the manual pages, and print the command that enables and starts it
+    Install {
+        #[command(flatten)]
+        target: ServiceTarget,
+        /// Print the files and the actions; change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// The daemon binary the service runs [default: next to outboxctl,
+        /// else on PATH]
+        #[arg(long, value_name = "PATH")]
+        outboxd: Option<PathBuf>,
+    },
+    /// Stop and disable the service, remove the files `install` wrote;
+    /// the data (the home) and the account stay
+    Uninstall {
+        #[command(flatten)]
+        target: ServiceTarget,
+        /// Print the actions; change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// What is installed where, and what the service manager says of it
+    /// (exit 0: installed; 3: nothing installed)
+    Status {
+        #[command(flatten)]
+        target: ServiceTarget,
+    },
+}
+
+/// Which service: the system's or the user's.
+#[derive(Debug, clap::Args)]
+struct ServiceTarget {
+    /// The per-user service: systemctl --user, a LaunchAgent [default when
+    /// not root]
+    #[arg(long, conflicts_with = "system")]
+    user: bool,
+    /// The system service, as the account outboxd with its home in
+    /// /var/lib/outboxd [default as root]
+    #[arg(long)]
+    system: bool,
+    /// The operating system to write for (linux: systemd; macos: launchd)
+    /// [default: this one; another only with --dry-run]
+    #[arg(long, hide = true, value_parser = ["linux", "macos"])]
+    platform: Option<String>,
+}
+
+impl ServiceTarget {
+    fn target(self, home: Option<PathBuf>) -> service::Target {
+        service::Target {
+            scope: match (self.user, self.system) {
+                (true, _) => Some(service::Scope::User),
+                (_, true) => Some(service::Scope::System),
+                _ => None,
+            },
+            platform: self.platform.as_deref().and_then(service::Platform::parse),
+            home,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -250,6 +328,26 @@ fn main() -> ExitCode {
         let mut command = <Cli as clap::CommandFactory>::command();
         clap_complete::generate(shell, &mut command, "outboxctl", &mut std::io::stdout());
         return ExitCode::SUCCESS;
+    }
+    // Neither works in a home: no account to become, and a system install
+    // needs root as root.
+    match cli.command {
+        Command::Service(command) => {
+            let home = cli.home;
+            return ExitCode::from(match command {
+                ServiceCommand::Install {
+                    target,
+                    dry_run,
+                    outboxd,
+                } => service::install(&target.target(home), dry_run, outboxd.as_deref(), &out),
+                ServiceCommand::Uninstall { target, dry_run } => {
+                    service::uninstall(&target.target(home), dry_run, &out)
+                }
+                ServiceCommand::Status { target } => service::status(&target.target(home), &out),
+            });
+        }
+        Command::Man { dir } => return ExitCode::from(man::write(&dir, &out)),
+        _ => {}
     }
     let paths = match Paths::resolve(cli.home.as_deref()) {
         Ok(paths) => paths,
@@ -346,7 +444,9 @@ fn main() -> ExitCode {
         ),
         Command::Metrics => metrics::run(&paths, &out),
         Command::Config(ConfigCommand::Show) => config::show(&paths, &out),
-        Command::Completions { .. } => unreachable!("handled above"),
+        Command::Completions { .. } | Command::Service(_) | Command::Man { .. } => {
+            unreachable!("handled above")
+        }
     };
     ExitCode::from(code)
 }

@@ -300,7 +300,7 @@ pub fn wait_ready(paths: &Paths, deadline: Instant) -> Result<Status, Waited> {
 }
 
 /// `outboxd` next to this executable, else on `PATH`.
-fn daemon_exe() -> PathBuf {
+pub fn daemon_exe() -> PathBuf {
     std::env::current_exe()
         .ok()
         .map(|exe| exe.with_file_name("outboxd"))

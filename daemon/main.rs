@@ -26,12 +26,12 @@ mod watchdog;
 
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
 
-use clap::{CommandFactory, FromArgMatches, Parser};
-use outboxd::config::{Config, Flags, Settings};
+use clap::{CommandFactory, FromArgMatches};
+use outboxd::cli::DaemonArgs as Args;
+use outboxd::config::{Config, Flags};
 use outboxd::error::{Error, IoContext, Result};
 use outboxd::exit_code;
 use outboxd::lock::PidLock;
@@ -42,24 +42,6 @@ use tokio::sync::Notify;
 use tracing::{error, info};
 
 use crate::shutdown::Shutdown;
-
-/// The outboxd daemon: owns an embedded PostgreSQL and drains the outbox
-/// spool into it. Usually started by `outboxctl start`, systemd or launchd.
-#[derive(Debug, Parser)]
-#[command(version, about)]
-struct Args {
-    /// Home directory holding every file of this daemon
-    /// [default: ~/.local/state/outboxd, /var/lib/outboxd for root]
-    #[arg(long, env = "OUTBOXD_HOME", value_name = "DIR")]
-    home: Option<PathBuf>,
-
-    /// Fork into the background, log to <home>/log/outboxd.log
-    #[arg(long)]
-    daemonize: bool,
-
-    #[command(flatten)]
-    settings: Settings,
-}
 
 fn main() -> ExitCode {
     signals::block();

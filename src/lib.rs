@@ -11,6 +11,7 @@
 //! and the drain empties ([`spool`]). See `ARCHITECTURE.md`.
 
 pub mod account;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod error;

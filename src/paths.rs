@@ -100,14 +100,22 @@ impl Paths {
     }
 }
 
-/// The default home: `/var/lib/outboxd` for root; else
-/// `~/Library/Application Support/outboxd` on macOS, and
-/// `$XDG_STATE_HOME/outboxd` (default `~/.local/state/outboxd`) elsewhere.
+/// The home of root's daemon (and of the system service).
+pub const SYSTEM_HOME: &str = "/var/lib/outboxd";
+
+/// The default home: [`SYSTEM_HOME`] for root, else [`per_user_home`].
 pub fn default_home() -> Result<PathBuf> {
     if crate::process::euid() == 0 {
-        return Ok(PathBuf::from("/var/lib/outboxd"));
+        return Ok(PathBuf::from(SYSTEM_HOME));
     }
-    if cfg!(target_os = "macos") {
+    per_user_home(cfg!(target_os = "macos"))
+}
+
+/// The default home of an ordinary user: `~/Library/Application
+/// Support/outboxd` on macOS, and `$XDG_STATE_HOME/outboxd` (default
+/// `~/.local/state/outboxd`) elsewhere.
+pub fn per_user_home(macos: bool) -> Result<PathBuf> {
+    if macos {
         return Ok(user_home()?.join("Library/Application Support/outboxd"));
     }
     match std::env::var_os("XDG_STATE_HOME").map(PathBuf::from) {
@@ -118,7 +126,7 @@ pub fn default_home() -> Result<PathBuf> {
 }
 
 /// `$HOME`, else the home directory in the password database.
-fn user_home() -> Result<PathBuf> {
+pub fn user_home() -> Result<PathBuf> {
     if let Some(home) = std::env::var_os("HOME").filter(|h| !h.is_empty()) {
         return Ok(PathBuf::from(home));
     }

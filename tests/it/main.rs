@@ -10,5 +10,6 @@ mod operations;
 mod outbox;
 mod postgres;
 mod security;
+mod service;
 mod socket;
 mod usability;
