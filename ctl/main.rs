@@ -360,12 +360,16 @@ fn main() -> ExitCode {
         Command::Enqueue { .. } => Intent::Create,
         _ => Intent::Inspect,
     };
-    if let Err(err) = privileges::settle(
-        &paths.home,
-        None,
-        intent,
-        outboxd::account::Groups::PrimaryOnly,
-    ) {
+    // A daemon `start` spawns inherits the groups: it needs the account's
+    // own (a `producer_group`); anything else needs only the primary one.
+    let groups = match cli.command {
+        Command::Start {
+            component: None, ..
+        }
+        | Command::Restart { .. } => outboxd::account::Groups::Database,
+        _ => outboxd::account::Groups::PrimaryOnly,
+    };
+    if let Err(err) = privileges::settle(&paths.home, None, intent, groups) {
         return fail(&out, CtlError::from_lib(&paths, err));
     }
     let code = match cli.command {
