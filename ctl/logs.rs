@@ -82,14 +82,17 @@ fn tail(log: &Path, lines: usize, follow: bool) -> io::Result<()> {
     let mut file = File::open(log)?;
     let mut last = read_last_lines(&mut file, 0, lines)?;
     // A file rotated a moment ago holds few lines: the rest of the tail is
-    // in the newest rotated file.
-    if last.len() < lines {
-        let rotated = std::path::PathBuf::from(format!("{}.1", log.display()));
-        if let Ok(mut older) = File::open(&rotated) {
-            let mut earlier = read_last_lines(&mut older, 0, lines - last.len())?;
-            earlier.append(&mut last);
-            last = earlier;
-        }
+    // in the rotated files, newest first (`.1`, `.2`, ...).
+    let mut number = 1;
+    while last.len() < lines {
+        let rotated = std::path::PathBuf::from(format!("{}.{number}", log.display()));
+        let Ok(mut older) = File::open(&rotated) else {
+            break;
+        };
+        let mut earlier = read_last_lines(&mut older, 0, lines - last.len())?;
+        earlier.append(&mut last);
+        last = earlier;
+        number += 1;
     }
     for line in last {
         writeln!(stdout, "{line}")?;
