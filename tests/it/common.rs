@@ -281,6 +281,22 @@ impl Home {
 
 impl Drop for Home {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The home is about to go: show what the daemon and PostgreSQL
+            // said, for whoever reads the failure.
+            let paths = self.paths();
+            for log in [paths.log_file, paths.pg_log] {
+                if let Ok(text) = std::fs::read_to_string(&log) {
+                    let lines: Vec<&str> = text.lines().collect();
+                    let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "--- last lines of {} ---\n{tail}",
+                        log.display()
+                    );
+                }
+            }
+        }
         // The real tool first (it also stops an orphaned PostgreSQL cleanly),
         // then SIGKILL for whatever is left.
         for (pid, _) in processes_mentioning(&self.path) {
