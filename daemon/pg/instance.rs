@@ -25,6 +25,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// PostgreSQL is therefore about 20 s, and every outer budget (`outboxctl
 /// stop`, systemd's `TimeoutStopSec`) is longer.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long one readiness check may take (a connection and a query).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a start waits for a dead postmaster that init has not yet reaped.
 const ZOMBIE_WAIT: Duration = Duration::from_secs(10);
 /// How long a health check may take before the server counts as not answering.
@@ -164,8 +166,10 @@ impl Embedded {
                 libc::EBUSY,
             )));
         }
+        let connection = self.connection();
+        let answers = tokio::time::timeout(HEALTH_TIMEOUT, query_version(&connection));
         if orphan.args == self.command_line()
-            && let Ok(version) = query_version(&self.connection()).await
+            && let Ok(Ok(version)) = answers.await
         {
             info!(pid, "adopted the postmaster left by a previous daemon");
             return Ok(Some(Running {
@@ -270,7 +274,18 @@ impl Embedded {
                     said: log_since(&self.log, log_start),
                 });
             }
-            match connect_and_check(&connection, run.postmaster.pid).await {
+            let attempt = tokio::time::timeout(
+                ATTEMPT_TIMEOUT,
+                connect_and_check(&connection, run.postmaster.pid),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(Checked::Other(format!(
+                    "no answer within {} s",
+                    ATTEMPT_TIMEOUT.as_secs()
+                )))
+            });
+            match attempt {
                 Ok(version) => return Ok(version),
                 Err(Checked::Auth(message)) => {
                     return Err(PgError::BadPassword {

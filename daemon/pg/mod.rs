@@ -51,6 +51,9 @@ pub use supervisor::backoff_from;
 pub const SUPERUSER: &str = "postgres";
 pub const DATABASE: &str = "postgres";
 
+/// How long a connection's whole handshake may take.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Where and how to connect to PostgreSQL.
 #[derive(Clone, Debug)]
 pub struct Connection {
@@ -62,8 +65,22 @@ pub struct Connection {
 
 impl Connection {
     /// Connects; the connection's I/O runs in a task of its own until the
-    /// client is dropped.
+    /// client is dropped. The whole handshake is bounded by
+    /// [`CONNECT_TIMEOUT`] (tokio-postgres's own timeout covers only the
+    /// socket's connect: a frozen server would hold the handshake forever).
     pub async fn connect(&self) -> Result<tokio_postgres::Client, PgError> {
+        tokio::time::timeout(CONNECT_TIMEOUT, self.connect_unbounded())
+            .await
+            .unwrap_or_else(|_| {
+                Err(PgError::Client(format!(
+                    "no answer to the connection handshake within {} s ({})",
+                    CONNECT_TIMEOUT.as_secs(),
+                    self.target()
+                )))
+            })
+    }
+
+    async fn connect_unbounded(&self) -> Result<tokio_postgres::Client, PgError> {
         let failed = |e: tokio_postgres::Error| {
             PgError::Client(format!("{} ({})", describe(&e), self.target()))
         };

@@ -46,7 +46,7 @@ fn slow_initdb_bin(secs: u32) -> (tempfile::TempDir, std::path::PathBuf) {
 #[test]
 fn status_says_starting_until_postgres_answers_and_a_racing_start_waits_for_ready() {
     let home = Home::new();
-    let (_dir, bin) = slow_initdb_bin(3);
+    let (_dir, bin) = slow_initdb_bin(6);
     home.write_config(&format!("pg_bin = {:?}\n", bin.display().to_string()));
     // A daemon in the foreground, in its slow first start.
     let mut daemon = Command::new(OUTBOXD)
