@@ -38,7 +38,12 @@ use crate::output::Output;
 
 /// Control the outboxd daemon.
 #[derive(Debug, Parser)]
-#[command(name = "outboxctl", version, about, propagate_version = true)]
+#[command(
+    name = "outboxctl",
+    version,
+    about = "Control the outboxd daemon of a home, and enqueue events into its outbox",
+    propagate_version = true
+)]
 pub struct Cli {
     /// The daemon's home directory
     /// [default: ~/.local/state/outboxd, /var/lib/outboxd for root]
