@@ -52,8 +52,10 @@ use worker::Worker;
 const POLL: Duration = Duration::from_millis(250);
 /// How long shutdown lets a batch in flight finish before abandoning it.
 const FINISH_GRACE: Duration = Duration::from_secs(5);
-/// Status statistics are refreshed at most this often under load.
-const STATS_EVERY: Duration = Duration::from_millis(500);
+/// Status statistics (a `count(*)` of the spool) are refreshed at most
+/// this often under load, and while the drain waits.
+const STATS_UNDER_LOAD: Duration = Duration::from_millis(500);
+const STATS_WHILE_WAITING: Duration = Duration::from_secs(2);
 /// Housekeeping (idempotency ids, WAL checkpoint, retention) this often.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(30);
 /// How long nothing must have been drained before the WAL is truncated.
@@ -190,7 +192,7 @@ impl Drain {
             if let Next::Wait = next {
                 // Queued counts and `stuck` stay true while the drain waits
                 // (paused, backing off, PostgreSQL down).
-                self.refresh_stats(false).await;
+                self.refresh_stats(STATS_WHILE_WAITING).await;
             }
             match next {
                 Next::Shutdown => return,
@@ -290,7 +292,7 @@ impl Drain {
         if batch.is_empty() {
             self.last_progress = Instant::now();
             self.set_state();
-            self.refresh_stats(true).await;
+            self.refresh_stats(Duration::ZERO).await;
             return Next::Wait;
         }
         // Under load, SQLite reads the next batch while PostgreSQL takes
@@ -346,7 +348,7 @@ impl Drain {
                     }
                 });
                 self.succeeded(landed.rows as u64, last);
-                self.refresh_stats(false).await;
+                self.refresh_stats(STATS_UNDER_LOAD).await;
                 Next::Work
             }
             Err(failure) => {
@@ -495,10 +497,13 @@ impl Drain {
         });
     }
 
-    /// Refreshes queued, oldest, dead letters, rate and `stuck` (at most
-    /// every [`STATS_EVERY`] unless `now`).
-    async fn refresh_stats(&mut self, now: bool) {
-        if !now && self.last_stats.is_some_and(|at| at.elapsed() < STATS_EVERY) {
+    /// Refreshes queued, oldest, dead letters, rate and `stuck`, unless
+    /// that was done less than `at_most_every` ago.
+    async fn refresh_stats(&mut self, at_most_every: Duration) {
+        if self
+            .last_stats
+            .is_some_and(|at| at.elapsed() < at_most_every)
+        {
             return;
         }
         self.last_stats = Some(Instant::now());

@@ -42,15 +42,53 @@ impl Run {
     }
 }
 
-/// Runs a command to completion, failing the test if it hangs.
+/// Runs a command to completion, failing the test if it hangs. Its output
+/// goes to files, not pipes: a daemon it leaves running (holding what it
+/// inherited) cannot keep the reader waiting.
 pub fn run(command: &mut Command) -> Run {
-    let child = command
+    let stdout = tempfile::NamedTempFile::new().expect("create a temporary file");
+    let stderr = tempfile::NamedTempFile::new().expect("create a temporary file");
+    let mut child = command
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(stdout.reopen().expect("reopen"))
+        .stderr(stderr.reopen().expect("reopen"))
         .spawn()
         .expect("spawn command");
-    wait_output(child)
+    let status = wait_exit(&mut child);
+    let read = |file: &tempfile::NamedTempFile| {
+        String::from_utf8_lossy(&std::fs::read(file.path()).unwrap_or_default()).into_owned()
+    };
+    Run {
+        code: status.code().unwrap_or(-1),
+        stdout: read(&stdout),
+        stderr: read(&stderr),
+    }
+}
+
+/// Waits for `child` to exit, killing it (and failing the test) if it
+/// outlives [`COMMAND_LIMIT`].
+fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    let deadline = Instant::now() + COMMAND_LIMIT;
+    loop {
+        if let Some(status) = child.try_wait().expect("poll child") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("command did not finish within {COMMAND_LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The paths in `dir`.
+pub fn entries(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect()
 }
 
 /// Runs a command with `input` on its standard input, to completion,
@@ -90,17 +128,7 @@ pub fn wait_output(mut child: Child) -> Run {
     }
     let stdout = drain(child.stdout.take());
     let stderr = drain(child.stderr.take());
-    let deadline = Instant::now() + COMMAND_LIMIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("poll child") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("command did not finish within {COMMAND_LIMIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let status = wait_exit(&mut child);
     Run {
         code: status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&stdout.join().expect("read stdout")).into_owned(),
@@ -851,40 +879,6 @@ pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool 
             return false;
         }
         std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Runs a command to completion with its output going to files rather than
-/// pipes, so that a process it leaves behind (holding the inherited
-/// descriptors) cannot keep the test waiting for end-of-file.
-pub fn run_to_files(command: &mut Command) -> Run {
-    let stdout = tempfile::NamedTempFile::new().expect("create a temporary file");
-    let stderr = tempfile::NamedTempFile::new().expect("create a temporary file");
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(stdout.reopen().expect("reopen"))
-        .stderr(stderr.reopen().expect("reopen"))
-        .spawn()
-        .expect("spawn command");
-    let deadline = Instant::now() + COMMAND_LIMIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("poll child") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("command did not finish within {COMMAND_LIMIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let read = |file: &tempfile::NamedTempFile| {
-        String::from_utf8_lossy(&std::fs::read(file.path()).unwrap_or_default()).into_owned()
-    };
-    Run {
-        code: status.code().unwrap_or(-1),
-        stdout: read(&stdout),
-        stderr: read(&stderr),
     }
 }
 

@@ -216,7 +216,7 @@ fn a_fifo_as_config_toml_does_not_hang_start() {
     let home = Home::new();
     mkfifo(&home.paths().config_file);
     // Through files: a daemon stuck before it detaches holds start's output.
-    let start = crate::common::run_to_files(&mut home.ctl_command(&["start", "--timeout", "10"]));
+    let start = crate::common::run(&mut home.ctl_command(&["start", "--timeout", "10"]));
     assert_ne!(start.code, 0, "{start:?}");
     assert!(
         wait_until(Duration::from_secs(10), || home.daemons().is_empty()),
@@ -378,11 +378,7 @@ fn a_killed_outboxctl_start_leaves_no_notify_socket_behind() {
         home.ctl(&["status"]).code == 0
     });
     home.stop();
-    let left: Vec<_> = std::fs::read_dir(tmp.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
+    let left = crate::common::entries(tmp.path());
     assert!(left.is_empty(), "left behind in TMPDIR: {left:?}");
 }
 

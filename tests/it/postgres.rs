@@ -444,11 +444,7 @@ fn no_temporary_directories_are_left_behind() {
         let run = crate::common::run(home.ctl_command(command).env("TMPDIR", tmp.path()));
         assert_eq!(run.code, 0, "{command:?}: {run:?}");
     }
-    let left: Vec<_> = std::fs::read_dir(tmp.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
+    let left = crate::common::entries(tmp.path());
     assert!(left.is_empty(), "left behind: {left:?}");
 }
 
