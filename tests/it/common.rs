@@ -144,12 +144,11 @@ pub fn kill(pid: i32, signal: i32) {
 }
 
 /// Polls `condition` until it holds, failing the test after `limit`.
-pub fn eventually(what: &str, limit: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+pub fn eventually(what: &str, limit: Duration, condition: impl FnMut() -> bool) {
+    assert!(
+        wait_until(limit, condition),
+        "timed out after {limit:?} waiting until {what}"
+    );
 }
 
 /// A private home directory. Dropping it kills every process started on it
