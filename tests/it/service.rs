@@ -479,9 +479,18 @@ impl Namespace {
             .to_string()
     }
 
+    /// Where the unit's journal ends now; empty when it has no entries yet
+    /// (a new machine), so that [`Namespace::journal`] then reads it all.
     fn journal_cursor(&self) -> String {
-        let out = self.ok(&["journalctl", "-u", "outboxd", "-n", "0", "--show-cursor"]);
-        out.lines()
+        let args = ["journalctl", "-u", "outboxd", "-n", "0", "--show-cursor"];
+        let run = self.exec(&args);
+        // journalctl exits 1 with "-- No entries --" on an empty journal.
+        if run.code == 1 && run.stdout.trim() == "-- No entries --" {
+            return String::new();
+        }
+        assert_eq!(run.code, 0, "{args:?} in the namespace: {run:?}");
+        run.stdout
+            .lines()
             .find_map(|l| l.strip_prefix("-- cursor: "))
             .map(str::to_string)
             .unwrap_or_default()
