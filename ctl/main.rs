@@ -139,6 +139,11 @@ enum Command {
         /// but a power loss may lose the last events (a crash never does)
         #[arg(long, value_parser = ["full", "normal"], default_value = "full")]
         durability: String,
+        /// Make the home directory when it does not exist (otherwise a
+        /// missing home is refused: a typo would strand events where no
+        /// daemon looks; the default home is made on first use)
+        #[arg(long)]
+        create_home: bool,
     },
     /// Wait until everything enqueued so far is in PostgreSQL or dead-lettered
     Flush {
@@ -362,7 +367,16 @@ fn main() -> ExitCode {
     // yet, or is root's, is only looked at (`start` lets the daemon decide),
     // except by a producer, which creates it as the daemon would.
     let intent = match cli.command {
-        Command::Enqueue { .. } => Intent::Create,
+        Command::Enqueue { create_home, .. } => {
+            // A home named by --home or OUTBOXD_HOME must exist unless asked
+            // for: a typo would strand events where no daemon looks. The
+            // default home is made on first use.
+            if !create_home && cli.home.is_some() && std::fs::symlink_metadata(&paths.home).is_err()
+            {
+                return fail(&out, CtlError::NoProducerHome { home: paths.home });
+            }
+            Intent::Create
+        }
         _ => Intent::Inspect,
     };
     // A daemon `start` spawns inherits the groups: it needs the account's
@@ -406,6 +420,7 @@ fn main() -> ExitCode {
             ndjson,
             batch_size,
             durability,
+            create_home,
         } => enqueue::run(
             &paths,
             enqueue::Args {
@@ -419,6 +434,7 @@ fn main() -> ExitCode {
                     "normal" => outboxd::spool::Durability::Normal,
                     _ => outboxd::spool::Durability::Full,
                 },
+                create_home,
             },
             &out,
         ),

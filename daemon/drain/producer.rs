@@ -30,8 +30,20 @@ impl Producer {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut slot = this.spool.lock().unwrap_or_else(|e| e.into_inner());
+            // A spool moved or replaced under the daemon is not written to:
+            // the file now at the path is opened (it must exist; the daemon
+            // never makes a new one after its start).
+            if let Some(spool) = slot.as_ref()
+                && !spool.is_at_path()?
+            {
+                *slot = None;
+            }
             if slot.is_none() {
-                *slot = Some(Spool::open_with(&this.paths, Options::default())?);
+                *slot = Some(Spool::open_in_daemon(
+                    &this.paths,
+                    Options::default(),
+                    false,
+                )?);
             }
             job(slot.as_mut().expect("opened above"))
         })
