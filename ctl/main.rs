@@ -476,8 +476,14 @@ fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-/// `restart`: stop, then start; one JSON document with both outcomes.
+/// `restart`: check what the new daemon would run with, stop, then start;
+/// one JSON document with both outcomes.
 fn restart(paths: &Paths, timeout: Option<Duration>, out: &Output) -> u8 {
+    if let Err(err) = check_restart(paths) {
+        let code = err.exit_code();
+        out.error(&err);
+        return code;
+    }
     let stopped = stop::stop(paths, timeout);
     let stop_json = match &stopped {
         Ok(report) => report.json(),
@@ -505,6 +511,102 @@ fn restart(paths: &Paths, timeout: Option<Duration>, out: &Output) -> u8 {
             code
         }
     }
+}
+
+/// What `restart` checks before it stops anything: the configuration a
+/// daemon started now would read (as `reload` checks it), the binaries it
+/// would run, and that the settings the running daemon took from flags
+/// and the environment are the same now (a restart from another shell
+/// must not silently drain into another database).
+fn check_restart(paths: &Paths) -> Result<(), CtlError> {
+    let refuse = |why: String| {
+        CtlError::Failed(format!(
+            "refusing to restart: {why}; the running daemon was left as it is"
+        ))
+    };
+    let config = config::local_config(paths).map_err(|e| {
+        refuse(format!(
+            "the configuration was not reloaded: {e} (fix it; `outboxctl reload` checks it too)"
+        ))
+    })?;
+    let exe = start::daemon_exe();
+    if !is_executable(&exe) {
+        return Err(refuse(format!(
+            "{} is not an executable file; install outboxd next to outboxctl or on PATH",
+            exe.display()
+        )));
+    }
+    if config.database_url.is_none()
+        && let Some(bin) = &config.pg_bin
+        && !is_executable(&bin.join("postgres"))
+    {
+        return Err(refuse(format!(
+            "pg_bin {} holds no executable postgres",
+            bin.display()
+        )));
+    }
+    let running = match daemon::connect(paths, daemon::ANSWER_TIMEOUT) {
+        Ok((mut client, _)) => {
+            client
+                .call_as::<outboxd::protocol::ConfigShown>(&outboxd::protocol::Request::Config)
+                .map_err(|e| CtlError::Failed(e.to_string()))?
+                .settings
+        }
+        Err(CtlError::NotRunning { .. }) => return Ok(()),
+        Err(err) => return Err(err),
+    };
+    let now = config.effective();
+    let external = |origin: &outboxd::error::Origin| {
+        matches!(
+            origin,
+            outboxd::error::Origin::Flag(_) | outboxd::error::Origin::Env(_)
+        )
+    };
+    let mut differ = Vec::new();
+    for old in &running {
+        let new = now.iter().find(|new| new.key == old.key);
+        let same = new.is_some_and(|new| new.value == old.value);
+        if !same && (external(&old.origin) || new.is_some_and(|new| external(&new.origin))) {
+            let show = |value: Option<&serde_json::Value>| match value {
+                None | Some(serde_json::Value::Null) => "unset".to_string(),
+                Some(serde_json::Value::String(text)) => text.clone(),
+                Some(other) => other.to_string(),
+            };
+            differ.push(format!(
+                "{} is {} in the running daemon (from {}) but would be {} (from {})",
+                old.key,
+                show(Some(&old.value)),
+                old.origin,
+                show(new.map(|new| &new.value)),
+                new.map_or("default".to_string(), |new| new.origin.to_string()),
+            ));
+        }
+    }
+    if differ.is_empty() {
+        return Ok(());
+    }
+    Err(refuse(format!(
+        "a daemon started now would not run as the running one: {}; run restart with the \
+         same flags and environment, or change it deliberately with `{}` then `{}`",
+        differ.join("; "),
+        outboxd::quote::ctl(&paths.home, "stop"),
+        outboxd::quote::ctl(&paths.home, "start")
+    )))
+}
+
+fn is_executable(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let found = match path.components().count() {
+        1 => std::env::var_os("PATH").and_then(|dirs| {
+            std::env::split_paths(&dirs)
+                .map(|dir| dir.join(path))
+                .find(|candidate| candidate.is_file())
+        }),
+        _ => Some(path.to_path_buf()),
+    };
+    found
+        .and_then(|path| std::fs::metadata(path).ok())
+        .is_some_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
 }
 
 fn fail(out: &Output, err: CtlError) -> ExitCode {
