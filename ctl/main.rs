@@ -16,6 +16,7 @@ mod logs;
 mod man;
 mod metrics;
 mod output;
+mod retarget;
 mod service;
 mod start;
 mod status;
@@ -151,6 +152,10 @@ enum Command {
         #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
         timeout: Option<Duration>,
     },
+    /// Forget the PostgreSQL this home's spool drains into, so that the
+    /// drain records the one it connects to next (the deliberate way to
+    /// move a home to another database; the drain refuses any other)
+    Retarget,
     /// The events PostgreSQL rejected: list, requeue or purge them
     #[command(name = "dead-letters", subcommand)]
     DeadLetters(DeadLettersCommand),
@@ -439,6 +444,7 @@ fn main() -> ExitCode {
             &out,
         ),
         Command::Flush { timeout } => flush::run(&paths, timeout, &out),
+        Command::Retarget => retarget::run(&paths, &out),
         Command::DeadLetters(command) => dead_letters::run(
             &paths,
             match command {

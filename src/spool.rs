@@ -9,7 +9,7 @@
 //!
 //! | table | holds |
 //! |---|---|
-//! | `meta(key, value)` | `source_id`: a random UUID v4 made with the schema and never changed; it tells this spool's events apart from every other host's in PostgreSQL |
+//! | `meta(key, value)` | `source_id`: a random UUID v4 made with the schema and never changed; it tells this spool's events apart from every other host's in PostgreSQL. `target`: the PostgreSQL the drain drains into (system identifier and database name), recorded when it first drained |
 //! | `events(seq, topic, key, id, payload, enqueued_at)` | the queue; `seq` is `INTEGER PRIMARY KEY AUTOINCREMENT` |
 //! | `ids(id, seq, at)` | idempotency ids seen recently, with the seq each one landed as |
 //! | `dead_letters(seq, topic, key, id, payload, enqueued_at, error, attempts, failed_at)` | events PostgreSQL rejected, with why, how often and when |
@@ -475,6 +475,36 @@ impl Spool {
     /// This spool's source id, made with the schema and never changed.
     pub fn source_id(&self) -> Uuid {
         self.source_id
+    }
+
+    /// The PostgreSQL this spool drains into, as the drain recorded it when
+    /// it first drained (`meta.target`: the server's system identifier and
+    /// the database's name, never a password); `None` before.
+    pub fn target(&mut self) -> Result<Option<String>> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = 'target'", [], |row| {
+                row.get(0)
+            })
+            .optional()
+            .at("read the drain target of", &self.paths.spool)
+    }
+
+    /// Records the PostgreSQL this spool drains into, or forgets it
+    /// (`None`: the drain records the one it connects to next).
+    pub fn set_target(&mut self, target: Option<&str>) -> Result<()> {
+        let path = &self.paths.spool;
+        match target {
+            Some(target) => self.conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('target', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [target],
+            ),
+            None => self
+                .conn
+                .execute("DELETE FROM meta WHERE key = 'target'", []),
+        }
+        .map(|_| ())
+        .at("record the drain target of", path)
     }
 
     /// Enqueues one event: validates it, commits it (durably under

@@ -262,9 +262,36 @@ impl Drain {
         self.housekeeping().await;
         if self.sink.is_none() {
             let connection = self.connection.borrow().clone().expect("checked");
-            match Sink::connect(&connection, self.source).await {
+            let recorded = match self.worker.run(|spool| spool.target()).await {
+                Ok(recorded) => recorded,
+                Err(e) => {
+                    self.failed(Failure::Spool(e.to_string()));
+                    return Next::Wait;
+                }
+            };
+            let configured = match &self.config.database_url {
+                Some(url) => format!("database_url {}", outboxd::redact::url(url)),
+                None => "the embedded PostgreSQL".to_string(),
+            };
+            match Sink::connect(&connection, self.source, recorded.as_deref(), &configured).await {
                 Ok(sink) => {
                     info!(cursor = sink.cursor, source = %self.source, "the drain is connected");
+                    if let (None, Some(target)) = (&recorded, sink.target.clone()) {
+                        let record = target.clone();
+                        match self
+                            .worker
+                            .run(move |spool| spool.set_target(Some(&record)))
+                            .await
+                        {
+                            Ok(()) => {
+                                info!(%target, "recorded the database this spool drains into")
+                            }
+                            Err(e) => {
+                                self.failed(Failure::Spool(e.to_string()));
+                                return Next::Wait;
+                            }
+                        }
+                    }
                     self.sink = Some(sink);
                 }
                 Err(failure) => {
@@ -548,11 +575,15 @@ impl Drain {
                 Duration::from_secs(30),
                 self.failures,
             ),
-            Failure::Conflict(_) => Duration::ZERO,
+            Failure::Conflict(_) | Failure::Target(_) => Duration::ZERO,
         };
         match failure {
             Failure::Conflict(why) => {
                 error!(error = %why, "the drain is stopped: another spool shares this source id");
+                self.halted = Some(why);
+            }
+            Failure::Target(why) => {
+                error!(error = %why, "the drain is stopped: the spool drains into another database");
                 self.halted = Some(why);
             }
             _ => {

@@ -39,6 +39,9 @@ pub enum Failure {
     Conflict(String),
     /// The spool failed.
     Spool(String),
+    /// The daemon is connected to another PostgreSQL than the one this
+    /// spool drains into: nothing moves until a person decides.
+    Target(String),
 }
 
 impl std::fmt::Display for Failure {
@@ -47,7 +50,8 @@ impl std::fmt::Display for Failure {
             Failure::Transient(why)
             | Failure::Setup(why)
             | Failure::Conflict(why)
-            | Failure::Spool(why) => f.write_str(why),
+            | Failure::Spool(why)
+            | Failure::Target(why) => f.write_str(why),
         }
     }
 }
@@ -69,16 +73,40 @@ pub struct Sink {
     source: Uuid,
     /// The highest seq of this source committed in PostgreSQL.
     pub cursor: i64,
+    /// The PostgreSQL connected to: its system identifier and the
+    /// database's name (see [`Sink::connect`]); `None` when the server
+    /// does not say.
+    pub target: Option<String>,
 }
 
 impl Sink {
-    /// Connects, creates or migrates the schema, and reads this source's
-    /// cursor (creating its row at 0).
-    pub async fn connect(connection: &Connection, source: Uuid) -> Result<Sink, Failure> {
+    /// Connects, checks that the server is the one this spool drains into
+    /// (`recorded`, when the spool recorded one; `configured` describes
+    /// the configuration for the refusal), creates or migrates the schema,
+    /// and reads this source's cursor (creating its row at 0).
+    pub async fn connect(
+        connection: &Connection,
+        source: Uuid,
+        recorded: Option<&str>,
+        configured: &str,
+    ) -> Result<Sink, Failure> {
         let mut client = connection
             .connect()
             .await
             .map_err(|e| Failure::Transient(e.to_string()))?;
+        let target = read_target(&client).await;
+        if let (Some(recorded), Some(target)) = (recorded, &target)
+            && recorded != target
+        {
+            return Err(Failure::Target(format!(
+                "this spool drains into the PostgreSQL with {recorded} (recorded when it first \
+                 drained), but the daemon is configured for {configured}, the PostgreSQL with \
+                 {target}: draining there would split this source's events between two \
+                 databases. Set database_url back (`outboxctl config show` says where each \
+                 setting came from), or, to switch deliberately, run `outboxctl retarget` and \
+                 then `outboxctl start drain`"
+            )));
+        }
         schema::migrate(&mut client).await.map_err(Failure::Setup)?;
         client
             .execute(
@@ -93,6 +121,7 @@ impl Sink {
             client,
             source,
             cursor,
+            target,
         })
     }
 
@@ -430,6 +459,22 @@ async fn advance(tx: &Transaction<'_>, source: Uuid, last: i64) -> Result<(), At
     .await
     .map_err(|e| Attempt::Failed(classify(e)))?;
     Ok(())
+}
+
+/// The server's system identifier (made by initdb, the same on its
+/// physical replicas) and the database's name, as `system N, database D`;
+/// `None` when the server does not say (`pg_control_system()` refused).
+async fn read_target(client: &Client) -> Option<String> {
+    let row = client
+        .query_one(
+            "SELECT system_identifier::text, current_database()::text FROM pg_control_system()",
+            &[],
+        )
+        .await
+        .ok()?;
+    let system: String = row.get(0);
+    let database: String = row.get(1);
+    Some(format!("system identifier {system}, database {database}"))
 }
 
 async fn read_cursor(client: &Client, source: Uuid) -> Result<i64, Failure> {

@@ -560,3 +560,72 @@ fn flush_counts_old_duplicates_instead_of_claiming_they_landed() {
     assert_eq!(home.query("SELECT count(*) FROM outbox.events"), "1");
     home.stop();
 }
+
+// ---------------------------------------------------------------------------
+// 10. A home never silently changes the database it drains into
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_home_never_silently_changes_the_database_it_drains_into() {
+    let server = Home::new();
+    server.start();
+    let url = server.ctl(&["url", "--with-password"]);
+    assert_eq!(url.code, 0, "{url:?}");
+    let url = url.stdout.trim().to_string();
+
+    let home = Home::new();
+    let mut start = home.ctl_command(&["start", "--timeout", "240"]);
+    start.env("OUTBOXD_DATABASE_URL", &url);
+    let started = common::run(&mut start);
+    assert_eq!(started.code, 0, "{started:?}");
+    seq_of(&enqueue(&home, &["--topic", "first", "1"]));
+    flush_json(&home);
+    assert_eq!(
+        server.query("SELECT count(*) FROM outbox.events WHERE topic = 'first'"),
+        "1"
+    );
+
+    // restart from a shell without the variable keeps the daemon as it is.
+    let pid = home.holder();
+    let mut restart = home.ctl_command(&["restart"]);
+    restart.env_remove("OUTBOXD_DATABASE_URL");
+    let restart = common::run(&mut restart);
+    assert_ne!(restart.code, 0, "{restart:?}");
+    assert!(restart.stderr.contains("database_url"), "{restart:?}");
+    assert!(!restart.stderr.contains(&server.secret()), "{restart:?}");
+    assert_eq!(home.holder(), pid, "restart stopped the daemon");
+    home.stop();
+
+    // Started without it (embedded), the drain refuses the other database.
+    home.start();
+    seq_of(&enqueue(&home, &["--topic", "second", "2"]));
+    eventually("the drain refuses the new target", LIMIT, || {
+        home.status()["drain"]["state"] == "failed"
+    });
+    let status = home.ctl(&["status"]);
+    assert_eq!(status.code, 150, "{status:?}");
+    assert!(status.stdout.contains("retarget"), "{status:?}");
+    assert!(!status.stdout.contains(&server.secret()), "{status:?}");
+    let queued: i64 = rusqlite::Connection::open(home.paths().spool)
+        .unwrap()
+        .query_row("SELECT count(*) FROM events", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(queued, 1, "the event waits in the spool");
+
+    // Switching deliberately.
+    let retarget = home.ctl(&["retarget"]);
+    assert_eq!(retarget.code, 0, "{retarget:?}");
+    let resume = home.ctl(&["start", "drain"]);
+    assert_eq!(resume.code, 0, "{resume:?}");
+    flush_json(&home);
+    assert_eq!(
+        home.query("SELECT count(*) FROM outbox.events WHERE topic = 'second'"),
+        "1"
+    );
+    assert_eq!(
+        server.query("SELECT count(*) FROM outbox.events WHERE topic = 'second'"),
+        "0"
+    );
+    home.stop();
+    server.stop();
+}
