@@ -39,7 +39,13 @@
 //!   drain never meets an event that is invalid by construction.
 //! - Only SQLite opens `outbox.db` and its `-wal` and `-shm` files: closing
 //!   any other descriptor of them would drop SQLite's POSIX locks. Checks
-//!   use `lstat`, which opens nothing.
+//!   use `lstat`, which opens nothing. The one exception: a missing
+//!   `outbox.db` is made (0600, `O_CREAT | O_EXCL | O_NOFOLLOW`) and closed
+//!   before SQLite opens it, under a process-wide mutex, so that no other
+//!   connection of the process has the new file open yet.
+//! - The spool is private: never readable by group or others (SQLite gives
+//!   `-wal` and `-shm` the database file's mode; ones found readable are
+//!   `chmod`ed), and `outbox.db` has exactly one link.
 //! - Root never opens a spool: files it created would belong to root and
 //!   lock the daemon's account out of its own queue.
 //! - A file at `outbox.db` that is not a spool (not SQLite, corrupt, another
