@@ -832,7 +832,9 @@ pub fn now_micros() -> i64 {
 /// and the nudge socket must be derived as the daemon derives it (from the
 /// canonical home).
 fn resolve_home(paths: &Paths, create: bool) -> Result<Paths> {
-    if fs::symlink_metadata(&paths.home).is_err() {
+    let missing = fs::symlink_metadata(&paths.home)
+        .is_err_and(|error| error.kind() == io::ErrorKind::NotFound);
+    if missing {
         let default = paths::default_home().is_ok_and(|home| home == paths.home);
         if !create && !default {
             return Err(Error::Problem {
@@ -853,6 +855,21 @@ fn resolve_home(paths: &Paths, create: bool) -> Result<Paths> {
         Ok(paths.clone())
     } else {
         Ok(Paths::for_home(&home))
+    }
+}
+
+/// Makes an empty `outbox.db` (0600) when nothing is at its path, for the
+/// daemon before it takes the lock: while a daemon holds the lock, a
+/// missing spool then always means one moved or deleted under it (see
+/// [`Spool::open_with`]). Anything else at the path is left for the
+/// drain to check and report.
+#[doc(hidden)]
+pub fn create_if_missing(paths: &Paths) -> Result<()> {
+    match fs::symlink_metadata(&paths.spool) {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            create_spool_file(paths, Opener::Daemon { create: true })
+        }
+        _ => Ok(()),
     }
 }
 
