@@ -423,6 +423,11 @@ impl Spool {
         })
     }
 
+    /// The device and inode of `outbox.db` when this spool opened it.
+    pub fn file_identity(&self) -> (u64, u64) {
+        self.identity
+    }
+
     /// Whether `outbox.db` in the home is still the file this spool opened
     /// (same device and inode): `false` when it was moved, deleted or
     /// replaced since. Uses `lstat`, which opens nothing.

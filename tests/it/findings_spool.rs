@@ -209,6 +209,16 @@ fn a_spool_is_never_readable_by_the_producer_group_or_others() {
         "a member of the producer group read the spool: {}",
         read.stderr
     );
+    let mut sqlite = group.members[0].command("sqlite3");
+    sqlite
+        .gid(group.group.gid)
+        .arg(format!("file:{}?mode=ro", home.paths().spool.display()))
+        .arg("select payload from events");
+    let sqlite = common::run(&mut sqlite);
+    assert!(
+        sqlite.code != 0 && !sqlite.stdout.contains("s3cr3t"),
+        "a member of the producer group read the spool with sqlite3: {sqlite:?}"
+    );
     home.stop();
 }
 
@@ -252,6 +262,24 @@ fn a_spool_moved_away_under_the_daemon_is_never_reported_flushed() {
         let status = home.ctl(&["status"]);
         status.code == 150 && status.stdout.contains("moved")
     });
+    // A copy put back in its place (a new file, the same source id) is not
+    // the drain's file either: flush still claims nothing.
+    for path in spool_files(&aside) {
+        let copied = common::run(
+            Command::new("cp")
+                .arg("-a")
+                .arg(&path)
+                .arg(home.path.join(path.file_name().unwrap())),
+        );
+        assert_eq!(copied.code, 0, "{copied:?}");
+    }
+    let flush = home.ctl(&["flush", "--timeout", "5"]);
+    assert_ne!(flush.code, 0, "{flush:?}");
+    // restart drains the file now at the path.
+    let restart = home.ctl(&["restart"]);
+    assert_eq!(restart.code, 0, "{restart:?}");
+    seq_of(&enqueue(&home, &["--topic", "t", "3"]));
+    flush_json(&home);
     home.stop();
 }
 
@@ -504,6 +532,16 @@ fn restart_with_a_broken_config_keeps_the_running_daemon() {
     assert!(
         restart.stderr.contains(&problem(&reload.stderr).unwrap()),
         "restart must refuse with reload's message: {restart:?} vs {reload:?}"
+    );
+    // Binaries it would not find are refused the same way.
+    home.write_config("pg_bin = \"/nonexistent/bin\"\n");
+    let restart = home.ctl(&["restart"]);
+    assert_ne!(restart.code, 0, "{restart:?}");
+    assert!(restart.stderr.contains("/nonexistent/bin"), "{restart:?}");
+    assert_eq!(
+        home.holder(),
+        Some(pid),
+        "restart stopped the healthy daemon"
     );
     std::fs::remove_file(home.path.join("config.toml")).unwrap();
     home.stop();

@@ -124,9 +124,10 @@ fn unavailable(e: outboxd::Error) -> ErrorBody {
 /// path (not moved or replaced under the daemon). Otherwise the drain's
 /// cursor says nothing about the events enqueued there.
 async fn same_spool(ctx: &Context) -> Result<(), ErrorBody> {
-    let (at_path, source) = ctx
+    let at_path = ctx.producer.is_first_file().await.map_err(unavailable)?;
+    let source = ctx
         .producer
-        .run(|spool| Ok((spool.is_at_path()?, spool.source_id())))
+        .run(|spool| Ok(spool.source_id()))
         .await
         .map_err(unavailable)?;
     let status = ctx.drain.status();
