@@ -667,3 +667,22 @@ fn a_home_never_silently_changes_the_database_it_drains_into() {
     home.stop();
     server.stop();
 }
+
+#[test]
+fn the_spool_exists_whenever_a_daemon_holds_the_lock() {
+    // A producer that finds no spool while the lock is held refuses (the
+    // spool was moved under the daemon): so the daemon makes the file
+    // before it takes the lock, not when its drain first opens it.
+    let home = Home::new();
+    let mut daemon = common::Foreground::spawn(&home.path, &[]);
+    eventually("the daemon holds the lock", LIMIT, || {
+        home.holder().is_some()
+    });
+    assert!(
+        home.paths().spool.exists(),
+        "the lock is held and there is no spool yet"
+    );
+    seq_of(&enqueue(&home, &["--topic", "t", "1"]));
+    assert!(daemon.ready_or_exit(LIMIT).is_ok());
+    home.stop();
+}
