@@ -533,7 +533,7 @@ fn check_restart(paths: &Paths) -> Result<(), CtlError> {
     };
     let config = config::local_config(paths).map_err(|e| {
         refuse(format!(
-            "the configuration was not reloaded: {e} (fix it; `outboxctl reload` checks it too)"
+            "{e} (as `outboxctl reload` says; fix it, and restart again)"
         ))
     })?;
     let exe = start::daemon_exe();
