@@ -334,7 +334,12 @@ pub struct Spool {
     source_id: Uuid,
     /// The device and inode of `outbox.db` when it was opened.
     identity: (u64, u64),
+    /// When an enqueue last checked that `outbox.db` is still that file.
+    checked_at: Instant,
 }
+
+/// How often an enqueue checks that the spool was not moved or replaced.
+const CHECK_FILE_EVERY: Duration = Duration::from_secs(1);
 
 impl Spool {
     /// Opens (creating when missing) the spool of an existing `home` with
@@ -420,6 +425,7 @@ impl Spool {
             paths,
             source_id,
             identity: (meta.dev(), meta.ino()),
+            checked_at: Instant::now(),
         })
     }
 
@@ -548,6 +554,22 @@ impl Spool {
 
     /// Inserts validated events in one transaction and nudges the drain.
     fn write(&mut self, events: &[NewEvent]) -> Result<Vec<Enqueued>> {
+        // A spool moved or replaced under a long-lived producer would take
+        // its events where no daemon drains them (checked once a second).
+        if self.checked_at.elapsed() >= CHECK_FILE_EVERY {
+            if !self.is_at_path()? {
+                return Err(Error::Problem {
+                    what: "spool",
+                    path: self.paths.spool.clone(),
+                    problem: "was moved, deleted or replaced since this producer opened it".into(),
+                    fix: "open the spool again (nothing was written); the daemon drains the \
+                          file at this path"
+                        .into(),
+                    errno: libc::ESTALE,
+                });
+            }
+            self.checked_at = Instant::now();
+        }
         let enqueued =
             insert_events(&mut self.conn, events).at("enqueue into", &self.paths.spool)?;
         crate::nudge::send(&self.paths);
