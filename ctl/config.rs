@@ -60,6 +60,14 @@ fn describe(origin: &Origin) -> String {
 
 /// The configuration from `config.toml` and the variables a daemon reads.
 fn local(paths: &Paths) -> Result<Vec<Effective>, CtlError> {
+    local_config(paths)
+        .map(|config| config.effective())
+        .map_err(|e| CtlError::from_lib(paths, e))
+}
+
+/// The configuration a daemon started now (by `start`, with this
+/// environment) would run with, validated as the daemon validates it.
+pub fn local_config(paths: &Paths) -> outboxd::Result<Config> {
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let settings = Settings {
         pg_bin: env("OUTBOXD_PG_BIN").map(Into::into),
@@ -79,6 +87,4 @@ fn local(paths: &Paths) -> Result<Vec<Effective>, CtlError> {
         flags.origins.insert(key.into(), Origin::Env(var.into()));
     }
     Config::load(paths.clone(), &flags)
-        .map(|config| config.effective())
-        .map_err(|e| CtlError::from_lib(paths, e))
 }

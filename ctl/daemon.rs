@@ -45,6 +45,15 @@ pub enum CtlError {
         quote::ctl(home, "start")
     )]
     NoHome { home: PathBuf },
+    /// The home a producer named does not exist: the same message, and how
+    /// to make it deliberately.
+    #[error(
+        "the home directory {} does not exist; check --home (or OUTBOXD_HOME), or start a \
+         daemon there with `{}`, or enqueue with --create-home to make it",
+        home.display(),
+        quote::ctl(home, "start")
+    )]
+    NoProducerHome { home: PathBuf },
     /// The daemon is not running.
     #[error("outboxd is not running (home {}); start it with `{}`", home.display(), quote::ctl(home, "start"))]
     NotRunning { home: PathBuf },
@@ -63,9 +72,10 @@ impl CtlError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CtlError::NotRunning { .. } => exit_code::NOT_RUNNING,
-            CtlError::NoHome { .. } | CtlError::Denied { .. } | CtlError::Untrusted(_) => {
-                exit_code::UNKNOWN
-            }
+            CtlError::NoHome { .. }
+            | CtlError::NoProducerHome { .. }
+            | CtlError::Denied { .. }
+            | CtlError::Untrusted(_) => exit_code::UNKNOWN,
             CtlError::Failed(_) => exit_code::FAILURE,
         }
     }
@@ -81,6 +91,22 @@ impl CtlError {
         match err {
             outboxd::Error::Problem { .. } => CtlError::Untrusted(err.to_string()),
             other => CtlError::Failed(other.to_string()),
+        }
+    }
+
+    /// An error of the spool (opening it, writing to it): a spool that is
+    /// not as it must be is a failure (exit 1), not a matter of trust.
+    pub fn from_spool(paths: &Paths, err: outboxd::Error) -> CtlError {
+        match err {
+            err if err.is_permission_denied() => CtlError::from_lib(paths, err),
+            outboxd::Error::Problem {
+                what: "home directory",
+                errno: libc::ENOENT,
+                ..
+            } => CtlError::NoProducerHome {
+                home: paths.home.clone(),
+            },
+            err => CtlError::Failed(err.to_string()),
         }
     }
 

@@ -30,7 +30,7 @@ pub fn run(paths: &Paths, action: Action, out: &Output) -> u8 {
 
 fn act(paths: &Paths, action: Action, out: &Output) -> Result<(), CtlError> {
     crate::daemon::check_home(paths)?;
-    let lib = |e| CtlError::from_lib(paths, e);
+    let lib = |e| CtlError::from_spool(paths, e);
     let mut spool = Spool::open_with(paths, Options::default()).map_err(lib)?;
     match action {
         Action::List { limit } => {

@@ -24,6 +24,7 @@ pub struct Args {
     pub ndjson: bool,
     pub batch_size: usize,
     pub durability: Durability,
+    pub create_home: bool,
 }
 
 pub fn run(paths: &Paths, args: Args, out: &Output) -> u8 {
@@ -50,16 +51,20 @@ enum Sink {
 }
 
 impl Sink {
-    fn open(paths: &Paths, durability: Durability) -> Result<Sink, CtlError> {
+    fn open(paths: &Paths, args: &Args) -> Result<Sink, CtlError> {
         use std::os::unix::fs::MetadataExt;
         let owner = std::fs::metadata(&paths.home).map(|m| m.uid()).ok();
         if owner.is_some_and(|owner| owner != outboxd::process::euid()) {
             let (client, _) = crate::daemon::connect(paths, std::time::Duration::from_secs(60))?;
             return Ok(Sink::Socket(client));
         }
-        Spool::open_with(paths, Options { durability })
+        let options = Options {
+            durability: args.durability,
+            create_home: args.create_home,
+        };
+        Spool::open_with(paths, options)
             .map(|spool| Sink::Spool(Box::new(spool)))
-            .map_err(|e| CtlError::from_lib(paths, e))
+            .map_err(|e| CtlError::from_spool(paths, e))
     }
 
     fn enqueue(
@@ -70,7 +75,7 @@ impl Sink {
         match self {
             Sink::Spool(spool) => spool
                 .enqueue_batch(events)
-                .map_err(|e| CtlError::from_lib(paths, e)),
+                .map_err(|e| CtlError::from_spool(paths, e)),
             Sink::Socket(client) => {
                 let request = outboxd::protocol::Request::Enqueue(outboxd::protocol::Enqueue {
                     events: events
@@ -116,7 +121,7 @@ fn one(paths: &Paths, args: &Args, out: &Output) -> Result<(), CtlError> {
     };
     // Validated before the spool is opened: a bad event creates nothing.
     outboxd::spool::validate(&event).map_err(|e| CtlError::Failed(hint(e.to_string())))?;
-    let mut sink = Sink::open(paths, args.durability)?;
+    let mut sink = Sink::open(paths, args)?;
     let enqueued = sink.enqueue(paths, std::slice::from_ref(&event))?[0];
     let text = match enqueued.duplicate {
         true => format!(
@@ -203,7 +208,7 @@ fn ndjson(paths: &Paths, args: &Args, out: &Output) -> Result<(), CtlError> {
         }
         if batch.len() >= args.batch_size || (end && !batch.is_empty()) {
             if sink.is_none() {
-                sink = Some(Sink::open(paths, args.durability)?);
+                sink = Some(Sink::open(paths, args)?);
             }
             let written = sink
                 .as_mut()

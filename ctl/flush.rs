@@ -30,17 +30,33 @@ pub fn run(paths: &Paths, timeout: Option<Duration>, out: &Output) -> u8 {
     }
     match outcome {
         Ok(flushed) => {
-            let text = match flushed.dead_letters {
-                0 => format!(
+            let text = match (flushed.dead_letters, flushed.duplicates) {
+                (0, 0) => format!(
                     "flushed: everything through seq {} is in PostgreSQL ({:.2} s)",
                     flushed.through_seq, flushed.waited_secs
                 ),
-                n => format!(
-                    "flushed through seq {}: {n} of those events were rejected by PostgreSQL \
-                     and are dead letters (`outboxctl dead-letters list`); the rest are in \
-                     PostgreSQL ({:.2} s)",
-                    flushed.through_seq, flushed.waited_secs
-                ),
+                (dead, duplicates) => {
+                    let mut parts = Vec::new();
+                    if dead > 0 {
+                        parts.push(format!(
+                            "{dead} were rejected by PostgreSQL and are dead letters \
+                             (`outboxctl dead-letters list`)"
+                        ));
+                    }
+                    if duplicates > 0 {
+                        parts.push(format!(
+                            "{duplicates} were skipped as duplicates: PostgreSQL already held \
+                             an event with the same idempotency id, enqueued earlier"
+                        ));
+                    }
+                    format!(
+                        "flushed through seq {}: of those events, {}; the rest are in \
+                         PostgreSQL ({:.2} s)",
+                        flushed.through_seq,
+                        parts.join(", and "),
+                        flushed.waited_secs
+                    )
+                }
             };
             out.result(text, json!(flushed));
             exit_code::OK

@@ -16,6 +16,7 @@ mod logs;
 mod man;
 mod metrics;
 mod output;
+mod retarget;
 mod service;
 mod start;
 mod status;
@@ -139,6 +140,11 @@ enum Command {
         /// but a power loss may lose the last events (a crash never does)
         #[arg(long, value_parser = ["full", "normal"], default_value = "full")]
         durability: String,
+        /// Make the home directory when it does not exist (otherwise a
+        /// missing home is refused: a typo would strand events where no
+        /// daemon looks; the default home is made on first use)
+        #[arg(long)]
+        create_home: bool,
     },
     /// Wait until everything enqueued so far is in PostgreSQL or dead-lettered
     Flush {
@@ -146,6 +152,10 @@ enum Command {
         #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
         timeout: Option<Duration>,
     },
+    /// Forget the PostgreSQL this home's spool drains into, so that the
+    /// drain records the one it connects to next (the deliberate way to
+    /// move a home to another database; the drain refuses any other)
+    Retarget,
     /// The events PostgreSQL rejected: list, requeue or purge them
     #[command(name = "dead-letters", subcommand)]
     DeadLetters(DeadLettersCommand),
@@ -362,7 +372,17 @@ fn main() -> ExitCode {
     // yet, or is root's, is only looked at (`start` lets the daemon decide),
     // except by a producer, which creates it as the daemon would.
     let intent = match cli.command {
-        Command::Enqueue { .. } => Intent::Create,
+        Command::Enqueue { create_home, .. } => {
+            // A home named by --home or OUTBOXD_HOME must exist unless asked
+            // for: a typo would strand events where no daemon looks. The
+            // default home is made on first use.
+            let missing = std::fs::symlink_metadata(&paths.home)
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+            if !create_home && cli.home.is_some() && missing {
+                return fail(&out, CtlError::NoProducerHome { home: paths.home });
+            }
+            Intent::Create
+        }
         _ => Intent::Inspect,
     };
     // A daemon `start` spawns inherits the groups: it needs the account's
@@ -406,6 +426,7 @@ fn main() -> ExitCode {
             ndjson,
             batch_size,
             durability,
+            create_home,
         } => enqueue::run(
             &paths,
             enqueue::Args {
@@ -419,10 +440,12 @@ fn main() -> ExitCode {
                     "normal" => outboxd::spool::Durability::Normal,
                     _ => outboxd::spool::Durability::Full,
                 },
+                create_home,
             },
             &out,
         ),
         Command::Flush { timeout } => flush::run(&paths, timeout, &out),
+        Command::Retarget => retarget::run(&paths, &out),
         Command::DeadLetters(command) => dead_letters::run(
             &paths,
             match command {
@@ -460,8 +483,14 @@ fn main() -> ExitCode {
     ExitCode::from(code)
 }
 
-/// `restart`: stop, then start; one JSON document with both outcomes.
+/// `restart`: check what the new daemon would run with, stop, then start;
+/// one JSON document with both outcomes.
 fn restart(paths: &Paths, timeout: Option<Duration>, out: &Output) -> u8 {
+    if let Err(err) = check_restart(paths) {
+        let code = err.exit_code();
+        out.error(&err);
+        return code;
+    }
     let stopped = stop::stop(paths, timeout);
     let stop_json = match &stopped {
         Ok(report) => report.json(),
@@ -489,6 +518,103 @@ fn restart(paths: &Paths, timeout: Option<Duration>, out: &Output) -> u8 {
             code
         }
     }
+}
+
+/// What `restart` checks before it stops anything: the configuration a
+/// daemon started now would read (as `reload` checks it), the binaries it
+/// would run, and that the settings the running daemon took from flags
+/// and the environment are the same now (a restart from another shell
+/// must not silently drain into another database).
+fn check_restart(paths: &Paths) -> Result<(), CtlError> {
+    let refuse = |why: String| {
+        CtlError::Failed(format!(
+            "refusing to restart: {why}; the running daemon was left as it is"
+        ))
+    };
+    let config = config::local_config(paths).map_err(|e| {
+        refuse(format!(
+            "{e} (as `outboxctl reload` says; fix it, and restart again)"
+        ))
+    })?;
+    let exe = start::daemon_exe();
+    if !is_executable(&exe) {
+        return Err(refuse(format!(
+            "{} is not an executable file; install outboxd next to outboxctl or on PATH",
+            exe.display()
+        )));
+    }
+    if config.database_url.is_none()
+        && let Some(bin) = &config.pg_bin
+        && !is_executable(&bin.join("postgres"))
+    {
+        return Err(refuse(format!(
+            "pg_bin {} holds no executable postgres",
+            bin.display()
+        )));
+    }
+    // A daemon that does not answer (hung) cannot say what it runs with:
+    // `stop` deals with it, and nothing is compared.
+    let Ok((mut client, _)) = daemon::connect(paths, daemon::ANSWER_TIMEOUT) else {
+        return Ok(());
+    };
+    let Ok(shown) =
+        client.call_as::<outboxd::protocol::ConfigShown>(&outboxd::protocol::Request::Config)
+    else {
+        return Ok(());
+    };
+    let running = shown.settings;
+    let now = config.effective();
+    let external = |origin: &outboxd::error::Origin| {
+        matches!(
+            origin,
+            outboxd::error::Origin::Flag(_) | outboxd::error::Origin::Env(_)
+        )
+    };
+    let mut differ = Vec::new();
+    for old in &running {
+        let new = now.iter().find(|new| new.key == old.key);
+        let same = new.is_some_and(|new| new.value == old.value);
+        if !same && (external(&old.origin) || new.is_some_and(|new| external(&new.origin))) {
+            let show = |value: Option<&serde_json::Value>| match value {
+                None | Some(serde_json::Value::Null) => "unset".to_string(),
+                Some(serde_json::Value::String(text)) => text.clone(),
+                Some(other) => other.to_string(),
+            };
+            differ.push(format!(
+                "{} is {} in the running daemon (from {}) but would be {} (from {})",
+                old.key,
+                show(Some(&old.value)),
+                old.origin,
+                show(new.map(|new| &new.value)),
+                new.map_or("default".to_string(), |new| new.origin.to_string()),
+            ));
+        }
+    }
+    if differ.is_empty() {
+        return Ok(());
+    }
+    Err(refuse(format!(
+        "a daemon started now would not run as the running one: {}; run restart with the \
+         same flags and environment, or change it deliberately with `{}` then `{}`",
+        differ.join("; "),
+        outboxd::quote::ctl(&paths.home, "stop"),
+        outboxd::quote::ctl(&paths.home, "start")
+    )))
+}
+
+fn is_executable(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let found = match path.components().count() {
+        1 => std::env::var_os("PATH").and_then(|dirs| {
+            std::env::split_paths(&dirs)
+                .map(|dir| dir.join(path))
+                .find(|candidate| candidate.is_file())
+        }),
+        _ => Some(path.to_path_buf()),
+    };
+    found
+        .and_then(|path| std::fs::metadata(path).ok())
+        .is_some_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
 }
 
 fn fail(out: &Output, err: CtlError) -> ExitCode {

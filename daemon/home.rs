@@ -58,6 +58,9 @@ pub fn prepare(paths: &Paths) -> Result<Paths> {
         }
         safefs::check_private_dir(dir, me)?;
     }
+    // The spool exists before the lock is taken: a producer that finds it
+    // missing while the lock is held knows it was moved under the daemon.
+    outboxd::spool::create_if_missing(&paths)?;
     Ok(paths)
 }
 

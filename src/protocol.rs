@@ -627,6 +627,10 @@ impl Status {
         if let Some(drain) = &self.drain {
             if let Some(error) = &drain.spool_error {
                 reasons.push(format!("the spool is unusable: {error}"));
+            } else if drain.state == "failed" {
+                // Stopped until a person acts (a source-id conflict).
+                let why = drain.last_error.as_deref().unwrap_or("see the log");
+                reasons.push(format!("the drain has stopped: {why}"));
             } else if drain.stuck {
                 let why = drain
                     .last_error
@@ -823,6 +827,11 @@ pub struct Flushed {
     pub through_seq: i64,
     /// How many of those are dead letters rather than in PostgreSQL.
     pub dead_letters: u64,
+    /// How many of those the drain skipped because PostgreSQL already held
+    /// their idempotency id (old duplicates: the earlier event is there,
+    /// this one is not).
+    #[serde(default)]
+    pub duplicates: u64,
     pub waited_secs: f64,
 }
 

@@ -5,14 +5,15 @@
 //! # Schema
 //!
 //! `outbox.db` in the home, in WAL mode. `PRAGMA user_version` counts the
-//! steps of [`MIGRATIONS`] applied; version 1 is the whole schema:
+//! steps of [`MIGRATIONS`] applied; version 1 is the whole schema but `skipped`:
 //!
 //! | table | holds |
 //! |---|---|
-//! | `meta(key, value)` | `source_id`: a random UUID v4 made with the schema and never changed; it tells this spool's events apart from every other host's in PostgreSQL |
+//! | `meta(key, value)` | `source_id`: a random UUID v4 made with the schema and never changed; it tells this spool's events apart from every other host's in PostgreSQL. `target`: the PostgreSQL the drain drains into (system identifier and database name), recorded when it first drained |
 //! | `events(seq, topic, key, id, payload, enqueued_at)` | the queue; `seq` is `INTEGER PRIMARY KEY AUTOINCREMENT` |
 //! | `ids(id, seq, at)` | idempotency ids seen recently, with the seq each one landed as |
 //! | `dead_letters(seq, topic, key, id, payload, enqueued_at, error, attempts, failed_at)` | events PostgreSQL rejected, with why, how often and when |
+//! | `skipped(seq, at)` (version 2) | events the drain skipped because PostgreSQL already held their idempotency id; forgotten with the ids |
 //!
 //! Times (`enqueued_at`, `at`, `failed_at`) are microseconds since the Unix
 //! epoch; payloads are JSON text.
@@ -38,7 +39,13 @@
 //!   drain never meets an event that is invalid by construction.
 //! - Only SQLite opens `outbox.db` and its `-wal` and `-shm` files: closing
 //!   any other descriptor of them would drop SQLite's POSIX locks. Checks
-//!   use `lstat`, which opens nothing.
+//!   use `lstat`, which opens nothing. The one exception: a missing
+//!   `outbox.db` is made (0600, `O_CREAT | O_EXCL | O_NOFOLLOW`) and closed
+//!   before SQLite opens it, under a process-wide mutex, so that no other
+//!   connection of the process has the new file open yet.
+//! - The spool is private: never readable by group or others (SQLite gives
+//!   `-wal` and `-shm` the database file's mode; ones found readable are
+//!   `chmod`ed), and `outbox.db` has exactly one link.
 //! - Root never opens a spool: files it created would belong to root and
 //!   lock the daemon's account out of its own queue.
 //! - A file at `outbox.db` that is not a spool (not SQLite, corrupt, another
@@ -90,6 +97,12 @@ pub const MIGRATIONS: &[&str] = &[
          attempts INTEGER NOT NULL,
          failed_at INTEGER NOT NULL
      );",
+    // 2: events the drain skipped because PostgreSQL already held their
+    // idempotency id (old duplicates), so that `flush` can say so.
+    "CREATE TABLE skipped (
+         seq INTEGER PRIMARY KEY,
+         at INTEGER NOT NULL
+     );",
 ];
 
 /// The schema version this build writes: the number of [`MIGRATIONS`].
@@ -115,6 +128,26 @@ pub const MAX_PAYLOAD: usize = 256 * 1024;
 pub struct Options {
     /// What a returned enqueue guarantees.
     pub durability: Durability,
+    /// Create the home directory (mode 0700, with its parents) when it does
+    /// not exist. Off by default: a mistyped home is refused rather than
+    /// made, so that events are never stranded where no daemon looks. The
+    /// default home ([`paths::default_home`]) is made on first use
+    /// whatever this says.
+    pub create_home: bool,
+}
+
+/// Who opens a spool, which decides whether a missing `outbox.db` may be
+/// made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opener {
+    /// A producer: makes a missing spool, unless a daemon holds the home's
+    /// lock (then the spool it drains was moved or deleted under it, and a
+    /// new one would never be drained).
+    Producer,
+    /// The daemon itself (which must not inspect its own lock: closing a
+    /// descriptor of the lock file would drop it): `create` says whether a
+    /// missing spool may be made (at start) or must exist (afterwards).
+    Daemon { create: bool },
 }
 
 /// How durable a commit is when it returns.
@@ -299,24 +332,48 @@ pub struct Spool {
     conn: Connection,
     paths: Paths,
     source_id: Uuid,
+    /// The device and inode of `outbox.db` when it was opened.
+    identity: (u64, u64),
+    /// When an enqueue last checked that `outbox.db` is still that file.
+    checked_at: Instant,
 }
 
+/// How often an enqueue checks that the spool was not moved or replaced.
+const CHECK_FILE_EVERY: Duration = Duration::from_secs(1);
+
 impl Spool {
-    /// Opens (creating when missing) the spool of `home` with
+    /// Opens (creating when missing) the spool of an existing `home` with
     /// [`Options::default`].
     pub fn open(home: &Path) -> Result<Spool> {
         Spool::open_with(&Paths::for_home(home), Options::default())
     }
 
-    /// Opens (creating when missing) the spool of a home, and the home too
-    /// when it does not exist yet (mode 0700): producers may run before the
-    /// daemon ever did.
+    /// Opens the spool of a home, creating `outbox.db` (mode 0600) when it
+    /// is missing: producers may run before the daemon ever did. The home
+    /// must exist, unless [`Options::create_home`] is set or it is the
+    /// default home.
     ///
-    /// Refuses to run as root, a symbolic link or something other than a
-    /// regular file at `outbox.db`, a spool that belongs to another user,
-    /// and a file that is not a spool of this or an older version; such a
-    /// file is left untouched.
+    /// Refuses to run as root, a missing home, a symbolic link or something
+    /// other than a regular file at `outbox.db`, a spool with more than one
+    /// hard link, a spool that belongs to another user, a missing spool
+    /// while a daemon runs on the home (it was moved or deleted under the
+    /// daemon), and a file that is not a spool of this or an older version;
+    /// such a file is left untouched. A spool that others may read is made
+    /// private (0600).
     pub fn open_with(paths: &Paths, options: Options) -> Result<Spool> {
+        Spool::open_as(paths, options, Opener::Producer)
+    }
+
+    /// The daemon's open: like [`Spool::open_with`], but the lock is not
+    /// inspected (the daemon holds it), and a missing spool is made only
+    /// when `create` is set. For `outboxd` itself; producers use
+    /// [`Spool::open_with`].
+    #[doc(hidden)]
+    pub fn open_in_daemon(paths: &Paths, options: Options, create: bool) -> Result<Spool> {
+        Spool::open_as(paths, options, Opener::Daemon { create })
+    }
+
+    fn open_as(paths: &Paths, options: Options, opener: Opener) -> Result<Spool> {
         if crate::process::euid() == 0 {
             return Err(Error::Problem {
                 what: "spool",
@@ -330,15 +387,18 @@ impl Spool {
                 errno: libc::EPERM,
             });
         }
-        Spool::open_unchecked(paths, options)
+        Spool::open_unchecked(paths, options, opener)
     }
 
     /// [`Spool::open_with`] without the root refusal, for tests (which run
     /// as root in CI).
-    fn open_unchecked(paths: &Paths, options: Options) -> Result<Spool> {
-        let paths = resolve_home(paths)?;
+    fn open_unchecked(paths: &Paths, options: Options, opener: Opener) -> Result<Spool> {
+        let paths = resolve_home(paths, options.create_home)?;
         let path = paths.spool.as_path();
-        check_spool_file(path)?;
+        if check_spool_file(path)?.is_none() {
+            create_spool_file(&paths, opener)?;
+            check_spool_file(path)?;
+        }
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
@@ -352,11 +412,76 @@ impl Spool {
             migrate(&mut conn, version, path)?;
         }
         let source_id = read_source_id(&conn, path)?;
+        // SQLite made `-wal` and `-shm` with the database file's mode; ones
+        // left by an older version may still be readable by others.
+        for suffix in ["-wal", "-shm"] {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            make_private(Path::new(&name))?;
+        }
+        let meta = fs::symlink_metadata(path).at("inspect", path)?;
         Ok(Spool {
             conn,
             paths,
             source_id,
+            identity: (meta.dev(), meta.ino()),
+            checked_at: Instant::now(),
         })
+    }
+
+    /// The device and inode of `outbox.db` when this spool opened it.
+    pub fn file_identity(&self) -> (u64, u64) {
+        self.identity
+    }
+
+    /// Whether `outbox.db` in the home is still the file this spool opened
+    /// (same device and inode): `false` when it was moved, deleted or
+    /// replaced since. Uses `lstat`, which opens nothing.
+    pub fn is_at_path(&self) -> Result<bool> {
+        match fs::symlink_metadata(&self.paths.spool) {
+            Ok(meta) => Ok((meta.dev(), meta.ino()) == self.identity),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(error) => Err(error).at("inspect", &self.paths.spool),
+        }
+    }
+
+    /// Raises the spool's sequence to at least `seq`, so that new events
+    /// get seqs above it. For the drain, when PostgreSQL's cursor is past
+    /// every seq the spool remembers handing out (the spool lost its last
+    /// transactions: a power loss under [`Durability::Normal`], or a
+    /// restore from a backup). Returns the last seq before.
+    pub fn raise_seq(&mut self, seq: i64) -> Result<i64> {
+        let path = &self.paths.spool;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .at("raise the sequence of", path)?;
+        let before: i64 = tx
+            .query_row(
+                "SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)",
+                [],
+                |row| row.get(0),
+            )
+            .at("raise the sequence of", path)?;
+        if before < seq {
+            // sqlite_sequence has a row for `events` once a row was ever
+            // inserted; before that, insert one.
+            let updated = tx
+                .execute(
+                    "UPDATE sqlite_sequence SET seq = ?1 WHERE name = 'events'",
+                    [seq],
+                )
+                .at("raise the sequence of", path)?;
+            if updated == 0 {
+                tx.execute(
+                    "INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?1)",
+                    [seq],
+                )
+                .at("raise the sequence of", path)?;
+            }
+        }
+        tx.commit().at("raise the sequence of", path)?;
+        Ok(before)
     }
 
     /// The path of `outbox.db`.
@@ -367,6 +492,36 @@ impl Spool {
     /// This spool's source id, made with the schema and never changed.
     pub fn source_id(&self) -> Uuid {
         self.source_id
+    }
+
+    /// The PostgreSQL this spool drains into, as the drain recorded it when
+    /// it first drained (`meta.target`: the server's system identifier and
+    /// the database's name, never a password); `None` before.
+    pub fn target(&mut self) -> Result<Option<String>> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = 'target'", [], |row| {
+                row.get(0)
+            })
+            .optional()
+            .at("read the drain target of", &self.paths.spool)
+    }
+
+    /// Records the PostgreSQL this spool drains into, or forgets it
+    /// (`None`: the drain records the one it connects to next).
+    pub fn set_target(&mut self, target: Option<&str>) -> Result<()> {
+        let path = &self.paths.spool;
+        match target {
+            Some(target) => self.conn.execute(
+                "INSERT INTO meta (key, value) VALUES ('target', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                [target],
+            ),
+            None => self
+                .conn
+                .execute("DELETE FROM meta WHERE key = 'target'", []),
+        }
+        .map(|_| ())
+        .at("record the drain target of", path)
     }
 
     /// Enqueues one event: validates it, commits it (durably under
@@ -399,6 +554,22 @@ impl Spool {
 
     /// Inserts validated events in one transaction and nudges the drain.
     fn write(&mut self, events: &[NewEvent]) -> Result<Vec<Enqueued>> {
+        // A spool moved or replaced under a long-lived producer would take
+        // its events where no daemon drains them (checked once a second).
+        if self.checked_at.elapsed() >= CHECK_FILE_EVERY {
+            if !self.is_at_path()? {
+                return Err(Error::Problem {
+                    what: "spool",
+                    path: self.paths.spool.clone(),
+                    problem: "was moved, deleted or replaced since this producer opened it".into(),
+                    fix: "open the spool again (nothing was written); the daemon drains the \
+                          file at this path"
+                        .into(),
+                    errno: libc::ESTALE,
+                });
+            }
+            self.checked_at = Instant::now();
+        }
         let enqueued =
             insert_events(&mut self.conn, events).at("enqueue into", &self.paths.spool)?;
         crate::nudge::send(&self.paths);
@@ -507,9 +678,49 @@ impl Spool {
     /// again. Returns how many were forgotten.
     pub fn prune_ids(&mut self, older_than_micros: i64) -> Result<usize> {
         self.conn
+            .prepare_cached("DELETE FROM skipped WHERE at < ?1")
+            .and_then(|mut delete| delete.execute([older_than_micros]))
+            .at("prune skipped events in", &self.paths.spool)?;
+        self.conn
             .prepare_cached("DELETE FROM ids WHERE at < ?1")
             .and_then(|mut delete| delete.execute([older_than_micros]))
             .at("prune idempotency ids in", &self.paths.spool)
+    }
+
+    /// Records events the drain skipped because PostgreSQL already held
+    /// their idempotency id (old duplicates); seqs that are dead letters
+    /// are not recorded. Forgotten with the ids ([`Spool::prune_ids`]).
+    pub fn record_skipped(&mut self, seqs: &[i64]) -> Result<()> {
+        let path = &self.paths.spool;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .at("record skipped events in", path)?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO skipped (seq, at)
+                     SELECT ?1, ?2 WHERE NOT EXISTS (SELECT 1 FROM dead_letters WHERE seq = ?1)",
+                )
+                .at("record skipped events in", path)?;
+            let now = now_micros();
+            for &seq in seqs {
+                insert
+                    .execute((seq, now))
+                    .at("record skipped events in", path)?;
+            }
+        }
+        tx.commit().at("record skipped events in", path)
+    }
+
+    /// How many events with a seq in `after..=through` the drain skipped as
+    /// old duplicates (see [`Spool::record_skipped`]).
+    pub fn count_skipped(&mut self, after: i64, through: i64) -> Result<u64> {
+        self.conn
+            .prepare_cached("SELECT count(*) FROM skipped WHERE seq > ?1 AND seq <= ?2")
+            .and_then(|mut select| select.query_row((after, through), |row| row.get::<_, i64>(0)))
+            .map(i64::unsigned_abs)
+            .at("count skipped events in", &self.paths.spool)
     }
 
     /// How many dead letters have a seq in `after..=through`.
@@ -642,11 +853,29 @@ pub fn now_micros() -> i64 {
         })
 }
 
-/// Creates the home when it is missing and returns its paths under its
-/// canonical name: `SQLITE_OPEN_NOFOLLOW` refuses a symbolic link anywhere
-/// in the path, and the nudge socket must be derived as the daemon derives
-/// it (from the canonical home).
-fn resolve_home(paths: &Paths) -> Result<Paths> {
+/// Returns the home's paths under its canonical name (creating the home
+/// when it is missing and `create` is set, or it is the default home):
+/// `SQLITE_OPEN_NOFOLLOW` refuses a symbolic link anywhere in the path,
+/// and the nudge socket must be derived as the daemon derives it (from the
+/// canonical home).
+fn resolve_home(paths: &Paths, create: bool) -> Result<Paths> {
+    let missing = fs::symlink_metadata(&paths.home)
+        .is_err_and(|error| error.kind() == io::ErrorKind::NotFound);
+    if missing {
+        let default = paths::default_home().is_ok_and(|home| home == paths.home);
+        if !create && !default {
+            return Err(Error::Problem {
+                what: "home directory",
+                path: paths.home.clone(),
+                problem: "does not exist".into(),
+                fix: "check the path (a typo?); to make a new home there, open the spool \
+                      with `Options { create_home: true }` (`outboxctl enqueue \
+                      --create-home`)"
+                    .into(),
+                errno: libc::ENOENT,
+            });
+        }
+    }
     paths::create_private_dir(&paths.home)?;
     let home = fs::canonicalize(&paths.home).at("resolve home directory", &paths.home)?;
     if home == paths.home {
@@ -656,12 +885,103 @@ fn resolve_home(paths: &Paths) -> Result<Paths> {
     }
 }
 
-/// Checks what is at `outbox.db` before SQLite opens it: nothing, or a
-/// regular file of this user. Uses `lstat`, which opens no descriptor.
-fn check_spool_file(path: &Path) -> Result<()> {
+/// Makes an empty `outbox.db` (0600) when nothing is at its path, for the
+/// daemon before it takes the lock: while a daemon holds the lock, a
+/// missing spool then always means one moved or deleted under it (see
+/// [`Spool::open_with`]). Anything else at the path is left for the
+/// drain to check and report.
+#[doc(hidden)]
+pub fn create_if_missing(paths: &Paths) -> Result<()> {
+    match fs::symlink_metadata(&paths.spool) {
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            create_spool_file(paths, Opener::Daemon { create: true })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Makes `outbox.db` when it is missing: mode 0600 from the start
+/// (`O_CREAT | O_EXCL | O_NOFOLLOW`, whatever the umask), before SQLite
+/// opens it; SQLite then gives `-wal` and `-shm` the same mode. A producer
+/// refuses while a daemon holds the home's lock: the spool that daemon
+/// drains was moved or deleted under it.
+fn create_spool_file(paths: &Paths, opener: Opener) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = &paths.spool;
+    let missing = |problem: String| Error::Problem {
+        what: "spool",
+        path: path.clone(),
+        problem,
+        fix: format!(
+            "restart the daemon (`{}`) so that it drains the spool at this path, then \
+             enqueue again; move a spool aside only while the daemon is stopped",
+            crate::quote::ctl(&paths.home, "restart")
+        ),
+        errno: libc::ENOENT,
+    };
+    match opener {
+        Opener::Daemon { create: false } => {
+            return Err(missing(
+                "is missing: it was moved or deleted while the daemon ran".into(),
+            ));
+        }
+        Opener::Daemon { create: true } => {}
+        Opener::Producer => {
+            if let Ok(crate::lock::LockState::Held { pid, .. }) = crate::lock::inspect(paths) {
+                return Err(missing(format!(
+                    "is missing although outboxd (pid {pid}) runs on this home: it was moved \
+                     or deleted while the daemon ran, and a new spool would never be drained"
+                )));
+            }
+        }
+    }
+    // Threads of one process serialise here: closing this descriptor while
+    // another thread's SQLite connection has the same new file open would
+    // drop that connection's POSIX locks. A thread that finds the file
+    // already made waits until its maker has closed it.
+    static CREATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _creating = CREATING.lock().unwrap_or_else(|e| e.into_inner());
+    let created = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path);
+    match created {
+        Ok(file) => {
+            drop(file);
+            Ok(())
+        }
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(error).at("create spool", path),
+    }
+}
+
+/// Takes group and other permissions away from a spool file (`outbox.db`,
+/// `-wal`, `-shm`) made readable by an older version or a umask: they hold
+/// every producer's events. The file is this user's regular file (checked
+/// with `lstat` first); it is not opened, so no SQLite lock is dropped.
+fn make_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let meta = match fs::symlink_metadata(path) {
         Ok(meta) => meta,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(error).at("inspect", path),
+    };
+    if !meta.is_file() || meta.uid() != crate::process::euid() || meta.mode() & 0o077 == 0 {
+        return Ok(());
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(meta.mode() & 0o700))
+        .at("make private (chmod go-rwx)", path)
+}
+
+/// Checks what is at `outbox.db` before SQLite opens it: nothing (`None`),
+/// or a regular file of this user with one link, which is made private if
+/// others may read it. Uses `lstat`, which opens no descriptor.
+fn check_spool_file(path: &Path) -> Result<Option<()>> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(error) => return Err(error).at("inspect", path),
     };
     let problem = |problem: String, fix: String| Error::Problem {
@@ -695,7 +1015,21 @@ fn check_spool_file(path: &Path) -> Result<()> {
             ),
         ));
     }
-    Ok(())
+    if meta.nlink() != 1 {
+        return Err(problem(
+            format!(
+                "has {} hard links: another name (perhaps another home's spool) shares this \
+                 file, and two daemons would hand out the same seqs under one source id",
+                meta.nlink()
+            ),
+            "give each home its own spool: find the other name (`find / -xdev -samefile \
+             PATH`), and remove the link that does not belong to this home, or copy the \
+             file instead of linking it"
+                .into(),
+        ));
+    }
+    make_private(path)?;
+    Ok(Some(()))
 }
 
 /// The error for a failure while first reading the file: a file that is not
@@ -1194,7 +1528,7 @@ mod tests {
     }
 
     fn open_with(home: &Path, options: Options) -> Result<Spool> {
-        Spool::open_unchecked(&Paths::for_home(home), options)
+        Spool::open_unchecked(&Paths::for_home(home), options, Opener::Producer)
     }
 
     fn event(n: usize) -> NewEvent {
@@ -1704,12 +2038,91 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_home_is_created_private() {
+    fn a_missing_home_is_refused_unless_asked_for_and_then_created_private() {
         let parent = tempfile::tempdir().unwrap();
         let home = parent.path().join("a/b/home");
-        open(&home).enqueue(&event(1)).unwrap();
+        let message = open_with(&home, Options::default())
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("does not exist"), "{message}");
+        assert!(message.contains("create_home: true"), "{message}");
+        assert!(
+            !parent.path().join("a").exists(),
+            "the mistyped home was made"
+        );
+        let options = Options {
+            create_home: true,
+            ..Options::default()
+        };
+        open_with(&home, options)
+            .unwrap()
+            .enqueue(&event(1))
+            .unwrap();
         let mode = fs::metadata(&home).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn a_new_spool_and_its_wal_are_private_whatever_the_umask() {
+        // The test process's umask (022 here) would give SQLite's own
+        // files 0644.
+        let home = tempfile::tempdir().unwrap();
+        open(home.path()).enqueue(&event(1)).unwrap();
+        for name in ["outbox.db", "outbox.db-wal", "outbox.db-shm"] {
+            let mode = fs::metadata(home.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "{name} is {mode:o}");
+        }
+    }
+
+    #[test]
+    fn a_spool_readable_by_others_is_made_private() {
+        let home = tempfile::tempdir().unwrap();
+        open(home.path()).enqueue(&event(1)).unwrap();
+        for name in ["outbox.db", "outbox.db-wal", "outbox.db-shm"] {
+            let path = home.path().join(name);
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let mut spool = open(home.path());
+        assert_eq!(spool.stats().unwrap().queued, 1);
+        for name in ["outbox.db", "outbox.db-wal", "outbox.db-shm"] {
+            let mode = fs::metadata(home.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{name} is {mode:o}");
+        }
+    }
+
+    #[test]
+    fn a_hard_linked_spool_is_refused() {
+        let home = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        drop(open(home.path()));
+        fs::hard_link(
+            home.path().join("outbox.db"),
+            other.path().join("outbox.db"),
+        )
+        .unwrap();
+        for dir in [home.path(), other.path()] {
+            let message = open_with(dir, Options::default()).unwrap_err().to_string();
+            assert!(message.contains("has 2 hard links"), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_moved_spool_is_noticed_and_the_sequence_can_be_raised() {
+        let home = tempfile::tempdir().unwrap();
+        let mut spool = open(home.path());
+        assert_eq!(spool.raise_seq(10).unwrap(), 0);
+        assert_eq!(spool.enqueue(&event(1)).unwrap().seq, 11);
+        assert_eq!(spool.raise_seq(5).unwrap(), 11);
+        assert_eq!(spool.enqueue(&event(2)).unwrap().seq, 12);
+        assert!(spool.is_at_path().unwrap());
+        fs::rename(home.path().join("outbox.db"), home.path().join("aside.db")).unwrap();
+        assert!(!spool.is_at_path().unwrap());
     }
 
     #[test]
@@ -1742,7 +2155,14 @@ mod tests {
     fn durability_sets_synchronous() {
         let home = tempfile::tempdir().unwrap();
         for (durability, expected) in [(Durability::Full, 2), (Durability::Normal, 1)] {
-            let spool = open_with(home.path(), Options { durability }).unwrap();
+            let spool = open_with(
+                home.path(),
+                Options {
+                    durability,
+                    ..Options::default()
+                },
+            )
+            .unwrap();
             let synchronous: i64 = spool
                 .conn
                 .query_row("PRAGMA synchronous", [], |r| r.get(0))

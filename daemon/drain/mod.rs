@@ -62,6 +62,8 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(30);
 const QUIET_FOR: Duration = Duration::from_secs(10);
 /// Retention deletes this many rows per statement.
 const RETENTION_CHUNK: i64 = 10_000;
+/// How often the drain checks that `outbox.db` is still its open file.
+const SPOOL_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Starts the drain component.
 pub fn spawn(
@@ -117,6 +119,7 @@ async fn run(
         last_progress: Instant::now(),
         last_stats: None,
         last_housekeeping: Instant::now() - HOUSEKEEPING_EVERY,
+        last_spool_check: None,
         heartbeat,
     };
     drain
@@ -167,6 +170,7 @@ struct Drain {
     last_progress: Instant,
     last_stats: Option<Instant>,
     last_housekeeping: Instant,
+    last_spool_check: Option<Instant>,
     /// Beaten each time round the loop (not while a batch is in flight).
     heartbeat: Heartbeat,
 }
@@ -185,6 +189,7 @@ impl Drain {
     async fn run(&mut self, inbox: &mut Inbox<DrainStatus>) {
         loop {
             self.heartbeat.beat();
+            self.check_spool_file().await;
             let next = match self.ready_to_work() {
                 true => self.work(&mut inbox.commands).await,
                 false => Next::Wait,
@@ -234,6 +239,8 @@ impl Drain {
                 self.paused = false;
                 self.halted = None;
                 self.retry_at = None;
+                self.last_spool_check = None;
+                self.status.send_modify(|s| s.spool_error = None);
                 self.set_state();
                 let _ = reply.send(Ok(()));
             }
@@ -255,9 +262,36 @@ impl Drain {
         self.housekeeping().await;
         if self.sink.is_none() {
             let connection = self.connection.borrow().clone().expect("checked");
-            match Sink::connect(&connection, self.source).await {
+            let recorded = match self.worker.run(|spool| spool.target()).await {
+                Ok(recorded) => recorded,
+                Err(e) => {
+                    self.failed(Failure::Spool(e.to_string()));
+                    return Next::Wait;
+                }
+            };
+            let configured = match &self.config.database_url {
+                Some(url) => format!("database_url {}", outboxd::redact::url(url)),
+                None => "the embedded PostgreSQL".to_string(),
+            };
+            match Sink::connect(&connection, self.source, recorded.as_deref(), &configured).await {
                 Ok(sink) => {
                     info!(cursor = sink.cursor, source = %self.source, "the drain is connected");
+                    if let (None, Some(target)) = (&recorded, sink.target.clone()) {
+                        let record = target.clone();
+                        match self
+                            .worker
+                            .run(move |spool| spool.set_target(Some(&record)))
+                            .await
+                        {
+                            Ok(()) => {
+                                info!(%target, "recorded the database this spool drains into")
+                            }
+                            Err(e) => {
+                                self.failed(Failure::Spool(e.to_string()));
+                                return Next::Wait;
+                            }
+                        }
+                    }
                     self.sink = Some(sink);
                 }
                 Err(failure) => {
@@ -340,6 +374,7 @@ impl Drain {
                         count = landed.duplicates,
                         "skipped events whose idempotency id had landed before"
                     );
+                    self.record_skipped(&batch).await;
                 }
                 let delete = self.worker.clone();
                 tokio::spawn(async move {
@@ -387,24 +422,22 @@ impl Drain {
             let sink = self.sink.as_ref().expect("connected");
             let cursor = sink.cursor;
             let limit = self.config.drain_batch_max;
-            let source = self.source;
-            let head = self
+            let (head, last_seq) = self
                 .worker
                 .run(move |spool| {
-                    let mut batch = Batch::default();
-                    spool.visit_batch(0, limit, |event| {
-                        if event.seq <= cursor {
-                            batch.push(&source, event);
-                        }
-                    })?;
-                    Ok(batch)
+                    let mut head = spool.read_batch(0, limit)?;
+                    head.retain(|event| event.seq <= cursor);
+                    Ok((head, spool.last_seq()?))
                 })
                 .await
                 .map_err(|e| Failure::Spool(e.to_string()))?;
-            let Some(last) = head.last_seq() else {
+            let Some(last) = head.last().map(|event| event.seq) else {
+                if last_seq < cursor {
+                    return self.raise_seq(cursor).await;
+                }
                 return Ok(());
             };
-            sink.reconcile(&head).await?;
+            sink.reconcile(&head, self.config.retention_days).await?;
             info!(
                 count = head.len(),
                 through = last,
@@ -415,6 +448,94 @@ impl Drain {
                 .await
                 .map_err(|e| Failure::Spool(e.to_string()))?;
         }
+    }
+
+    /// Records the events of a committed batch that PostgreSQL does not
+    /// hold and that are not dead letters: skipped as old duplicates, for
+    /// `flush` to count. Best effort: a failure only loses the count.
+    async fn record_skipped(&mut self, batch: &Batch) {
+        let Some(sink) = self.sink.as_ref() else {
+            return;
+        };
+        let absent = match sink.absent(&batch.seqs).await {
+            Ok(absent) => absent,
+            Err(e) => {
+                warn!(error = %e, "could not find the events skipped as duplicates");
+                return;
+            }
+        };
+        if let Err(e) = self
+            .worker
+            .run(move |spool| spool.record_skipped(&absent))
+            .await
+        {
+            warn!(error = %e, "could not record the events skipped as duplicates");
+        }
+    }
+
+    /// The spool holds no row at or below PostgreSQL's cursor, but its
+    /// sequence is behind it: it lost its last transactions (a power loss
+    /// under `--durability normal`, or a restore from a backup), which had
+    /// been drained. New events must get seqs past the cursor.
+    async fn raise_seq(&mut self, cursor: i64) -> Result<(), Failure> {
+        let before = self
+            .worker
+            .run(move |spool| spool.raise_seq(cursor))
+            .await
+            .map_err(|e| Failure::Spool(e.to_string()))?;
+        if before < cursor {
+            warn!(
+                spool_last_seq = before,
+                cursor,
+                source = %self.source,
+                "the spool lost its last transactions (a power loss under durability normal, \
+                 or a restore from a backup): PostgreSQL already holds the seqs after the \
+                 spool's last one, drained before the loss; new events go on after the cursor"
+            );
+        }
+        Ok(())
+    }
+
+    /// Stops the drain, loudly, when `outbox.db` is no longer the file its
+    /// spool thread has open (moved, deleted or replaced under the
+    /// daemon): events written to a new file there would never be drained
+    /// by this daemon. Looked at every [`SPOOL_CHECK_EVERY`].
+    async fn check_spool_file(&mut self) {
+        if self.halted.is_some()
+            || self
+                .last_spool_check
+                .is_some_and(|at| at.elapsed() < SPOOL_CHECK_EVERY)
+        {
+            return;
+        }
+        self.last_spool_check = Some(Instant::now());
+        let at_path = match self.worker.run(|spool| spool.is_at_path()).await {
+            Ok(at_path) => at_path,
+            Err(e) => {
+                warn!(error = %e, "could not check the spool's file");
+                return;
+            }
+        };
+        if at_path {
+            return;
+        }
+        let why = format!(
+            "{} was moved, deleted or replaced while the daemon ran: the drain's open spool is \
+             no longer at that path, and events written there would never be drained by this \
+             daemon; restart it (`{}`) to drain the spool now at that path, and keep the moved \
+             file until its events are drained (see the README's \"A damaged spool\")",
+            self.config.paths.spool.display(),
+            outboxd::quote::ctl(&self.config.paths.home, "restart")
+        );
+        error!(error = %why, "the drain is stopped: its spool was moved");
+        self.halted = Some(why.clone());
+        self.sink = None;
+        self.status.send_modify(|s| {
+            s.spool_error = Some(why.clone());
+            s.last_error = Some(why);
+            s.last_error_at = Some(crate::unix_now());
+        });
+        self.set_state();
     }
 
     fn succeeded(&mut self, rows: u64, cursor: i64) {
@@ -454,11 +575,15 @@ impl Drain {
                 Duration::from_secs(30),
                 self.failures,
             ),
-            Failure::Conflict(_) => Duration::ZERO,
+            Failure::Conflict(_) | Failure::Target(_) => Duration::ZERO,
         };
         match failure {
             Failure::Conflict(why) => {
                 error!(error = %why, "the drain is stopped: another spool shares this source id");
+                self.halted = Some(why);
+            }
+            Failure::Target(why) => {
+                error!(error = %why, "the drain is stopped: the spool drains into another database");
                 self.halted = Some(why);
             }
             _ => {

@@ -12,6 +12,9 @@ use outboxd::spool::{Options, Spool};
 pub struct Producer {
     paths: Paths,
     spool: Arc<Mutex<Option<Spool>>>,
+    /// The device and inode of the first spool file opened: the one the
+    /// drain opened at start, unless it was replaced before.
+    first: Arc<Mutex<Option<(u64, u64)>>>,
 }
 
 impl Producer {
@@ -19,7 +22,20 @@ impl Producer {
         Producer {
             paths: paths.clone(),
             spool: Arc::new(Mutex::new(None)),
+            first: Arc::new(Mutex::new(None)),
         }
+    }
+
+    /// Whether the spool at the home's path is still the first file this
+    /// connection opened (not moved or replaced since): what `flush` needs
+    /// before it trusts the drain's cursor.
+    pub async fn is_first_file(&self) -> Result<bool> {
+        let first = self.first.clone();
+        self.run(move |spool| {
+            let first = *first.lock().unwrap_or_else(|e| e.into_inner());
+            Ok(spool.is_at_path()? && first == Some(spool.file_identity()))
+        })
+        .await
     }
 
     /// Runs `job` with the spool on a blocking thread.
@@ -30,8 +46,21 @@ impl Producer {
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut slot = this.spool.lock().unwrap_or_else(|e| e.into_inner());
+            // A spool moved or replaced under the daemon is not written to:
+            // the file now at the path is opened (it must exist; the daemon
+            // never makes a new one after its start).
+            if let Some(spool) = slot.as_ref()
+                && !spool.is_at_path()?
+            {
+                *slot = None;
+            }
             if slot.is_none() {
-                *slot = Some(Spool::open_with(&this.paths, Options::default())?);
+                let spool = Spool::open_in_daemon(&this.paths, Options::default(), false)?;
+                this.first
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert(spool.file_identity());
+                *slot = Some(spool);
             }
             job(slot.as_mut().expect("opened above"))
         })

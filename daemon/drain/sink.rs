@@ -16,7 +16,7 @@
 
 use bytes::Bytes;
 use futures_util::SinkExt;
-use outboxd::spool::Failure as DeadLetter;
+use outboxd::spool::{Failure as DeadLetter, StoredEvent};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Transaction};
 use uuid::Uuid;
@@ -39,6 +39,9 @@ pub enum Failure {
     Conflict(String),
     /// The spool failed.
     Spool(String),
+    /// The daemon is connected to another PostgreSQL than the one this
+    /// spool drains into: nothing moves until a person decides.
+    Target(String),
 }
 
 impl std::fmt::Display for Failure {
@@ -47,7 +50,8 @@ impl std::fmt::Display for Failure {
             Failure::Transient(why)
             | Failure::Setup(why)
             | Failure::Conflict(why)
-            | Failure::Spool(why) => f.write_str(why),
+            | Failure::Spool(why)
+            | Failure::Target(why) => f.write_str(why),
         }
     }
 }
@@ -69,16 +73,40 @@ pub struct Sink {
     source: Uuid,
     /// The highest seq of this source committed in PostgreSQL.
     pub cursor: i64,
+    /// The PostgreSQL connected to: its system identifier and the
+    /// database's name (see [`Sink::connect`]); `None` when the server
+    /// does not say.
+    pub target: Option<String>,
 }
 
 impl Sink {
-    /// Connects, creates or migrates the schema, and reads this source's
-    /// cursor (creating its row at 0).
-    pub async fn connect(connection: &Connection, source: Uuid) -> Result<Sink, Failure> {
+    /// Connects, checks that the server is the one this spool drains into
+    /// (`recorded`, when the spool recorded one; `configured` describes
+    /// the configuration for the refusal), creates or migrates the schema,
+    /// and reads this source's cursor (creating its row at 0).
+    pub async fn connect(
+        connection: &Connection,
+        source: Uuid,
+        recorded: Option<&str>,
+        configured: &str,
+    ) -> Result<Sink, Failure> {
         let mut client = connection
             .connect()
             .await
             .map_err(|e| Failure::Transient(e.to_string()))?;
+        let target = read_target(&client).await;
+        if let (Some(recorded), Some(target)) = (recorded, &target)
+            && recorded != target
+        {
+            return Err(Failure::Target(format!(
+                "this spool drains into the PostgreSQL with {recorded} (recorded when it first \
+                 drained), but the daemon is configured for {configured}, the PostgreSQL with \
+                 {target}: draining there would split this source's events between two \
+                 databases. Set database_url back (`outboxctl config show` says where each \
+                 setting came from), or, to switch deliberately, run `outboxctl retarget` and \
+                 then `outboxctl start drain`"
+            )));
+        }
         schema::migrate(&mut client).await.map_err(Failure::Setup)?;
         client
             .execute(
@@ -93,53 +121,98 @@ impl Sink {
             client,
             source,
             cursor,
+            target,
         })
     }
 
     /// Checks that rows still in the spool at or below the cursor are in
-    /// PostgreSQL as this spool wrote them (or, for a row with an
-    /// idempotency id, that the id landed): then they were committed and
-    /// only their deletion was lost. Anything else means another spool
-    /// shares this source id.
-    pub async fn reconcile(&self, local: &Batch) -> Result<(), Failure> {
-        let below: Vec<usize> = (0..local.len())
-            .filter(|&i| local.seqs[i] <= self.cursor)
-            .collect();
+    /// PostgreSQL as this spool wrote them (the same topic, key, id,
+    /// payload and `enqueued_at`), or, for a row with an idempotency id,
+    /// that the id landed, or, with a retention, that the row is old enough
+    /// for the retention to have deleted it since: then they were committed
+    /// and only their deletion was lost. Anything else means that another
+    /// spool shares this source id, or that this spool lost its last
+    /// transactions and handed their seqs out again.
+    pub async fn reconcile(
+        &self,
+        below: &[StoredEvent],
+        retention_days: Option<u32>,
+    ) -> Result<(), Failure> {
+        let below: Vec<&StoredEvent> = below.iter().filter(|e| e.seq <= self.cursor).collect();
         if below.is_empty() {
             return Ok(());
         }
-        let seqs: Vec<i64> = below.iter().map(|&i| local.seqs[i]).collect();
+        let seqs: Vec<i64> = below.iter().map(|e| e.seq).collect();
+        let topics: Vec<&str> = below.iter().map(|e| e.topic.as_str()).collect();
+        let keys: Vec<Option<&str>> = below.iter().map(|e| e.key.as_deref()).collect();
+        let ids: Vec<Option<&str>> = below.iter().map(|e| e.id.as_deref()).collect();
+        let payloads: Vec<&str> = below.iter().map(|e| e.payload.as_str()).collect();
+        let times: Vec<i64> = below.iter().map(|e| e.enqueued_at).collect();
+        // Whole rows are compared, not only the time: two homes' batches
+        // can share a microsecond.
         let rows = self
             .client
             .query(
-                "SELECT seq, (extract(epoch FROM enqueued_at) * 1000000)::int8
-                 FROM outbox.events WHERE source_id = $1 AND seq = ANY($2)",
-                &[&self.source, &seqs],
+                "SELECT l.seq, e.seq IS NOT NULL,
+                        e.seq IS NOT NULL
+                        AND e.topic = l.topic
+                        AND e.key IS NOT DISTINCT FROM l.key
+                        AND e.id IS NOT DISTINCT FROM l.id
+                        AND e.payload = l.payload::jsonb
+                        AND (extract(epoch FROM e.enqueued_at) * 1000000)::int8 = l.at
+                 FROM unnest($2::int8[], $3::text[], $4::text[], $5::text[], $6::text[],
+                             $7::int8[]) AS l(seq, topic, key, id, payload, at)
+                 LEFT JOIN outbox.events e ON e.source_id = $1 AND e.seq = l.seq",
+                &[&self.source, &seqs, &topics, &keys, &ids, &payloads, &times],
             )
             .await
             .map_err(classify)?;
-        let landed: std::collections::HashMap<i64, i64> =
-            rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-        for &i in &below {
-            let seq = local.seqs[i];
-            let ours = match landed.get(&seq) {
-                Some(&at) => at == local.enqueued_at[i],
-                None => match &local.ids[i] {
-                    Some(id) => self.id_landed(id).await?,
-                    None => false,
+        let found: std::collections::HashMap<i64, (bool, bool)> = rows
+            .iter()
+            .map(|r| (r.get(0), (r.get(1), r.get(2))))
+            .collect();
+        // What the retention would have deleted by now: drained (so
+        // enqueued) before this.
+        let retired_before = retention_days
+            .map(|days| outboxd::spool::now_micros() - i64::from(days) * 86_400_000_000);
+        for event in below {
+            let seq = event.seq;
+            let ours = match found.get(&seq).copied().unwrap_or((false, false)) {
+                (true, same) => same,
+                (false, _) => match &event.id {
+                    Some(id) if self.id_landed(id).await? => true,
+                    _ => retired_before.is_some_and(|before| event.enqueued_at < before),
                 },
             };
             if !ours {
                 return Err(Failure::Conflict(format!(
                     "PostgreSQL's cursor for source {} is at seq {}, past this spool's seq {seq}, \
-                     which it does not hold as this spool wrote it: another spool shares this \
-                     source id (a copied home?). This spool's events stay in it, untouched; see \
-                     the README's \"Copied homes\"",
+                     which it does not hold as this spool wrote it: either another spool shares \
+                     this source id (a copied home?), or this spool lost its last transactions \
+                     (a power loss under --durability normal, or a restore from a backup) and \
+                     new events were given seqs PostgreSQL already holds. This spool's events \
+                     stay in it, untouched; see the README's \"Copied homes\"",
                     self.source, self.cursor
                 )));
             }
         }
         Ok(())
+    }
+
+    /// The seqs among `seqs` that PostgreSQL does not hold for this source.
+    pub async fn absent(&self, seqs: &[i64]) -> Result<Vec<i64>, Failure> {
+        let rows = self
+            .client
+            .query(
+                "SELECT l.seq FROM unnest($2::int8[]) AS l(seq)
+                 WHERE NOT EXISTS (
+                     SELECT 1 FROM outbox.events e WHERE e.source_id = $1 AND e.seq = l.seq
+                 )",
+                &[&self.source, &seqs],
+            )
+            .await
+            .map_err(classify)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     /// Deletes this source's events drained more than `days` days ago, in
@@ -386,6 +459,22 @@ async fn advance(tx: &Transaction<'_>, source: Uuid, last: i64) -> Result<(), At
     .await
     .map_err(|e| Attempt::Failed(classify(e)))?;
     Ok(())
+}
+
+/// The server's system identifier (made by initdb, the same on its
+/// physical replicas) and the database's name, as `system N, database D`;
+/// `None` when the server does not say (`pg_control_system()` refused).
+async fn read_target(client: &Client) -> Option<String> {
+    let row = client
+        .query_one(
+            "SELECT system_identifier::text, current_database()::text FROM pg_control_system()",
+            &[],
+        )
+        .await
+        .ok()?;
+    let system: String = row.get(0);
+    let database: String = row.get(1);
+    Some(format!("system identifier {system}, database {database}"))
 }
 
 async fn read_cursor(client: &Client, source: Uuid) -> Result<i64, Failure> {

@@ -36,8 +36,9 @@ impl Worker {
             .spawn(move || {
                 let options = Options {
                     durability: Durability::Normal,
+                    ..Options::default()
                 };
-                let mut spool = match Spool::open_with(&paths, options) {
+                let mut spool = match Spool::open_in_daemon(&paths, options, true) {
                     Ok(spool) => {
                         let _ = opened_tx.send(Ok(spool.source_id()));
                         spool

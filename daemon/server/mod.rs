@@ -247,7 +247,7 @@ async fn serve_connection(stream: Stream, ctx: Arc<Context>, slot: registry::Slo
                 Response::failure(None, ErrorBody::new(ErrorCode::FrameTooLarge, message))
             }
             Ok(Ok(Frame::Line)) if line.iter().all(u8::is_ascii_whitespace) => continue,
-            Ok(Ok(Frame::Line)) => handlers::handle(&ctx, role, &line).await,
+            Ok(Ok(Frame::Line)) => handlers::handle(&ctx, role, peer_uid, &line).await,
         };
         let closing = matches!(frame, Err(_) | Ok(Ok(Frame::TooLarge)));
         if write_line(reader.get_mut(), &response, idle).await.is_err() || closing {

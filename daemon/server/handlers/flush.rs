@@ -30,7 +30,8 @@ pub async fn flush(ctx: &Context, request: protocol::Flush) -> Result<Flushed, E
         .producer
         .run(|spool| spool.last_seq())
         .await
-        .map_err(internal)?;
+        .map_err(unavailable)?;
+    same_spool(ctx).await?;
     let mut drain = ctx.drain.watch();
     let reached = tokio::time::timeout(timeout, async {
         loop {
@@ -90,16 +91,66 @@ pub async fn flush(ctx: &Context, request: protocol::Flush) -> Result<Flushed, E
             ));
         }
     }
+    // The cursor proves something only about the spool the drain reads:
+    // checked again now that it has passed the target.
+    same_spool(ctx).await?;
     // Every event enqueued before the flush that is not in PostgreSQL is a
-    // dead letter now, whenever it was set aside.
-    let dead_letters = ctx
+    // dead letter now, or was skipped as an old duplicate, whenever that
+    // happened.
+    let (dead_letters, duplicates) = ctx
         .producer
-        .run(move |spool| spool.count_dead_letters(0, target))
+        .run(move |spool| {
+            Ok((
+                spool.count_dead_letters(0, target)?,
+                spool.count_skipped(0, target)?,
+            ))
+        })
         .await
         .map_err(internal)?;
     Ok(Flushed {
         through_seq: target,
         dead_letters,
+        duplicates,
         waited_secs: started.elapsed().as_secs_f64(),
     })
+}
+
+fn unavailable(e: outboxd::Error) -> ErrorBody {
+    ErrorBody::new(ErrorCode::Unavailable, e.to_string())
+}
+
+/// Checks that the spool at the home's path is the one the drain reads: the
+/// same source id, and the producers' connection still on the file at the
+/// path (not moved or replaced under the daemon). Otherwise the drain's
+/// cursor says nothing about the events enqueued there.
+async fn same_spool(ctx: &Context) -> Result<(), ErrorBody> {
+    let at_path = ctx.producer.is_first_file().await.map_err(unavailable)?;
+    let source = ctx
+        .producer
+        .run(|spool| Ok(spool.source_id()))
+        .await
+        .map_err(unavailable)?;
+    let status = ctx.drain.status();
+    if let Some(error) = status.spool_error {
+        return Err(ErrorBody::new(
+            ErrorCode::Unavailable,
+            format!("the drain has stopped: {error}"),
+        ));
+    }
+    let drained = status.source_id.as_deref();
+    if at_path && drained.is_none_or(|drained| drained == source.to_string()) {
+        return Ok(());
+    }
+    Err(ErrorBody::new(
+        ErrorCode::Unavailable,
+        format!(
+            "the spool at {} is not the one the drain reads (source {} there, {} drained): it \
+             was moved or replaced while the daemon ran; nothing enqueued there can be \
+             flushed until the daemon is restarted (`{}`)",
+            ctx.config().paths.spool.display(),
+            source,
+            drained.unwrap_or("none"),
+            outboxd::quote::ctl(&ctx.config().paths.home, "restart")
+        ),
+    ))
 }

@@ -17,8 +17,9 @@ use tracing::debug;
 use crate::context::Context;
 use crate::server::Role;
 
-/// Answers one request line from a peer in `role`.
-pub async fn handle(ctx: &Context, role: Role, line: &[u8]) -> Response {
+/// Answers one request line from a peer in `role` (with `uid`, from its
+/// credentials).
+pub async fn handle(ctx: &Context, role: Role, uid: Option<u32>, line: &[u8]) -> Response {
     let (id, request) = match protocol::decode_request(line) {
         Ok(decoded) => decoded,
         Err(rejected) => {
@@ -54,7 +55,14 @@ pub async fn handle(ctx: &Context, role: Role, line: &[u8]) -> Response {
             component: Some(component),
         } => respond(id, lifecycle::stop_component(ctx, component).await),
         Request::Reload => respond(id, lifecycle::reload(ctx).await),
-        Request::Enqueue(enqueue) => respond(id, enqueue::enqueue(ctx, enqueue).await),
+        Request::Enqueue(enqueue) => {
+            // A producer's idempotency ids are its own: scoped by its uid.
+            let scope = match role {
+                Role::Producer => uid,
+                Role::Owner => None,
+            };
+            respond(id, enqueue::enqueue(ctx, enqueue, scope).await)
+        }
         Request::Flush(flush) => respond(id, flush::flush(ctx, flush).await),
         Request::DeadLetters(dead) => respond(id, dead_letters::dead_letters(ctx, dead).await),
         Request::Config => respond(
