@@ -219,6 +219,17 @@ pub struct EventRef<'a> {
     pub enqueued_at: i64,
 }
 
+impl EventRef<'_> {
+    /// The bytes the event's text takes (topic, key, id, payload): what a
+    /// batch's byte bound counts.
+    pub fn size(&self) -> usize {
+        self.topic.len()
+            + self.key.map_or(0, str::len)
+            + self.id.map_or(0, str::len)
+            + self.payload.len()
+    }
+}
+
 /// An event PostgreSQL rejected, to move into the dead letters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
@@ -428,6 +439,19 @@ impl Spool {
         &mut self,
         after_seq: i64,
         limit: usize,
+        visit: impl FnMut(EventRef<'_>),
+    ) -> Result<usize> {
+        self.visit_batch_within(after_seq, limit, usize::MAX, visit)
+    }
+
+    /// As [`Spool::visit_batch`], and stops before the event that would
+    /// take the visited events' [`EventRef::size`] past `max_bytes`; the
+    /// first event is always visited, however big (it then goes alone).
+    pub fn visit_batch_within(
+        &mut self,
+        after_seq: i64,
+        limit: usize,
+        max_bytes: usize,
         mut visit: impl FnMut(EventRef<'_>),
     ) -> Result<usize> {
         let path = &self.paths.spool;
@@ -443,8 +467,13 @@ impl Spool {
             .query((after_seq, limit))
             .at("read events from", path)?;
         let mut visited = 0;
+        let mut bytes = 0usize;
         while let Some(row) = rows.next().at("read events from", path)? {
             let event = event_ref(row).at("read events from", path)?;
+            bytes = bytes.saturating_add(event.size());
+            if visited > 0 && bytes > max_bytes {
+                break;
+            }
             visit(event);
             visited += 1;
         }

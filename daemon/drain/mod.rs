@@ -6,7 +6,10 @@
 //!   source's cursor.
 //! - It wakes when a producer nudges (`run/nudge.sock`), else polls the
 //!   spool's `data_version` (every 250 ms while idle), and batches under
-//!   load (up to `drain_batch_max` events per transaction).
+//!   load (up to `drain_batch_max` events and `drain_batch_bytes` bytes
+//!   per transaction; an event bigger than that goes alone).
+//! - It connects on demand and closes its connection after
+//!   `drain_idle_release` with nothing to move.
 //! - Each batch is one PostgreSQL transaction with the cursor (`sink`);
 //!   the spool deletes rows only after the commit.
 //! - Failures: a lost connection or a server that is down backs off
@@ -62,6 +65,13 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(30);
 const QUIET_FOR: Duration = Duration::from_secs(10);
 /// Retention deletes this many rows per statement.
 const RETENTION_CHUNK: i64 = 10_000;
+/// How often the drain beats its heartbeat while a batch is in flight
+/// (each statement is bounded by `statement_timeout`, the connection by
+/// TCP keepalives, so the wait itself is bounded).
+const BEAT_IN_FLIGHT: Duration = Duration::from_secs(1);
+/// Batches of at least this many bytes leave freed memory behind: it is
+/// given back to the system when the drain next finds the queue empty.
+const TRIM_AFTER: usize = 1 << 20;
 
 /// Starts the drain component.
 pub fn spawn(
@@ -118,6 +128,9 @@ async fn run(
         last_stats: None,
         last_housekeeping: Instant::now() - HOUSEKEEPING_EVERY,
         heartbeat,
+        last_busy: Instant::now(),
+        known_cursor: None,
+        trim_pending: false,
     };
     drain
         .status
@@ -167,8 +180,15 @@ struct Drain {
     last_progress: Instant,
     last_stats: Option<Instant>,
     last_housekeeping: Instant,
-    /// Beaten each time round the loop (not while a batch is in flight).
+    /// Beaten each time round the loop, and while a batch is in flight.
     heartbeat: Heartbeat,
+    /// When the drain last moved a batch or connected.
+    last_busy: Instant,
+    /// PostgreSQL's cursor as last seen (kept while the connection is
+    /// released, to know without connecting that nothing is waiting).
+    known_cursor: Option<i64>,
+    /// A large batch was moved since memory was last given back.
+    trim_pending: bool,
 }
 
 /// What the drain does next.
@@ -193,6 +213,7 @@ impl Drain {
                 // Queued counts and `stuck` stay true while the drain waits
                 // (paused, backing off, PostgreSQL down).
                 self.refresh_stats(STATS_WHILE_WAITING).await;
+                self.release_if_idle();
             }
             match next {
                 Next::Shutdown => return,
@@ -241,6 +262,49 @@ impl Drain {
         }
     }
 
+    /// Closes the connection after `drain_idle_release` with nothing moved.
+    fn release_if_idle(&mut self) {
+        let Some(after) = self.config.drain_idle_release else {
+            return;
+        };
+        if self.sink.is_some() && self.last_busy.elapsed() >= after {
+            info!(
+                idle_secs = after.as_secs(),
+                "closed the drain's idle PostgreSQL connection; the next event opens one"
+            );
+            self.sink = None;
+            self.prefetched = None;
+        }
+    }
+
+    /// Whether the spool holds events past the cursor last seen, asked of
+    /// the spool alone (no connection is opened to find there is nothing
+    /// to do). True when no cursor was seen yet.
+    async fn anything_to_move(&self) -> bool {
+        let Some(cursor) = self.known_cursor else {
+            return true;
+        };
+        match self.worker.run(|spool| spool.last_seq()).await {
+            Ok(last) => last > cursor,
+            Err(_) => true,
+        }
+    }
+
+    /// Gives the memory of large batches back to the system (glibc keeps
+    /// freed memory of its arenas otherwise).
+    async fn trim(&mut self) {
+        if !std::mem::take(&mut self.trim_pending) {
+            return;
+        }
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        let _ = tokio::task::spawn_blocking(|| {
+            // SAFETY: malloc_trim only releases free memory of glibc's
+            // arenas; it touches no memory in use.
+            unsafe { libc::malloc_trim(0) };
+        })
+        .await;
+    }
+
     fn ready_to_work(&self) -> bool {
         !self.paused
             && self.halted.is_none()
@@ -253,7 +317,13 @@ impl Drain {
     /// [`FINISH_GRACE`], then abandons it (its transaction rolls back).
     async fn work(&mut self, commands: &mut mpsc::Receiver<Command>) -> Next {
         self.housekeeping().await;
+        if self.sink.is_none() && !self.anything_to_move().await {
+            self.last_progress = Instant::now();
+            self.trim().await;
+            return Next::Wait;
+        }
         if self.sink.is_none() {
+            self.last_busy = Instant::now();
             let connection = self.connection.borrow().clone().expect("checked");
             match Sink::connect(&connection, self.source).await {
                 Ok(sink) => {
@@ -273,6 +343,7 @@ impl Drain {
             // (another spool's, under a shared source id) proves nothing
             // to `flush`.
             let cursor = self.sink.as_ref().expect("connected").cursor;
+            self.known_cursor = Some(cursor);
             self.status.send_modify(|s| s.cursor = Some(cursor));
         }
         let cursor = self.sink.as_ref().expect("connected").cursor;
@@ -293,11 +364,15 @@ impl Drain {
             self.last_progress = Instant::now();
             self.set_state();
             self.refresh_stats(Duration::ZERO).await;
+            self.trim().await;
             return Next::Wait;
         }
         // Under load, SQLite reads the next batch while PostgreSQL takes
-        // this one (it is thrown away if this one fails).
-        if batch.len() == self.config.drain_batch_max {
+        // this one (it is thrown away if this one fails). At most two
+        // batches are in memory.
+        if batch.len() == self.config.drain_batch_max
+            || batch.size + outboxd::spool::MAX_PAYLOAD >= self.config.drain_batch_bytes
+        {
             let after = batch.last_seq().expect("not empty");
             let read = self.read_after(after);
             self.prefetched = Some((after, tokio::spawn(read)));
@@ -306,11 +381,14 @@ impl Drain {
         let mut deferred = None;
         let landed = {
             let sink = self.sink.as_mut().expect("connected");
-            let commit = sink.commit(&batch, &self.worker);
+            let heartbeat = self.heartbeat.clone();
+            let commit = sink.commit(&batch, &self.worker, &heartbeat);
             tokio::pin!(commit);
+            let mut beat = tokio::time::interval(BEAT_IN_FLIGHT);
             loop {
                 tokio::select! {
                     landed = &mut commit => break landed,
+                    _ = beat.tick() => self.heartbeat.beat(),
                     command = commands.recv(), if deferred.is_none() => match command {
                         Some(Command::Shutdown) | None => {
                             if tokio::time::timeout(FINISH_GRACE, &mut commit).await.is_err() {
@@ -341,6 +419,10 @@ impl Drain {
                         "skipped events whose idempotency id had landed before"
                     );
                 }
+                self.last_busy = Instant::now();
+                self.known_cursor = Some(last);
+                self.trim_pending |= batch.bytes() >= TRIM_AFTER;
+                drop(batch);
                 let delete = self.worker.clone();
                 tokio::spawn(async move {
                     if let Err(e) = delete.run(move |spool| spool.delete_through(last)).await {
@@ -365,13 +447,16 @@ impl Drain {
     ) -> impl std::future::Future<Output = outboxd::Result<Batch>> + Send + 'static {
         let worker = self.worker.clone();
         let limit = self.config.drain_batch_max;
+        let max_bytes = self.config.drain_batch_bytes;
         let source = self.source;
         async move {
             worker
                 .run(move |spool| {
                     let mut batch = Batch::default();
-                    spool.visit_batch(after, limit, |event| batch.push(&source, event))?;
-                    Ok(batch)
+                    spool.visit_batch_within(after, limit, max_bytes, |event| {
+                        batch.push(&source, event)
+                    })?;
+                    Ok(batch.seal())
                 })
                 .await
         }
@@ -387,17 +472,18 @@ impl Drain {
             let sink = self.sink.as_ref().expect("connected");
             let cursor = sink.cursor;
             let limit = self.config.drain_batch_max;
+            let max_bytes = self.config.drain_batch_bytes;
             let source = self.source;
             let head = self
                 .worker
                 .run(move |spool| {
                     let mut batch = Batch::default();
-                    spool.visit_batch(0, limit, |event| {
+                    spool.visit_batch_within(0, limit, max_bytes, |event| {
                         if event.seq <= cursor {
                             batch.push(&source, event);
                         }
                     })?;
-                    Ok(batch)
+                    Ok(batch.seal())
                 })
                 .await
                 .map_err(|e| Failure::Spool(e.to_string()))?;
