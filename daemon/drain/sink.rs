@@ -359,9 +359,12 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(3);
 const KEEPALIVE_RETRIES: u32 = 3;
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
+/// The drain's `application_name`, unless the URL sets one.
+pub const APPLICATION_NAME: &str = "outboxd drain";
 
 /// Connects with the drain's session settings: TCP keepalives and
-/// `tcp_user_timeout` (TCP connections only) and `statement_timeout`.
+/// `tcp_user_timeout` (TCP connections only), `statement_timeout` and
+/// `application_name`.
 async fn open(connection: &Connection) -> Result<Client, Failure> {
     let mut connection = connection.clone();
     connection
@@ -371,6 +374,10 @@ async fn open(connection: &Connection) -> Result<Client, Failure> {
         .keepalives_interval(KEEPALIVE_INTERVAL)
         .keepalives_retries(KEEPALIVE_RETRIES)
         .tcp_user_timeout(TCP_USER_TIMEOUT);
+    if connection.config.get_application_name().is_none() {
+        // What a DBA sees in pg_stat_activity.
+        connection.config.application_name(APPLICATION_NAME);
+    }
     let client = connection
         .connect()
         .await

@@ -192,3 +192,46 @@ fn many_bad_rows_are_isolated_in_short_transactions_with_real_attempt_counts() {
     assert_eq!(home.status()["drain"]["state"], "running");
     home.stop();
 }
+
+#[test]
+fn an_idle_external_drain_releases_its_connection_and_reconnects_when_events_arrive() {
+    let server = Home::new();
+    // The server's own drain gives its connection back at once too.
+    server.write_config("drain_idle_release_secs = 1\n");
+    server.start();
+    let url = server.ctl(&["url", "--with-password"]);
+    assert_eq!(url.code, 0, "{url:?}");
+    let url = url.stdout.trim().to_string();
+    let home = Home::new();
+    home.write_config(&format!(
+        "database_url = {url:?}\ndrain_idle_release_secs = 3\n"
+    ));
+    home.start();
+    let drains = || {
+        server
+            .query("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'outboxd drain'")
+    };
+    let first = home.ctl(&["enqueue", "--topic", "first", "{}"]);
+    assert_eq!(first.code, 0, "{first:?}");
+    assert_eq!(flush(&home)["through_seq"], 1);
+    // Held while busy (and for the quiet period after), then given back.
+    eventually("the drain's connection is seen", LIMIT, || drains() == "1");
+    eventually("the idle drain closes its connection", LIMIT, || {
+        drains() == "0"
+    });
+    assert!(
+        home.log()
+            .contains("closed the drain's idle PostgreSQL connection"),
+        "the release is logged"
+    );
+    let second = home.ctl(&["enqueue", "--topic", "second", "{}"]);
+    assert_eq!(second.code, 0, "{second:?}");
+    assert_eq!(flush(&home)["through_seq"], 2);
+    assert_eq!(
+        server.query("SELECT string_agg(topic, ',' ORDER BY seq) FROM outbox.events"),
+        "first,second"
+    );
+    assert_eq!(home.status()["drain"]["state"], "running");
+    home.stop();
+    server.stop();
+}
