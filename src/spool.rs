@@ -109,6 +109,9 @@ pub const MAX_KEY: usize = 1024;
 pub const MAX_ID: usize = 256;
 /// The largest payload, in bytes of JSON text.
 pub const MAX_PAYLOAD: usize = 256 * 1024;
+/// The most bytes of payloads and errors one dead-letter listing returns
+/// (the drain's default batch bound).
+pub const MAX_LIST_BYTES: usize = 16 << 20;
 
 /// How to open a spool.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -550,7 +553,10 @@ impl Spool {
             .at("count dead letters in", &self.paths.spool)
     }
 
-    /// Up to `limit` dead letters, in seq order.
+    /// Up to `limit` dead letters, in seq order, and no more than
+    /// [`MAX_LIST_BYTES`] of payloads and errors (the first is always
+    /// listed): a listing's memory and its response are bounded whatever
+    /// `limit` says.
     pub fn list_dead_letters(&mut self, limit: usize) -> Result<Vec<DeadLetter>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut select = self
@@ -560,6 +566,7 @@ impl Spool {
                  FROM dead_letters ORDER BY seq LIMIT ?1",
             )
             .at("list dead letters in", &self.paths.spool)?;
+        let mut bytes = 0usize;
         let rows = select.query_map([limit], |row| {
             Ok(DeadLetter {
                 seq: row.get(0)?,
@@ -573,8 +580,16 @@ impl Spool {
                 failed_at: row.get(8)?,
             })
         });
-        rows.and_then(Iterator::collect)
-            .at("list dead letters in", &self.paths.spool)
+        rows.and_then(|rows| {
+            rows.take_while(|dead| {
+                let size = dead.as_ref().map_or(0, |d| d.payload.len() + d.error.len());
+                let first = bytes == 0;
+                bytes = bytes.saturating_add(size.max(1));
+                first || bytes <= MAX_LIST_BYTES
+            })
+            .collect()
+        })
+        .at("list dead letters in", &self.paths.spool)
     }
 
     /// Moves dead letters back into the queue, in their original order, with

@@ -235,3 +235,88 @@ fn an_idle_external_drain_releases_its_connection_and_reconnects_when_events_arr
     home.stop();
     server.stop();
 }
+
+/// Runs `outboxctl --home HOME ARGS` under `/usr/bin/time` and returns
+/// its exit code, its standard output and its own peak RSS in KiB (`None`
+/// without `/usr/bin/time`). Measured by a small parent: a child forked
+/// from this test would inherit the test's peak.
+fn ctl_measured(home: &Home, args: &[&str]) -> (i32, String, Option<u64>) {
+    let time = std::path::Path::new("/usr/bin/time");
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let peak = tempfile::NamedTempFile::new().unwrap();
+    let mut command = match time.exists() {
+        true => {
+            let mut command = std::process::Command::new(time);
+            command.args(["-f", "%M", "-o"]).arg(peak.path());
+            command.arg(crate::common::OUTBOXCTL);
+            command
+        }
+        false => std::process::Command::new(crate::common::OUTBOXCTL),
+    };
+    command.arg("--home").arg(&home.path).args(args);
+    let status = command
+        .stdout(out.reopen().unwrap())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    let kib = std::fs::read_to_string(peak.path())
+        .ok()
+        .and_then(|text| text.trim().lines().last()?.trim().parse().ok());
+    (
+        status.code().unwrap_or(-1),
+        std::fs::read_to_string(out.path()).unwrap(),
+        kib,
+    )
+}
+
+#[test]
+fn tail_streams_its_rows_and_dead_letter_listings_are_bounded_by_bytes() {
+    const EVENTS: usize = 80; // 20 MB of the largest payloads
+    let cap = outboxd::spool::MAX_PAYLOAD;
+    let home = Home::new();
+    home.start();
+    connected(&home);
+    let lines: String = (0..EVENTS).map(|n| string_event("big", n, cap)).collect();
+    let run = enqueue_ndjson(&home, &lines, 8);
+    assert_eq!(run.code, 0, "{run:?}");
+    flush(&home);
+
+    let (_, _, idle_kib) = ctl_measured(&home, &["--json", "tail", "-n", "1"]);
+    let (code, out, peak_kib) = ctl_measured(&home, &["--json", "tail", "-n", "1000"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.lines().count(), EVENTS);
+    match (idle_kib, peak_kib) {
+        (Some(one), Some(all)) => {
+            eprintln!(
+                "tail -n 1: peak RSS {one} KiB; -n 1000 ({EVENTS} 256 KiB events): {all} KiB"
+            );
+            assert!(
+                all < one + 8 * 1024,
+                "tail holds its rows: peak RSS {all} KiB for {} MiB of events, {one} KiB for one",
+                EVENTS * cap >> 20
+            );
+        }
+        _ => crate::common::skip("no /usr/bin/time to measure tail's memory with"),
+    }
+    let over = home.ctl(&["tail", "-n", "100001"]);
+    assert_eq!(over.code, 2, "-n is bounded: {over:?}");
+    assert!(over.stderr.contains("100000"), "{over:?}");
+
+    // Every one of them rejected: 20 MB of dead letters.
+    home.query("ALTER TABLE outbox.events ADD CONSTRAINT small CHECK (false) NOT VALID");
+    let run = enqueue_ndjson(&home, &lines, 8);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(flush(&home)["dead_letters"], EVENTS);
+    let list = home.ctl(&["--json", "dead-letters", "list", "-n", "1000"]);
+    assert_eq!(list.code, 0, "{list:?}");
+    let listed = list.json()["dead_letters"].as_array().unwrap().len();
+    assert_eq!(list.json()["remaining"], EVENTS);
+    let bound = outboxd::spool::MAX_LIST_BYTES;
+    assert!(
+        listed < EVENTS && listed * cap <= bound + cap,
+        "{listed} dead letters of {cap} bytes in one listing (bound {bound})"
+    );
+    let text = home.ctl(&["dead-letters", "list", "-n", "1000"]);
+    assert!(text.stdout.contains("listed"), "{}", &text.stdout[..200]);
+    home.stop();
+}
