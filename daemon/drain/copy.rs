@@ -66,6 +66,7 @@ impl Batch {
     }
 
     /// The bytes of the encoded rows.
+    #[cfg(test)]
     pub fn bytes(&self) -> usize {
         self.rows.len() + self.building.len()
     }
