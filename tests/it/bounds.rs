@@ -293,7 +293,7 @@ fn tail_streams_its_rows_and_dead_letter_listings_are_bounded_by_bytes() {
             assert!(
                 all < one + 8 * 1024,
                 "tail holds its rows: peak RSS {all} KiB for {} MiB of events, {one} KiB for one",
-                EVENTS * cap >> 20
+                (EVENTS * cap) >> 20
             );
         }
         _ => crate::common::skip("no /usr/bin/time to measure tail's memory with"),
