@@ -45,14 +45,26 @@ pub struct Batch {
     ends: Vec<usize>,
     pub seqs: Vec<i64>,
     pub enqueued_at: Vec<i64>,
-    /// Idempotency ids, by row (most are `None`).
+    /// Idempotency ids, by row (most are `None`), kept only by a batch
+    /// made [`Batch::keeping_ids`] (the rows reconciliation checks): a
+    /// drained batch holds its ids once, in the encoded rows.
     pub ids: Vec<Option<String>>,
+    keep_ids: bool,
     /// The events' text bytes ([`EventRef::size`]), what the byte bound
     /// counts.
     pub size: usize,
 }
 
 impl Batch {
+    /// An empty batch that also keeps each row's idempotency id in
+    /// [`Batch::ids`].
+    pub fn keeping_ids() -> Batch {
+        Batch {
+            keep_ids: true,
+            ..Batch::default()
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.seqs.len()
     }
@@ -92,7 +104,9 @@ impl Batch {
         self.size += event.size();
         self.seqs.push(event.seq);
         self.enqueued_at.push(event.enqueued_at);
-        self.ids.push(event.id.map(str::to_string));
+        if self.keep_ids {
+            self.ids.push(event.id.map(str::to_string));
+        }
     }
 
     /// Freezes the encoded rows (once every row is pushed): from now on

@@ -454,7 +454,7 @@ impl Drain {
             let head = self
                 .worker
                 .run(move |spool| {
-                    let mut batch = Batch::default();
+                    let mut batch = Batch::keeping_ids();
                     spool.visit_batch_within(0, limit, max_bytes, |event| {
                         if event.seq <= cursor {
                             batch.push(&source, event);

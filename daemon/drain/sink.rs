@@ -446,30 +446,7 @@ impl PgFailure {
     /// unexpected is a protocol error.
     pub fn kind(&self) -> Kind {
         let e = &self.0;
-        if let Some(code) = e.code() {
-            let code = code.code();
-            if code == SqlState::PROTOCOL_VIOLATION.code() {
-                return Kind::Protocol;
-            }
-            return match &code[..2] {
-                "08" | "53" | "57" | "58" | "XX" | "40" | "25" | "55" => Kind::Transient,
-                "28" | "3D" | "3F" | "42" => Kind::Setup,
-                _ => Kind::Row,
-            };
-        }
-        if e.is_closed() {
-            return Kind::Transient;
-        }
-        // tokio-postgres's error kinds are private; its messages name them.
-        let text = e.to_string();
-        if text.starts_with("error encoding message")
-            || text.starts_with("error parsing response")
-            || text.starts_with("unexpected message from server")
-        {
-            Kind::Protocol
-        } else {
-            Kind::Transient
-        }
+        kind_of(e.code().map(SqlState::code), e.is_closed(), &e.to_string())
     }
 
     /// The failure of the whole batch, for errors that are not about rows.
@@ -552,6 +529,33 @@ async fn read_cursor(client: &Client, source: Uuid) -> Result<i64, Failure> {
     Ok(row.get(0))
 }
 
+/// [`PgFailure::kind`] from the error's SQLSTATE, whether the connection
+/// is closed, and tokio-postgres's message (its error kinds are private;
+/// its messages name them).
+fn kind_of(code: Option<&str>, closed: bool, text: &str) -> Kind {
+    if let Some(code) = code {
+        if code == SqlState::PROTOCOL_VIOLATION.code() {
+            return Kind::Protocol;
+        }
+        return match code.get(..2).unwrap_or_default() {
+            "08" | "53" | "57" | "58" | "XX" | "40" | "25" | "55" => Kind::Transient,
+            "28" | "3D" | "3F" | "42" => Kind::Setup,
+            _ => Kind::Row,
+        };
+    }
+    if closed {
+        return Kind::Transient;
+    }
+    if text.starts_with("error encoding message")
+        || text.starts_with("error parsing response")
+        || text.starts_with("unexpected message from server")
+    {
+        Kind::Protocol
+    } else {
+        Kind::Transient
+    }
+}
+
 /// A failure that is not about one row.
 fn classify(e: tokio_postgres::Error) -> Failure {
     PgFailure(e).into_failure()
@@ -567,5 +571,57 @@ enum Attempt {
 impl From<tokio_postgres::Error> for Attempt {
     fn from(e: tokio_postgres::Error) -> Attempt {
         Attempt::Pg(PgFailure(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Kind, kind_of};
+
+    #[test]
+    fn a_row_error_is_whatever_is_not_about_the_server_the_connection_or_the_setup() {
+        let db = |code| kind_of(Some(code), false, "db error");
+        // Rows: a trigger's RAISE EXCEPTION, data, constraints, a too big row.
+        for code in [
+            "P0001", "22P02", "23514", "23505", "54000", "2F005", "P0004",
+        ] {
+            assert_eq!(db(code), Kind::Row, "{code}");
+        }
+        // Not rows: connection, resources, operator (statement timeout),
+        // system, internal, serialization and deadlock, lock not available.
+        for code in [
+            "08006", "53100", "57014", "57P01", "58030", "XX000", "40001", "40P01", "55P03",
+            "25P02",
+        ] {
+            assert_eq!(db(code), Kind::Transient, "{code}");
+        }
+        // A person has to act: credentials, database, schema, a missing
+        // table, no permission.
+        for code in ["28P01", "3D000", "3F000", "42P01", "42501", "42703"] {
+            assert_eq!(db(code), Kind::Setup, "{code}");
+        }
+        assert_eq!(db("08P01"), Kind::Protocol);
+        // Without an SQLSTATE.
+        assert_eq!(kind_of(None, true, "connection closed"), Kind::Transient);
+        assert_eq!(
+            kind_of(
+                None,
+                false,
+                "error communicating with the server: Broken pipe"
+            ),
+            Kind::Transient
+        );
+        assert_eq!(
+            kind_of(
+                None,
+                false,
+                "error encoding message to server: value too large"
+            ),
+            Kind::Protocol
+        );
+        assert_eq!(
+            kind_of(None, false, "unexpected message from server"),
+            Kind::Protocol
+        );
     }
 }
