@@ -128,6 +128,7 @@ async fn run(
         heartbeat,
         last_busy: Instant::now(),
         known_cursor: None,
+        migrated: false,
     };
     drain
         .status
@@ -184,6 +185,9 @@ struct Drain {
     /// PostgreSQL's cursor as last seen (kept while the connection is
     /// released, to know without connecting that nothing is waiting).
     known_cursor: Option<i64>,
+    /// The schema was migrated by this daemon (and no setup failure was
+    /// seen since).
+    migrated: bool,
 }
 
 /// What the drain does next.
@@ -304,8 +308,9 @@ impl Drain {
         if self.sink.is_none() {
             self.last_busy = Instant::now();
             let connection = self.connection.borrow().clone().expect("checked");
-            match Sink::connect(&connection, self.source).await {
+            match Sink::connect(&connection, self.source, !self.migrated).await {
                 Ok(sink) => {
+                    self.migrated = true;
                     info!(cursor = sink.cursor, source = %self.source, "the drain is connected");
                     self.sink = Some(sink);
                 }
@@ -519,6 +524,10 @@ impl Drain {
             ),
             Failure::Conflict(_) => Duration::ZERO,
         };
+        if let Failure::Setup(_) = failure {
+            // The schema may have gone: migrate on the next connection.
+            self.migrated = false;
+        }
         match failure {
             Failure::Conflict(why) => {
                 error!(error = %why, "the drain is stopped: another spool shares this source id");

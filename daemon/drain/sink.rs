@@ -80,9 +80,18 @@ pub struct Sink {
 impl Sink {
     /// Connects, creates or migrates the schema, and reads this source's
     /// cursor (creating its row at 0).
-    pub async fn connect(connection: &Connection, source: Uuid) -> Result<Sink, Failure> {
+    /// `migrate` is false when this daemon already migrated the schema (a
+    /// connection opened again after an idle release skips the migration's
+    /// database-wide advisory lock).
+    pub async fn connect(
+        connection: &Connection,
+        source: Uuid,
+        migrate: bool,
+    ) -> Result<Sink, Failure> {
         let mut client = open(connection).await?;
-        schema::migrate(&mut client).await.map_err(Failure::Setup)?;
+        if migrate {
+            schema::migrate(&mut client).await.map_err(Failure::Setup)?;
+        }
         client
             .execute(
                 "INSERT INTO outbox.cursors (source_id, seq) VALUES ($1, 0)
