@@ -65,10 +65,6 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(30);
 const QUIET_FOR: Duration = Duration::from_secs(10);
 /// Retention deletes this many rows per statement.
 const RETENTION_CHUNK: i64 = 10_000;
-/// How often the drain beats its heartbeat while a batch is in flight
-/// (each statement is bounded by `statement_timeout`, the connection by
-/// TCP keepalives, so the wait itself is bounded).
-const BEAT_IN_FLIGHT: Duration = Duration::from_secs(1);
 
 /// Starts the drain component.
 pub fn spawn(
@@ -178,7 +174,8 @@ struct Drain {
     last_progress: Instant,
     last_stats: Option<Instant>,
     last_housekeeping: Instant,
-    /// Beaten each time round the loop, and while a batch is in flight.
+    /// Beaten each time round the loop, and while a batch is in flight as
+    /// PostgreSQL takes its data (`Sink::commit`), never on a timer.
     heartbeat: Heartbeat,
     /// When the drain last moved a batch or connected.
     last_busy: Instant,
@@ -367,11 +364,9 @@ impl Drain {
             let heartbeat = self.heartbeat.clone();
             let commit = sink.commit(&batch, &self.worker, &heartbeat);
             tokio::pin!(commit);
-            let mut beat = tokio::time::interval(BEAT_IN_FLIGHT);
             loop {
                 tokio::select! {
                     landed = &mut commit => break landed,
-                    _ = beat.tick() => self.heartbeat.beat(),
                     command = commands.recv(), if deferred.is_none() => match command {
                         Some(Command::Shutdown) | None => {
                             if tokio::time::timeout(FINISH_GRACE, &mut commit).await.is_err() {

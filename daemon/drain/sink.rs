@@ -207,7 +207,7 @@ impl Sink {
     /// fails alone too, dead-lettered with that attempt's error and the
     /// number of attempts it was in; then the rest goes on. Every
     /// transaction is short, needs no savepoint, and `heartbeat` is beaten
-    /// before each attempt. PostgreSQL's `COPY ..., line N` context, when
+    /// before each attempt and as each piece of data is taken. PostgreSQL's `COPY ..., line N` context, when
     /// present, points at the bad row directly.
     pub async fn commit(
         &mut self,
@@ -234,7 +234,7 @@ impl Sink {
                 (Some(b), _) if b - lo == 1 => b,
                 (Some(b), _) => lo + (b - lo) / 2,
             };
-            let error = match self.attempt(batch, lo..hi).await {
+            let error = match self.attempt(batch, lo..hi, heartbeat).await {
                 Ok(()) => {
                     landed.rows += hi - lo;
                     lo = hi;
@@ -303,10 +303,14 @@ impl Sink {
 
     /// Rows `range` of `batch` in one transaction that moves the cursor to
     /// the last of them.
+    /// `heartbeat` is beaten as each piece of the COPY data is taken: the
+    /// drain is alive while PostgreSQL takes its data, and stops beating
+    /// when PostgreSQL stops answering (never on a timer alone).
     async fn attempt(
         &mut self,
         batch: &Batch,
         range: std::ops::Range<usize>,
+        heartbeat: &Heartbeat,
     ) -> Result<(), Attempt> {
         let last = batch.seqs[range.end - 1];
         let tx = self.client.transaction().await?;
@@ -315,6 +319,7 @@ impl Sink {
         futures_util::pin_mut!(sink);
         for piece in batch.pieces(range) {
             sink.feed(piece).await?;
+            heartbeat.beat();
         }
         sink.finish().await?;
         advance(&tx, self.source, last).await?;
