@@ -125,6 +125,7 @@ async fn run(
         last_busy: Instant::now(),
         known_cursor: None,
         migrated: false,
+        lost: None,
     };
     drain
         .status
@@ -185,6 +186,21 @@ struct Drain {
     /// The schema was migrated by this daemon (and no setup failure was
     /// seen since).
     migrated: bool,
+    /// Set while batches are smaller after a connection lost mid-batch.
+    lost: Option<Lost>,
+}
+
+/// Connections lost in the middle of a batch at one cursor.
+#[derive(Clone, Copy, Debug)]
+struct Lost {
+    /// The cursor the batches started after.
+    cursor: i64,
+    /// How many of them were a single row.
+    alone: u32,
+    /// How many there were.
+    attempts: u32,
+    /// The most events the next batch holds.
+    limit: usize,
 }
 
 /// What the drain does next.
@@ -362,7 +378,13 @@ impl Drain {
         let landed = {
             let sink = self.sink.as_mut().expect("connected");
             let heartbeat = self.heartbeat.clone();
-            let commit = sink.commit(&batch, &self.worker, &heartbeat);
+            // A row that lost the connection alone before is set aside if
+            // it does again.
+            let dead_letter_if_lost = self
+                .lost
+                .filter(|l| batch.len() == 1 && l.cursor == cursor && l.alone > 0)
+                .map(|l| l.attempts);
+            let commit = sink.commit(&batch, &self.worker, &heartbeat, dead_letter_if_lost);
             tokio::pin!(commit);
             loop {
                 tokio::select! {
@@ -382,8 +404,32 @@ impl Drain {
         if let Some(command) = deferred {
             self.command(command);
         }
+        if let Err(Failure::Lost(_)) = &landed {
+            // Smaller batches from this cursor on.
+            let fresh = Lost {
+                cursor,
+                alone: 0,
+                attempts: 0,
+                limit: batch.len(),
+            };
+            let lost = self.lost.get_or_insert(fresh);
+            if lost.cursor != cursor {
+                *lost = fresh;
+            }
+            lost.alone += u32::from(batch.len() == 1);
+            lost.attempts += 1;
+            lost.limit = (batch.len() / 2).max(1);
+            self.prefetched = None;
+        }
         match landed {
             Ok(landed) => {
+                // Back to full batches, doubling.
+                if let Some(lost) = &mut self.lost {
+                    lost.limit = lost.limit.saturating_mul(2);
+                    if lost.limit >= self.config.drain_batch_max {
+                        self.lost = None;
+                    }
+                }
                 let last = batch.last_seq().expect("not empty");
                 if landed.dead > 0 {
                     warn!(
@@ -423,7 +469,7 @@ impl Drain {
         after: i64,
     ) -> impl std::future::Future<Output = outboxd::Result<Batch>> + Send + 'static {
         let worker = self.worker.clone();
-        let limit = self.config.drain_batch_max;
+        let limit = self.lost.map_or(self.config.drain_batch_max, |l| l.limit);
         let max_bytes = self.config.drain_batch_bytes;
         let source = self.source;
         async move {
@@ -507,7 +553,7 @@ impl Drain {
         self.failures += 1;
         let text = failure.to_string();
         let delay = match &failure {
-            Failure::Transient(_) => backoff_from(
+            Failure::Transient(_) | Failure::Lost(_) => backoff_from(
                 Duration::from_millis(100),
                 Duration::from_secs(10),
                 self.failures,

@@ -35,6 +35,9 @@ use crate::watchdog::Heartbeat;
 pub enum Failure {
     /// The server is down or the connection broke: try again later.
     Transient(String),
+    /// The connection was lost in the middle of a batch: try again later,
+    /// with smaller batches.
+    Lost(String),
     /// The schema, the rights or the credentials are wrong: try again
     /// later; a person has to act.
     Setup(String),
@@ -49,6 +52,7 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Failure::Transient(why)
+            | Failure::Lost(why)
             | Failure::Setup(why)
             | Failure::Conflict(why)
             | Failure::Spool(why) => f.write_str(why),
@@ -201,7 +205,8 @@ impl Sink {
     /// cursor past them).
     ///
     /// The whole batch goes in one transaction. When a row is rejected (or
-    /// a batch of several rows fails with a protocol or encoding error),
+    /// a batch of several rows fails with a protocol or encoding error, or
+    /// loses its connection while a new one opens at once),
     /// the batch is bisected to its first bad row: the rows before it are
     /// committed (the cursor moves), the row is tried alone and, when it
     /// fails alone too, dead-lettered with that attempt's error and the
@@ -214,6 +219,7 @@ impl Sink {
         batch: &Batch,
         worker: &Worker,
         heartbeat: &Heartbeat,
+        dead_letter_if_lost: Option<u32>,
     ) -> Result<Landed, Failure> {
         let n = batch.len();
         let last = batch.last_seq().expect("a batch is never empty");
@@ -244,12 +250,22 @@ impl Sink {
                 Err(Attempt::Pg(error)) => error,
             };
             let kind = error.kind();
-            if !matches!(kind, Kind::Row | Kind::Protocol) {
+            // A connection lost in the middle of an attempt: the drain
+            // reports it, connects again and sends smaller batches from the
+            // cursor (a row that ends or crashes its backend would else be
+            // retried for ever); a row that loses it alone for the second
+            // time in a row (`dead_letter_if_lost`: the attempts it lost the
+            // connection in before) is set aside.
+            let lost = kind == Kind::Transient && (self.client.is_closed() || error.ends_session());
+            if lost && !(dead_letter_if_lost.is_some() && n == 1) {
+                return Err(Failure::Lost(error.to_string()));
+            }
+            if !(matches!(kind, Kind::Row | Kind::Protocol) || lost) {
                 return Err(error.into_failure());
             }
             tries += 1;
-            if kind == Kind::Protocol || self.client.is_closed() {
-                // The connection may be out of step: start afresh.
+            if lost || kind == Kind::Protocol || self.client.is_closed() {
+                // The connection may be gone or out of step: start afresh.
                 self.reconnect().await?;
             }
             if hi - lo > 1 {
@@ -276,10 +292,17 @@ impl Sink {
                     )));
                 }
                 _ => {
+                    let error = match lost {
+                        true => format!(
+                            "the connection to PostgreSQL was lost each time this event was \
+                             sent alone: {error}"
+                        ),
+                        false => error.to_string(),
+                    };
                     let dead = vec![DeadLetter {
                         seq,
-                        error: error.to_string(),
-                        attempts: tries,
+                        error,
+                        attempts: tries + dead_letter_if_lost.filter(|_| lost).unwrap_or(0),
                     }];
                     worker
                         .run(move |spool| spool.dead_letter(&dead))
@@ -482,6 +505,15 @@ impl PgFailure {
             .take_while(char::is_ascii_digit)
             .collect();
         digits.parse().ok()
+    }
+
+    /// Whether the error ends the connection: a `FATAL` or `PANIC` from
+    /// the server, or a failure of the connection itself.
+    fn ends_session(&self) -> bool {
+        match self.0.as_db_error() {
+            Some(db) => matches!(db.severity(), "FATAL" | "PANIC"),
+            None => true,
+        }
     }
 
     /// The constraint a unique violation is about.

@@ -21,7 +21,7 @@ fn enqueue_ndjson(home: &Home, lines: &str, batch: usize) -> Run {
 
 /// `outboxctl --json flush`, which must succeed.
 fn flush(home: &Home) -> serde_json::Value {
-    let run = home.ctl(&["--json", "flush", "--timeout", "90"]);
+    let run = home.ctl(&["--json", "flush", "--timeout", "60"]);
     assert_eq!(run.code, 0, "flush failed: {run:?}");
     run.json()
 }
@@ -318,5 +318,42 @@ fn tail_streams_its_rows_and_dead_letter_listings_are_bounded_by_bytes() {
     );
     let text = home.ctl(&["dead-letters", "list", "-n", "1000"]);
     assert!(text.stdout.contains("listed"), "{}", &text.stdout[..200]);
+    home.stop();
+}
+
+#[test]
+fn a_row_that_kills_the_drains_connection_is_dead_lettered_after_failing_alone_twice() {
+    let home = Home::new();
+    home.start();
+    connected(&home);
+    // A trigger that ends its own backend for one row: the connection is
+    // lost in the middle of the batch, every time that row is sent.
+    home.query(
+        "create function outbox.kill() returns trigger language plpgsql as $$ \
+         begin if NEW.topic = 'killer' then perform pg_terminate_backend(pg_backend_pid()); \
+         end if; return NEW; end $$; \
+         create trigger kill before insert on outbox.events \
+         for each row execute function outbox.kill()",
+    );
+    home.ctl(&["stop", "drain"]);
+    for topic in ["ok1", "killer", "ok2"] {
+        let run = home.ctl(&["enqueue", "--topic", topic, "{}"]);
+        assert_eq!(run.code, 0, "{run:?}");
+    }
+    home.ctl(&["start", "drain"]);
+    let flushed = flush(&home);
+    assert_eq!(flushed["dead_letters"], 1, "{flushed}");
+    assert_eq!(
+        home.query("SELECT string_agg(topic, ',' ORDER BY seq) FROM outbox.events"),
+        "ok1,ok2"
+    );
+    let list = home.ctl(&["--json", "dead-letters", "list"]);
+    let dead = list.json()["dead_letters"][0].clone();
+    assert_eq!(dead["topic"], "killer", "{dead}");
+    assert!(dead["attempts"].as_u64() >= Some(3), "{dead}");
+    assert!(
+        dead["error"].as_str().unwrap().contains("connection"),
+        "{dead}"
+    );
     home.stop();
 }
