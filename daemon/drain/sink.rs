@@ -205,15 +205,17 @@ impl Sink {
     /// cursor past them).
     ///
     /// The whole batch goes in one transaction. When a row is rejected (or
-    /// a batch of several rows fails with a protocol or encoding error, or
-    /// loses its connection while a new one opens at once),
+    /// a batch of several rows fails with a protocol or encoding error),
     /// the batch is bisected to its first bad row: the rows before it are
     /// committed (the cursor moves), the row is tried alone and, when it
     /// fails alone too, dead-lettered with that attempt's error and the
     /// number of attempts it was in; then the rest goes on. Every
     /// transaction is short, needs no savepoint, and `heartbeat` is beaten
-    /// before each attempt and as each piece of data is taken. PostgreSQL's `COPY ..., line N` context, when
-    /// present, points at the bad row directly.
+    /// before each attempt and as each piece of data is taken.
+    /// PostgreSQL's `COPY ..., line N` context, when present, points at the
+    /// bad row directly. A connection lost mid-batch is [`Failure::Lost`]
+    /// (the drain shrinks its batches), unless the batch is the single row
+    /// `dead_letter_if_lost` names the earlier attempts of.
     pub async fn commit(
         &mut self,
         batch: &Batch,
