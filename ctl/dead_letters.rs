@@ -37,6 +37,14 @@ fn act(paths: &Paths, action: Action, out: &Output) -> Result<(), CtlError> {
             let dead = spool.list_dead_letters(limit).map_err(lib)?;
             let remaining = spool.stats().map_err(lib)?.dead_letters;
             let mut text = format!("{remaining} dead letters");
+            if dead.len() < limit.min(remaining as usize) {
+                text.push_str(&format!(
+                    " (the first {} listed: a listing holds at most {} MiB; purge or requeue \
+                     some to see the rest)",
+                    dead.len(),
+                    outboxd::spool::MAX_LIST_BYTES >> 20
+                ));
+            }
             for d in &dead {
                 text.push_str(&format!(
                     "\nseq {}  {}  attempts {}  failed {}\n  error: {}\n  payload: {}",

@@ -167,9 +167,10 @@ enum Command {
         /// Only events of this topic
         #[arg(long)]
         topic: Option<String>,
-        /// How many of the last events
-        #[arg(short = 'n', long, default_value_t = 10)]
-        lines: usize,
+        /// How many of the last events (at most 100000; they are streamed)
+        #[arg(short = 'n', long, default_value_t = 10,
+              value_parser = clap::value_parser!(u32).range(0..=tail::MAX_LINES))]
+        lines: u32,
         /// An external PostgreSQL to read [default: the daemon's]
         #[arg(long, env = "OUTBOXD_DATABASE_URL", hide_env_values = true)]
         database_url: Option<String>,

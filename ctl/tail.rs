@@ -21,10 +21,14 @@ use tokio_postgres::{AsyncMessage, Client, NoTls, Row};
 use crate::daemon::{self, CtlError};
 use crate::output::Output;
 
+/// The most events `-n` asks for. They are streamed one row at a time
+/// (never all in memory); the bound keeps PostgreSQL's sort of them small.
+pub const MAX_LINES: i64 = 100_000;
+
 pub struct Args {
     pub follow: bool,
     pub topic: Option<String>,
-    pub lines: usize,
+    pub lines: u32,
     pub database_url: Option<String>,
 }
 
@@ -84,8 +88,12 @@ async fn tail(paths: &Paths, args: Args, out: &Output) -> Result<(), CtlError> {
             .await
             .map_err(failed)?;
     }
+    // The last N, oldest first, streamed: PostgreSQL orders them, and
+    // rows arrive one at a time (whatever N and the payloads).
+    let lines = i64::from(args.lines);
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&lines, &args.topic];
     let rows = client
-        .query(
+        .query_raw(
             &format!(
                 "SELECT {COLUMNS} FROM (
                      SELECT e.* FROM outbox.cursors c CROSS JOIN LATERAL (
@@ -93,15 +101,14 @@ async fn tail(paths: &Paths, args: Args, out: &Output) -> Result<(), CtlError> {
                          WHERE e.source_id = c.source_id AND ($2::text IS NULL OR e.topic = $2)
                          ORDER BY e.seq DESC LIMIT $1
                      ) e
-                 ) t ORDER BY drained_at DESC, seq DESC LIMIT $1"
+                     ORDER BY drained_at DESC, seq DESC LIMIT $1
+                 ) t ORDER BY drained_at, seq"
             ),
-            &[&(args.lines as i64), &args.topic],
+            params,
         )
         .await
         .map_err(failed)?;
-    for row in rows.iter().rev() {
-        print_row(row, out);
-    }
+    print_rows(rows, out).await.map_err(failed)?;
     if !args.follow {
         return Ok(());
     }
@@ -140,18 +147,28 @@ async fn print_new(
     topic: &Option<String>,
     out: &Output,
 ) -> Result<(), tokio_postgres::Error> {
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&source, &after, topic];
     let rows = client
-        .query(
+        .query_raw(
             &format!(
                 "SELECT {COLUMNS} FROM outbox.events
                  WHERE source_id = $1::text::uuid AND seq > $2 AND ($3::text IS NULL OR topic = $3)
                  ORDER BY seq"
             ),
-            &[&source, &after, topic],
+            params,
         )
         .await?;
-    for row in &rows {
-        print_row(row, out);
+    print_rows(rows, out).await
+}
+
+/// Prints rows as they arrive: one row in memory at a time.
+async fn print_rows(
+    rows: tokio_postgres::RowStream,
+    out: &Output,
+) -> Result<(), tokio_postgres::Error> {
+    futures_util::pin_mut!(rows);
+    while let Some(row) = rows.next().await {
+        print_row(&row?, out);
     }
     Ok(())
 }

@@ -58,6 +58,14 @@ fn changed_at_restart(old: &Config, new: &Config) -> Vec<String> {
         old.drain_batch_max != new.drain_batch_max,
     );
     check(
+        "drain_batch_bytes",
+        old.drain_batch_bytes != new.drain_batch_bytes,
+    );
+    check(
+        "drain_idle_release_secs",
+        old.drain_idle_release != new.drain_idle_release,
+    );
+    check(
         "idempotency_window_secs",
         old.idempotency_window != new.idempotency_window,
     );

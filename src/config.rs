@@ -65,6 +65,18 @@ pub struct Settings {
     #[arg(long, value_name = "N")]
     pub drain_batch_max: Option<usize>,
 
+    /// Most bytes of events (topic, key, id and payload) the drain moves in
+    /// one transaction; an event bigger than this goes alone. The daemon's
+    /// memory peaks at about three times this [default: 16777216, 16 MiB]
+    #[arg(long, env = "OUTBOXD_DRAIN_BATCH_BYTES", value_name = "BYTES")]
+    pub drain_batch_bytes: Option<usize>,
+
+    /// Seconds the drain keeps its PostgreSQL connection with nothing to
+    /// move before it closes it (the next event opens a new one); 0 keeps
+    /// it open [default: 60]
+    #[arg(long, value_name = "SECS")]
+    pub drain_idle_release_secs: Option<u64>,
+
     /// Seconds an idempotency id is remembered after its event was enqueued
     /// [default: 604800, seven days]
     #[arg(long, value_name = "SECS")]
@@ -132,6 +144,7 @@ fn env_name(key: &str) -> Option<String> {
     match key {
         "pg_bin" => Some("OUTBOXD_PG_BIN".into()),
         "database_url" => Some("OUTBOXD_DATABASE_URL".into()),
+        "drain_batch_bytes" => Some("OUTBOXD_DRAIN_BATCH_BYTES".into()),
         _ => None,
     }
 }
@@ -156,6 +169,16 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 128;
 pub const DEFAULT_PG_PORT: u16 = 5432;
 /// The most events in one drain transaction.
 pub const DEFAULT_DRAIN_BATCH_MAX: usize = 50_000;
+/// The most bytes of events in one drain transaction.
+pub const DEFAULT_DRAIN_BATCH_BYTES: usize = 16 << 20;
+/// The bounds of `drain_batch_bytes`.
+pub const DRAIN_BATCH_BYTES_RANGE: std::ops::RangeInclusive<usize> = (64 << 10)..=(1 << 30);
+/// How long an idle drain keeps its PostgreSQL connection: a drain that
+/// moves something at least once a minute keeps it (no reconnection in
+/// its latency); one that is quiet for longer gives it back, so that a
+/// thousand mostly quiet hosts fit one server's connections. Reconnecting
+/// costs a few milliseconds, once per quiet minute at most.
+pub const DEFAULT_DRAIN_IDLE_RELEASE: Duration = Duration::from_secs(60);
 /// How long idempotency ids are remembered.
 pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How long a drain may make no progress with events queued before it counts as stuck.
@@ -198,6 +221,9 @@ pub struct Config {
     /// An external PostgreSQL to use instead of the embedded one.
     pub database_url: Option<String>,
     pub drain_batch_max: usize,
+    pub drain_batch_bytes: usize,
+    /// `None`: the drain keeps its connection while idle.
+    pub drain_idle_release: Option<Duration>,
     pub idempotency_window: Duration,
     pub stuck_after: Duration,
     pub retention_days: Option<u32>,
@@ -254,6 +280,8 @@ impl Config {
             user: self.user.clone(),
             database_url: self.database_url.as_deref().map(crate::redact::url),
             drain_batch_max: Some(self.drain_batch_max),
+            drain_batch_bytes: Some(self.drain_batch_bytes),
+            drain_idle_release_secs: Some(self.drain_idle_release.map_or(0, |d| d.as_secs())),
             idempotency_window_secs: Some(self.idempotency_window.as_secs()),
             stuck_after_secs: Some(self.stuck_after.as_secs()),
             retention_days: self.retention_days,
@@ -352,6 +380,31 @@ impl Config {
                 ));
             }
         };
+        let drain_batch_bytes = match s.drain_batch_bytes {
+            None => DEFAULT_DRAIN_BATCH_BYTES,
+            Some(n) if DRAIN_BATCH_BYTES_RANGE.contains(&n) => n,
+            Some(n) => {
+                return Err(invalid(
+                    "drain_batch_bytes",
+                    format!(
+                        "must be from {} (64 KiB) to {} (1 GiB), not {n}",
+                        DRAIN_BATCH_BYTES_RANGE.start(),
+                        DRAIN_BATCH_BYTES_RANGE.end()
+                    ),
+                ));
+            }
+        };
+        let drain_idle_release = match s.drain_idle_release_secs {
+            None => Some(DEFAULT_DRAIN_IDLE_RELEASE),
+            Some(0) => None,
+            Some(secs) if secs <= 86_400 => Some(Duration::from_secs(secs)),
+            Some(secs) => {
+                return Err(invalid(
+                    "drain_idle_release_secs",
+                    format!("must be from 0 (never) to 86400 seconds, not {secs}"),
+                ));
+            }
+        };
         let log_format = match s.log_format.as_deref() {
             None | Some("text") => LogFormat::Text,
             Some("json") => LogFormat::Json,
@@ -397,6 +450,8 @@ impl Config {
             user: s.user,
             database_url: s.database_url,
             drain_batch_max,
+            drain_batch_bytes,
+            drain_idle_release,
             idempotency_window: s
                 .idempotency_window_secs
                 .map_or(DEFAULT_IDEMPOTENCY_WINDOW, Duration::from_secs),

@@ -122,6 +122,9 @@ pub const MAX_KEY: usize = 1024;
 pub const MAX_ID: usize = 256;
 /// The largest payload, in bytes of JSON text.
 pub const MAX_PAYLOAD: usize = 256 * 1024;
+/// The most bytes of payloads and errors one dead-letter listing returns
+/// (the drain's default batch bound).
+pub const MAX_LIST_BYTES: usize = 16 << 20;
 
 /// How to open a spool.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -239,6 +242,19 @@ pub struct StoredEvent {
     pub enqueued_at: i64,
 }
 
+impl From<EventRef<'_>> for StoredEvent {
+    fn from(event: EventRef<'_>) -> StoredEvent {
+        StoredEvent {
+            seq: event.seq,
+            topic: event.topic.to_string(),
+            key: event.key.map(str::to_string),
+            id: event.id.map(str::to_string),
+            payload: event.payload.to_string(),
+            enqueued_at: event.enqueued_at,
+        }
+    }
+}
+
 /// A queued event borrowed from SQLite's row (see [`Spool::visit_batch`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EventRef<'a> {
@@ -250,6 +266,17 @@ pub struct EventRef<'a> {
     pub payload: &'a str,
     /// Microseconds since the Unix epoch.
     pub enqueued_at: i64,
+}
+
+impl EventRef<'_> {
+    /// The bytes the event's text takes (topic, key, id, payload): what a
+    /// batch's byte bound counts.
+    pub fn size(&self) -> usize {
+        self.topic.len()
+            + self.key.map_or(0, str::len)
+            + self.id.map_or(0, str::len)
+            + self.payload.len()
+    }
 }
 
 /// An event PostgreSQL rejected, to move into the dead letters.
@@ -579,16 +606,7 @@ impl Spool {
     /// Up to `limit` queued events with a seq above `after_seq`, in seq order.
     pub fn read_batch(&mut self, after_seq: i64, limit: usize) -> Result<Vec<StoredEvent>> {
         let mut events = Vec::new();
-        self.visit_batch(after_seq, limit, |event| {
-            events.push(StoredEvent {
-                seq: event.seq,
-                topic: event.topic.to_string(),
-                key: event.key.map(str::to_string),
-                id: event.id.map(str::to_string),
-                payload: event.payload.to_string(),
-                enqueued_at: event.enqueued_at,
-            })
-        })?;
+        self.visit_batch(after_seq, limit, |event| events.push(event.into()))?;
         Ok(events)
     }
 
@@ -599,6 +617,19 @@ impl Spool {
         &mut self,
         after_seq: i64,
         limit: usize,
+        visit: impl FnMut(EventRef<'_>),
+    ) -> Result<usize> {
+        self.visit_batch_within(after_seq, limit, usize::MAX, visit)
+    }
+
+    /// As [`Spool::visit_batch`], and stops before the event that would
+    /// take the visited events' [`EventRef::size`] past `max_bytes`; the
+    /// first event is always visited, however big (it then goes alone).
+    pub fn visit_batch_within(
+        &mut self,
+        after_seq: i64,
+        limit: usize,
+        max_bytes: usize,
         mut visit: impl FnMut(EventRef<'_>),
     ) -> Result<usize> {
         let path = &self.paths.spool;
@@ -614,8 +645,13 @@ impl Spool {
             .query((after_seq, limit))
             .at("read events from", path)?;
         let mut visited = 0;
+        let mut bytes = 0usize;
         while let Some(row) = rows.next().at("read events from", path)? {
             let event = event_ref(row).at("read events from", path)?;
+            bytes = bytes.saturating_add(event.size());
+            if visited > 0 && bytes > max_bytes {
+                break;
+            }
             visit(event);
             visited += 1;
         }
@@ -732,7 +768,10 @@ impl Spool {
             .at("count dead letters in", &self.paths.spool)
     }
 
-    /// Up to `limit` dead letters, in seq order.
+    /// Up to `limit` dead letters, in seq order, and no more than
+    /// [`MAX_LIST_BYTES`] of payloads and errors (the first is always
+    /// listed): a listing's memory and its response are bounded whatever
+    /// `limit` says.
     pub fn list_dead_letters(&mut self, limit: usize) -> Result<Vec<DeadLetter>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut select = self
@@ -742,6 +781,7 @@ impl Spool {
                  FROM dead_letters ORDER BY seq LIMIT ?1",
             )
             .at("list dead letters in", &self.paths.spool)?;
+        let mut bytes = 0usize;
         let rows = select.query_map([limit], |row| {
             Ok(DeadLetter {
                 seq: row.get(0)?,
@@ -755,8 +795,16 @@ impl Spool {
                 failed_at: row.get(8)?,
             })
         });
-        rows.and_then(Iterator::collect)
-            .at("list dead letters in", &self.paths.spool)
+        rows.and_then(|rows| {
+            rows.take_while(|dead| {
+                let size = dead.as_ref().map_or(0, |d| d.payload.len() + d.error.len());
+                let first = bytes == 0;
+                bytes = bytes.saturating_add(size.max(1));
+                first || bytes <= MAX_LIST_BYTES
+            })
+            .collect()
+        })
+        .at("list dead letters in", &self.paths.spool)
     }
 
     /// Moves dead letters back into the queue, in their original order, with

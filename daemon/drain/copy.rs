@@ -1,7 +1,13 @@
 //! A batch of events in PostgreSQL's binary `COPY` format, encoded on the
-//! spool thread straight from SQLite's rows (no per-row allocation), with
-//! the offsets that let any run of its rows be sent again on its own (to
-//! isolate a row PostgreSQL rejects).
+//! spool thread straight from SQLite's rows (no per-row allocation) into
+//! one buffer, frozen when the batch is read, with the offsets that let any
+//! run of its rows be sent on its own (to isolate a row PostgreSQL
+//! rejects).
+//!
+//! The data goes out as [`PIECE`]-sized `CopyData` messages, each a
+//! zero-copy slice of the frozen buffer: PostgreSQL refuses a message over
+//! 1 GiB (and a batch as one message would also be copied whole into the
+//! connection's write buffer).
 //!
 //! Row layout, matching [`COPY_SQL`]: `source_id uuid, seq int8, topic
 //! text, key text, payload jsonb, id text, enqueued_at timestamptz`.
@@ -25,16 +31,22 @@ const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 /// jsonb's binary format version byte.
 const JSONB_VERSION: u8 = 1;
 
+/// The most bytes of COPY data sent as one `CopyData` message.
+pub const PIECE: usize = 1 << 20;
+
 /// Encoded rows.
 #[derive(Default)]
 pub struct Batch {
-    rows: BytesMut,
+    /// Rows being encoded (until [`Batch::seal`]).
+    building: BytesMut,
+    /// The encoded rows, frozen.
+    rows: Bytes,
     /// Where each row ends in `rows`.
     ends: Vec<usize>,
     pub seqs: Vec<i64>,
-    pub enqueued_at: Vec<i64>,
-    /// Idempotency ids, by row (most are `None`).
-    pub ids: Vec<Option<String>>,
+    /// The events' text bytes ([`EventRef::size`]), what the byte bound
+    /// counts.
+    pub size: usize,
 }
 
 impl Batch {
@@ -50,9 +62,15 @@ impl Batch {
         self.seqs.last().copied()
     }
 
+    /// The bytes of the encoded rows.
+    #[cfg(test)]
+    pub fn bytes(&self) -> usize {
+        self.rows.len() + self.building.len()
+    }
+
     /// Appends one event.
     pub fn push(&mut self, source: &Uuid, event: EventRef<'_>) {
-        let buf = &mut self.rows;
+        let buf = &mut self.building;
         buf.reserve(64 + event.topic.len() + event.payload.len());
         buf.put_i16(7);
         buf.put_i32(16);
@@ -68,26 +86,47 @@ impl Batch {
         buf.put_i32(8);
         buf.put_i64(event.enqueued_at - PG_EPOCH_MICROS);
         self.ends.push(buf.len());
+        self.size += event.size();
         self.seqs.push(event.seq);
-        self.enqueued_at.push(event.enqueued_at);
-        self.ids.push(event.id.map(str::to_string));
     }
 
-    /// The COPY data for rows `range`: header, rows, trailer.
-    pub fn copy_data(&self, range: Range<usize>) -> Bytes {
-        let start = match range.start {
+    /// Freezes the encoded rows (once every row is pushed): from now on
+    /// any run of rows is sent without a copy.
+    pub fn seal(mut self) -> Batch {
+        debug_assert!(self.rows.is_empty(), "sealed once");
+        self.rows = self.building.split().freeze();
+        self.building = BytesMut::new();
+        self
+    }
+
+    /// The bytes of the encoded rows `range`.
+    #[cfg(test)]
+    pub fn range_bytes(&self, range: Range<usize>) -> usize {
+        let (start, end) = self.offsets(range);
+        end - start
+    }
+
+    fn offsets(&self, range: Range<usize>) -> (usize, usize) {
+        let at = |i: usize| match i {
             0 => 0,
             i => self.ends[i - 1],
         };
-        let end = match range.end {
-            0 => 0,
-            i => self.ends[i - 1],
-        };
-        let mut data = BytesMut::with_capacity(HEADER.len() + (end - start) + TRAILER.len());
-        data.put_slice(HEADER);
-        data.put_slice(&self.rows[start..end]);
-        data.put_slice(TRAILER);
-        data.freeze()
+        (at(range.start), at(range.end))
+    }
+
+    /// The COPY data for rows `range` of a sealed batch: the header, the
+    /// rows in slices of at most [`PIECE`] bytes of the frozen buffer, the
+    /// trailer. Nothing is copied.
+    pub fn pieces(&self, range: Range<usize>) -> impl Iterator<Item = Bytes> + Send + 'static {
+        debug_assert!(self.building.is_empty(), "sealed");
+        let (start, end) = self.offsets(range);
+        let rows = self.rows.slice(start..end);
+        let count = rows.len().div_ceil(PIECE);
+        std::iter::once(Bytes::from_static(HEADER))
+            .chain(
+                (0..count).map(move |i| rows.slice(i * PIECE..((i + 1) * PIECE).min(rows.len()))),
+            )
+            .chain(std::iter::once(Bytes::from_static(TRAILER)))
     }
 }
 
@@ -123,14 +162,54 @@ mod tests {
         for seq in 1..=3 {
             batch.push(&source, event(seq));
         }
-        let all = batch.copy_data(0..3);
+        let batch = batch.seal();
+        let joined = |pieces: Vec<Bytes>| pieces.concat();
+        let all = joined(batch.pieces(0..3).collect());
         assert!(all.starts_with(b"PGCOPY\n\xff\r\n\0"));
         assert!(all.ends_with(&[0xff, 0xff]));
-        let one = batch.copy_data(1..2);
+        let one = joined(batch.pieces(1..2).collect());
         let row = one.len() - HEADER.len() - TRAILER.len();
         assert_eq!(all.len() - HEADER.len() - TRAILER.len(), 3 * row);
         assert_eq!(&one[HEADER.len()..HEADER.len() + 2], &[0, 7]);
         assert_eq!(batch.seqs[0], 1);
         assert_eq!(batch.last_seq(), Some(3));
+    }
+
+    #[test]
+    fn big_rows_go_as_pieces_of_one_buffer_at_most_a_mebibyte_each() {
+        let source = Uuid::nil();
+        let payload = format!("\"{}\"", "x".repeat(250_000));
+        let mut batch = Batch::default();
+        for seq in 1..=10 {
+            batch.push(
+                &source,
+                EventRef {
+                    payload: &payload,
+                    ..event(seq)
+                },
+            );
+        }
+        let batch = batch.seal();
+        let pieces: Vec<Bytes> = batch.pieces(0..10).collect();
+        let body = &pieces[1..pieces.len() - 1];
+        assert_eq!(
+            body.len(),
+            batch.bytes().div_ceil(PIECE),
+            "{}",
+            batch.bytes()
+        );
+        assert!(body.iter().all(|p| !p.is_empty() && p.len() <= PIECE));
+        // Zero-copy: each piece points into the frozen buffer, in order.
+        let base = batch.rows.as_ptr() as usize;
+        for (i, piece) in body.iter().enumerate() {
+            assert_eq!(piece.as_ptr() as usize, base + i * PIECE);
+        }
+        assert_eq!(
+            pieces.iter().map(Bytes::len).sum::<usize>(),
+            HEADER.len() + batch.bytes() + TRAILER.len()
+        );
+        // A run of rows starts where its first row starts.
+        let tail: Vec<Bytes> = batch.pieces(9..10).collect();
+        assert_eq!(tail[1].as_ptr() as usize, base + batch.range_bytes(0..9));
     }
 }

@@ -7,14 +7,17 @@
 //! crash between the two) are recognised by [`Sink::reconcile`] and deleted
 //! without being sent again.
 //!
-//! A row PostgreSQL rejects (a data or constraint error) fails the whole
-//! `COPY`; the batch is then sent again in halves, each under a savepoint,
-//! down to the single rows that fail. Those are moved to the spool's dead
-//! letters *before* the transaction that moves the cursor past them
-//! commits, so a crash never loses one. A row whose idempotency id already
-//! landed (the unique index) is skipped, not dead-lettered: it landed once.
+//! A row PostgreSQL rejects (anything but a connection, server or setup
+//! failure: see [`PgFailure::kind`]) fails the whole `COPY`; the batch is
+//! then bisected to its first bad row in short transactions of their own,
+//! committing the rows before it. A row that fails alone is moved to the
+//! spool's dead letters *before* the transaction that moves the cursor past
+//! it commits, so a crash never loses one. A row whose idempotency id
+//! already landed (the unique index) is skipped, not dead-lettered: it
+//! landed once.
 
-use bytes::Bytes;
+use std::time::Duration;
+
 use futures_util::SinkExt;
 use outboxd::spool::{Failure as DeadLetter, StoredEvent};
 use tokio_postgres::error::SqlState;
@@ -25,12 +28,16 @@ use super::copy::{Batch, COPY_SQL};
 use super::schema::{self, CHANNEL, IDEMPOTENCY_INDEX, PRIMARY_KEY};
 use super::worker::Worker;
 use crate::pg::{Connection, describe};
+use crate::watchdog::Heartbeat;
 
 /// Why a batch did not land.
 #[derive(Debug)]
 pub enum Failure {
     /// The server is down or the connection broke: try again later.
     Transient(String),
+    /// The connection was lost in the middle of a batch: try again later,
+    /// with smaller batches.
+    Lost(String),
     /// The schema, the rights or the credentials are wrong: try again
     /// later; a person has to act.
     Setup(String),
@@ -48,6 +55,7 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Failure::Transient(why)
+            | Failure::Lost(why)
             | Failure::Setup(why)
             | Failure::Conflict(why)
             | Failure::Spool(why)
@@ -70,6 +78,8 @@ pub struct Landed {
 /// A connection to PostgreSQL ready to take this source's batches.
 pub struct Sink {
     client: Client,
+    /// Where to connect again (after a protocol failure).
+    connection: Connection,
     source: Uuid,
     /// The highest seq of this source committed in PostgreSQL.
     pub cursor: i64,
@@ -84,16 +94,17 @@ impl Sink {
     /// (`recorded`, when the spool recorded one; `configured` describes
     /// the configuration for the refusal), creates or migrates the schema,
     /// and reads this source's cursor (creating its row at 0).
+    /// `migrate` is false when this daemon already migrated the schema (a
+    /// connection opened again after an idle release skips the migration's
+    /// database-wide advisory lock).
     pub async fn connect(
         connection: &Connection,
         source: Uuid,
         recorded: Option<&str>,
         configured: &str,
+        migrate: bool,
     ) -> Result<Sink, Failure> {
-        let mut client = connection
-            .connect()
-            .await
-            .map_err(|e| Failure::Transient(e.to_string()))?;
+        let mut client = open(connection).await?;
         let target = read_target(&client).await;
         if let (Some(recorded), Some(target)) = (recorded, &target)
             && recorded != target
@@ -107,7 +118,9 @@ impl Sink {
                  then `outboxctl start drain`"
             )));
         }
-        schema::migrate(&mut client).await.map_err(Failure::Setup)?;
+        if migrate {
+            schema::migrate(&mut client).await.map_err(Failure::Setup)?;
+        }
         client
             .execute(
                 "INSERT INTO outbox.cursors (source_id, seq) VALUES ($1, 0)
@@ -119,6 +132,7 @@ impl Sink {
         let cursor = read_cursor(&client, source).await?;
         Ok(Sink {
             client,
+            connection: connection.clone(),
             source,
             cursor,
             target,
@@ -257,172 +271,332 @@ impl Sink {
     }
 
     /// Commits `batch` (every seq above the cursor), dead-lettering the rows
-    /// PostgreSQL rejects (through `worker`, before the commit).
-    pub async fn commit(&mut self, batch: &Batch, worker: &Worker) -> Result<Landed, Failure> {
-        let last = batch.last_seq().expect("a batch is never empty");
-        match self.try_whole(batch, last).await {
-            Ok(landed) => return Ok(landed),
-            Err(Attempt::Rows) => {}
-            Err(Attempt::Failed(failure)) => return Err(failure),
-        }
-        self.isolate(batch, last, worker).await
-    }
-
-    /// The fast path: the whole batch in one COPY.
-    async fn try_whole(&mut self, batch: &Batch, last: i64) -> Result<Landed, Attempt> {
-        let tx = self.client.transaction().await.map_err(attempt)?;
-        lock_cursor(&tx, self.source, self.cursor).await?;
-        copy(&tx, batch.copy_data(0..batch.len())).await?;
-        advance(&tx, self.source, last).await?;
-        tx.commit().await.map_err(attempt)?;
-        self.cursor = last;
-        Ok(Landed {
-            rows: batch.len(),
-            ..Landed::default()
-        })
-    }
-
-    /// The slow path: halves under savepoints down to the rows that fail.
-    async fn isolate(
+    /// PostgreSQL rejects (through `worker`, before a commit moves the
+    /// cursor past them).
+    ///
+    /// The whole batch goes in one transaction. When a row is rejected (or
+    /// a batch of several rows fails with a protocol or encoding error),
+    /// the batch is bisected to its first bad row: the rows before it are
+    /// committed (the cursor moves), the row is tried alone and, when it
+    /// fails alone too, dead-lettered with that attempt's error and the
+    /// number of attempts it was in; then the rest goes on. Every
+    /// transaction is short, needs no savepoint, and `heartbeat` is beaten
+    /// before each attempt and as each piece of data is taken.
+    /// PostgreSQL's `COPY ..., line N` context, when present, points at the
+    /// bad row directly. A connection lost mid-batch is [`Failure::Lost`]
+    /// (the drain shrinks its batches), unless the batch is the single row
+    /// `dead_letter_if_lost` names the earlier attempts of.
+    pub async fn commit(
         &mut self,
         batch: &Batch,
-        last: i64,
         worker: &Worker,
+        heartbeat: &Heartbeat,
+        dead_letter_if_lost: Option<u32>,
     ) -> Result<Landed, Failure> {
-        let tx = self.client.transaction().await.map_err(classify)?;
-        lock_cursor(&tx, self.source, self.cursor)
-            .await
-            .map_err(Attempt::into_failure)?;
+        let n = batch.len();
+        let last = batch.last_seq().expect("a batch is never empty");
         let mut landed = Landed::default();
-        let mut dead = Vec::new();
-        // A stack of row ranges still to send; the whole batch first.
-        let mut ranges = Vec::new();
-        ranges.push(0..batch.len());
-        while let Some(range) = ranges.pop() {
-            tx.batch_execute("SAVEPOINT isolate")
-                .await
-                .map_err(classify)?;
-            match copy(&tx, batch.copy_data(range.clone())).await {
+        let mut lo = 0;
+        // Rows [lo, bad) are known to fail together; `guess` is where the
+        // server said the first bad row is.
+        let mut bad: Option<usize> = None;
+        let mut guess: Option<usize> = None;
+        // Failed attempts since the last row was set aside: every one of
+        // them held the first bad row.
+        let mut tries: u32 = 0;
+        while lo < n {
+            heartbeat.beat();
+            let hi = match (bad, guess) {
+                (None, _) => n,
+                (Some(b), Some(g)) if g > lo && g < b => g,
+                (Some(b), _) if b - lo == 1 => b,
+                (Some(b), _) => lo + (b - lo) / 2,
+            };
+            let error = match self.attempt(batch, lo..hi, heartbeat).await {
                 Ok(()) => {
-                    tx.batch_execute("RELEASE SAVEPOINT isolate")
-                        .await
-                        .map_err(classify)?;
-                    landed.rows += range.len();
+                    landed.rows += hi - lo;
+                    lo = hi;
+                    continue;
                 }
-                Err(Attempt::Rows) => {
-                    tx.batch_execute("ROLLBACK TO SAVEPOINT isolate")
-                        .await
-                        .map_err(classify)?;
-                    if range.len() > 1 {
-                        let middle = range.start + range.len() / 2;
-                        ranges.push(middle..range.end);
-                        ranges.push(range.start..middle);
-                        continue;
-                    }
-                    let i = range.start;
-                    match row_error(&tx, batch, i, self.source, self.cursor).await? {
-                        RowError::Duplicate => landed.duplicates += 1,
-                        RowError::Rejected(error) => dead.push(DeadLetter {
-                            seq: batch.seqs[i],
-                            error,
-                            attempts: 1,
-                        }),
-                    }
-                }
-                Err(Attempt::Failed(failure)) => return Err(failure),
+                Err(Attempt::Conflict(why)) => return Err(Failure::Conflict(why)),
+                Err(Attempt::Pg(error)) => error,
+            };
+            let kind = error.kind();
+            // A connection lost in the middle of an attempt: the drain
+            // reports it, connects again and sends smaller batches from the
+            // cursor (a row that ends or crashes its backend would else be
+            // retried for ever); a row that loses it alone for the second
+            // time in a row (`dead_letter_if_lost`: the attempts it lost the
+            // connection in before) is set aside.
+            let lost = kind == Kind::Transient && (self.client.is_closed() || error.ends_session());
+            if lost && !(dead_letter_if_lost.is_some() && n == 1) {
+                return Err(Failure::Lost(error.to_string()));
             }
+            if !(matches!(kind, Kind::Row | Kind::Protocol) || lost) {
+                return Err(error.into_failure());
+            }
+            tries += 1;
+            if lost || kind == Kind::Protocol || self.client.is_closed() {
+                // The connection may be gone or out of step: start afresh.
+                self.reconnect().await?;
+            }
+            if hi - lo > 1 {
+                bad = Some(hi);
+                guess = None;
+                if kind == Kind::Row
+                    && let Some(line) = error.copy_line().filter(|&l| l >= 1 && l <= hi - lo)
+                {
+                    bad = Some(lo + line);
+                    guess = Some(lo + line - 1);
+                }
+                tracing::debug!(from = batch.seqs[lo], rows = hi - lo, error = %error, "a batch failed: bisecting to its first bad row");
+                continue;
+            }
+            // Row `lo` failed alone.
+            let seq = batch.seqs[lo];
+            match error.unique_violation() {
+                Some(IDEMPOTENCY_INDEX) => landed.duplicates += 1,
+                Some(PRIMARY_KEY) => {
+                    return Err(Failure::Conflict(format!(
+                        "seq {seq} of source {} is already in PostgreSQL although the cursor \
+                         is at {}: another spool shares this source id (a copied home?)",
+                        self.source, self.cursor
+                    )));
+                }
+                _ => {
+                    let error = match lost {
+                        true => format!(
+                            "the connection to PostgreSQL was lost each time this event was \
+                             sent alone: {error}"
+                        ),
+                        false => error.to_string(),
+                    };
+                    let dead = vec![DeadLetter {
+                        seq,
+                        error,
+                        attempts: tries + dead_letter_if_lost.filter(|_| lost).unwrap_or(0),
+                    }];
+                    worker
+                        .run(move |spool| spool.dead_letter(&dead))
+                        .await
+                        .map_err(|e| Failure::Spool(e.to_string()))?;
+                    landed.dead += 1;
+                }
+            }
+            tries = 0;
+            lo += 1;
+            bad = None;
+            guess = None;
         }
-        if !dead.is_empty() {
-            landed.dead = dead.len();
-            worker
-                .run(move |spool| spool.dead_letter(&dead))
-                .await
-                .map_err(|e| Failure::Spool(e.to_string()))?;
+        if self.cursor < last {
+            // The batch ended with rows set aside: the cursor passes them.
+            heartbeat.beat();
+            self.skip_to(last).await?;
         }
-        advance(&tx, self.source, last)
-            .await
-            .map_err(Attempt::into_failure)?;
-        tx.commit().await.map_err(classify)?;
-        self.cursor = last;
         Ok(landed)
     }
+
+    /// Rows `range` of `batch` in one transaction that moves the cursor to
+    /// the last of them.
+    /// `heartbeat` is beaten as each piece of the COPY data is taken: the
+    /// drain is alive while PostgreSQL takes its data, and stops beating
+    /// when PostgreSQL stops answering (never on a timer alone).
+    async fn attempt(
+        &mut self,
+        batch: &Batch,
+        range: std::ops::Range<usize>,
+        heartbeat: &Heartbeat,
+    ) -> Result<(), Attempt> {
+        let last = batch.seqs[range.end - 1];
+        let tx = self.client.transaction().await?;
+        lock_cursor(&tx, self.source, self.cursor).await?;
+        let sink = tx.copy_in(COPY_SQL).await?;
+        futures_util::pin_mut!(sink);
+        for piece in batch.pieces(range) {
+            sink.feed(piece).await?;
+            heartbeat.beat();
+        }
+        sink.finish().await?;
+        advance(&tx, self.source, last).await?;
+        tx.commit().await?;
+        self.cursor = last;
+        Ok(())
+    }
+
+    /// Moves the cursor to `last` without rows (those after the cursor were
+    /// dead-lettered or had landed before).
+    async fn skip_to(&mut self, last: i64) -> Result<(), Failure> {
+        let moved = async {
+            let tx = self.client.transaction().await?;
+            lock_cursor(&tx, self.source, self.cursor).await?;
+            advance(&tx, self.source, last).await?;
+            tx.commit().await?;
+            Ok::<(), Attempt>(())
+        };
+        match moved.await {
+            Ok(()) => {}
+            Err(Attempt::Conflict(why)) => return Err(Failure::Conflict(why)),
+            Err(Attempt::Pg(e)) => return Err(e.into_failure()),
+        }
+        self.cursor = last;
+        Ok(())
+    }
+
+    /// A new connection for the same source, whose cursor must still be
+    /// where this drain left it.
+    async fn reconnect(&mut self) -> Result<(), Failure> {
+        let client = open(&self.connection).await?;
+        let cursor = read_cursor(&client, self.source).await?;
+        if cursor != self.cursor {
+            return Err(Failure::Conflict(format!(
+                "PostgreSQL's cursor for source {} moved from {} to {cursor} under this drain: \
+                 another spool shares this source id (a copied home?)",
+                self.source, self.cursor
+            )));
+        }
+        self.client = client;
+        Ok(())
+    }
 }
 
-/// Why row `i` alone fails: sent once more under a savepoint to read
-/// PostgreSQL's error for it.
-async fn row_error(
-    tx: &Transaction<'_>,
-    batch: &Batch,
-    i: usize,
-    source: Uuid,
-    cursor: i64,
-) -> Result<RowError, Failure> {
-    tx.batch_execute("SAVEPOINT row").await.map_err(classify)?;
-    let sink = tx.copy_in(COPY_SQL).await.map_err(classify)?;
-    futures_util::pin_mut!(sink);
-    let sent = async {
-        sink.send(batch.copy_data(i..i + 1)).await?;
-        sink.finish().await
+/// How long one drain statement may run before PostgreSQL cancels it.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// TCP keepalive probes (idle, interval, count) and the longest time sent
+/// data may stay unacknowledged: a partition from an external server fails
+/// the drain's connection in seconds, not after the system's two hours.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(3);
+const KEEPALIVE_RETRIES: u32 = 3;
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
+/// The drain's `application_name`, unless the URL sets one.
+pub const APPLICATION_NAME: &str = "outboxd drain";
+
+/// Connects with the drain's session settings: TCP keepalives and
+/// `tcp_user_timeout` (TCP connections only), `statement_timeout` and
+/// `application_name`.
+async fn open(connection: &Connection) -> Result<Client, Failure> {
+    let mut connection = connection.clone();
+    connection
+        .config
+        .keepalives(true)
+        .keepalives_idle(KEEPALIVE_IDLE)
+        .keepalives_interval(KEEPALIVE_INTERVAL)
+        .keepalives_retries(KEEPALIVE_RETRIES)
+        .tcp_user_timeout(TCP_USER_TIMEOUT);
+    if connection.config.get_application_name().is_none() {
+        // What a DBA sees in pg_stat_activity.
+        connection.config.application_name(APPLICATION_NAME);
     }
-    .await;
-    tx.batch_execute("ROLLBACK TO SAVEPOINT row")
+    let client = connection
+        .connect()
+        .await
+        .map_err(|e| Failure::Transient(e.to_string()))?;
+    client
+        .batch_execute(&format!(
+            "SET statement_timeout = {}",
+            STATEMENT_TIMEOUT.as_millis()
+        ))
         .await
         .map_err(classify)?;
-    let e = match sent {
-        Ok(_) => return Ok(RowError::Rejected("rejected with its batch".into())),
-        Err(e) => e,
-    };
-    let db = e.as_db_error();
-    match (e.code(), db.and_then(|d| d.constraint())) {
-        (Some(code), Some(IDEMPOTENCY_INDEX)) if *code == SqlState::UNIQUE_VIOLATION => {
-            Ok(RowError::Duplicate)
-        }
-        (Some(code), Some(PRIMARY_KEY)) if *code == SqlState::UNIQUE_VIOLATION => {
-            Err(Failure::Conflict(format!(
-                "seq {} of source {} is already in PostgreSQL although the cursor is at {}: \
-                 another spool shares this source id (a copied home?)",
-                batch.seqs[i], source, cursor
-            )))
-        }
-        _ if is_row_error(&e) => Ok(RowError::Rejected(describe(&e))),
-        _ => Err(classify(e)),
+    Ok(client)
+}
+
+/// What an error from PostgreSQL means for a batch (see [`PgFailure::kind`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Something about the rows: the batch is bisected; a row that fails
+    /// alone is dead-lettered.
+    Row,
+    /// The request or the connection was out of step (a protocol
+    /// violation, a message that could not be encoded or parsed): like
+    /// [`Kind::Row`], on a new connection.
+    Protocol,
+    /// The server, the connection or the transaction failed, whatever the
+    /// rows: the same batch is tried again later.
+    Transient,
+    /// The schema, the rights, the database or the credentials are wrong:
+    /// tried again later, a person has to act.
+    Setup,
+}
+
+/// An error from PostgreSQL on the drain's path.
+#[derive(Debug)]
+pub struct PgFailure(pub tokio_postgres::Error);
+
+impl From<tokio_postgres::Error> for PgFailure {
+    fn from(e: tokio_postgres::Error) -> PgFailure {
+        PgFailure(e)
     }
 }
 
-enum RowError {
-    Duplicate,
-    Rejected(String),
+impl std::fmt::Display for PgFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&describe(&self.0))
+    }
 }
 
-/// How an attempt at a batch failed.
-enum Attempt {
-    /// A row was rejected: isolate it.
-    Rows,
-    Failed(Failure),
-}
+impl PgFailure {
+    /// The one place that decides. A row error is whatever is *not* known
+    /// to be about something else: a trigger's `RAISE EXCEPTION` (P0001),
+    /// a data or constraint error (22, 23), a too big row (54) are row
+    /// errors; these classes are not:
+    /// - 08 (connection), 53 (resources), 57 (operator intervention, a
+    ///   statement timeout), 58 (system), XX (internal), 40 (transaction
+    ///   rollback: serialization, deadlock), 25 (transaction state), 55
+    ///   (object state, a lock not available): transient;
+    /// - 28 (authorization), 3D (no such database), 3F (no such schema),
+    ///   42 (a missing table, column or function, no permission, a syntax
+    ///   error): setup; a person has to act, and dead-lettering every row
+    ///   would only move the whole queue aside;
+    /// - 08P01 (protocol violation): protocol.
+    ///
+    /// Errors without an SQLSTATE: a lost connection or an I/O error is
+    /// transient; a message that could not be encoded, parsed or was
+    /// unexpected is a protocol error.
+    pub fn kind(&self) -> Kind {
+        let e = &self.0;
+        kind_of(e.code().map(SqlState::code), e.is_closed(), &e.to_string())
+    }
 
-impl Attempt {
-    fn into_failure(self) -> Failure {
-        match self {
-            Attempt::Rows => Failure::Transient("a row was rejected unexpectedly".into()),
-            Attempt::Failed(failure) => failure,
+    /// The failure of the whole batch, for errors that are not about rows.
+    pub fn into_failure(self) -> Failure {
+        let text = self.to_string();
+        match self.kind() {
+            Kind::Setup => Failure::Setup(text),
+            _ => Failure::Transient(text),
         }
     }
-}
 
-fn attempt(e: tokio_postgres::Error) -> Attempt {
-    match is_row_error(&e) {
-        true => Attempt::Rows,
-        false => Attempt::Failed(classify(e)),
+    /// The row of a `COPY` the error is about, from its context (`COPY
+    /// events, line N`), 1 for the first row sent.
+    fn copy_line(&self) -> Option<usize> {
+        let context = self.0.as_db_error()?.where_()?;
+        let at = context.find("COPY events, line ")? + "COPY events, line ".len();
+        let digits: String = context[at..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().ok()
     }
-}
 
-async fn copy(tx: &Transaction<'_>, data: Bytes) -> Result<(), Attempt> {
-    let sink = tx.copy_in(COPY_SQL).await.map_err(attempt)?;
-    futures_util::pin_mut!(sink);
-    sink.send(data).await.map_err(attempt)?;
-    sink.finish().await.map_err(attempt)?;
-    Ok(())
+    /// Whether the error ends the connection: a `FATAL` or `PANIC` from
+    /// the server, or a failure of the connection itself.
+    fn ends_session(&self) -> bool {
+        match self.0.as_db_error() {
+            Some(db) => matches!(db.severity(), "FATAL" | "PANIC"),
+            None => true,
+        }
+    }
+
+    /// The constraint a unique violation is about.
+    fn unique_violation(&self) -> Option<&str> {
+        match self.0.code() {
+            Some(code) if *code == SqlState::UNIQUE_VIOLATION => {
+                self.0.as_db_error().and_then(|d| d.constraint())
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Locks this source's cursor row and checks that it is where this drain
@@ -433,31 +607,32 @@ async fn lock_cursor(tx: &Transaction<'_>, source: Uuid, expected: i64) -> Resul
             "SELECT seq FROM outbox.cursors WHERE source_id = $1 FOR UPDATE",
             &[&source],
         )
-        .await
-        .map_err(|e| Attempt::Failed(classify(e)))?;
+        .await?;
     let cursor: i64 = row.get(0);
     if cursor != expected {
-        return Err(Attempt::Failed(Failure::Conflict(format!(
+        return Err(Attempt::Conflict(format!(
             "PostgreSQL's cursor for source {source} moved from {expected} to {cursor} under \
              this drain: another spool shares this source id (a copied home?)"
-        ))));
+        )));
     }
     Ok(())
 }
 
-async fn advance(tx: &Transaction<'_>, source: Uuid, last: i64) -> Result<(), Attempt> {
+async fn advance(
+    tx: &Transaction<'_>,
+    source: Uuid,
+    last: i64,
+) -> Result<(), tokio_postgres::Error> {
     tx.execute(
         "UPDATE outbox.cursors SET seq = $2, updated_at = now() WHERE source_id = $1",
         &[&source, &last],
     )
-    .await
-    .map_err(|e| Attempt::Failed(classify(e)))?;
+    .await?;
     tx.execute(
         "SELECT pg_notify($1, $2)",
         &[&CHANNEL, &format!("{source}:{last}")],
     )
-    .await
-    .map_err(|e| Attempt::Failed(classify(e)))?;
+    .await?;
     Ok(())
 }
 
@@ -488,20 +663,99 @@ async fn read_cursor(client: &Client, source: Uuid) -> Result<i64, Failure> {
     Ok(row.get(0))
 }
 
-/// Whether PostgreSQL rejected the data of a row (SQLSTATE classes 22,
-/// data exceptions, and 23, constraint violations), rather than the
-/// request or the connection.
-fn is_row_error(e: &tokio_postgres::Error) -> bool {
-    e.code()
-        .is_some_and(|code| code.code().starts_with("22") || code.code().starts_with("23"))
+/// [`PgFailure::kind`] from the error's SQLSTATE, whether the connection
+/// is closed, and tokio-postgres's message (its error kinds are private;
+/// its messages name them).
+fn kind_of(code: Option<&str>, closed: bool, text: &str) -> Kind {
+    if let Some(code) = code {
+        if code == SqlState::PROTOCOL_VIOLATION.code() {
+            return Kind::Protocol;
+        }
+        return match code.get(..2).unwrap_or_default() {
+            "08" | "53" | "57" | "58" | "XX" | "40" | "25" | "55" => Kind::Transient,
+            "28" | "3D" | "3F" | "42" => Kind::Setup,
+            _ => Kind::Row,
+        };
+    }
+    if closed {
+        return Kind::Transient;
+    }
+    if text.starts_with("error encoding message")
+        || text.starts_with("error parsing response")
+        || text.starts_with("unexpected message from server")
+    {
+        Kind::Protocol
+    } else {
+        Kind::Transient
+    }
 }
 
 /// A failure that is not about one row.
 fn classify(e: tokio_postgres::Error) -> Failure {
-    let text = describe(&e);
-    match e.code().map(|c| &c.code()[..2]) {
-        // Authorization, access rules, missing objects, a missing database.
-        Some("28" | "42" | "3D" | "3F") => Failure::Setup(text),
-        _ => Failure::Transient(text),
+    PgFailure(e).into_failure()
+}
+
+/// How an attempt at rows failed.
+enum Attempt {
+    Pg(PgFailure),
+    /// The cursor moved under this drain.
+    Conflict(String),
+}
+
+impl From<tokio_postgres::Error> for Attempt {
+    fn from(e: tokio_postgres::Error) -> Attempt {
+        Attempt::Pg(PgFailure(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Kind, kind_of};
+
+    #[test]
+    fn a_row_error_is_whatever_is_not_about_the_server_the_connection_or_the_setup() {
+        let db = |code| kind_of(Some(code), false, "db error");
+        // Rows: a trigger's RAISE EXCEPTION, data, constraints, a too big row.
+        for code in [
+            "P0001", "22P02", "23514", "23505", "54000", "2F005", "P0004",
+        ] {
+            assert_eq!(db(code), Kind::Row, "{code}");
+        }
+        // Not rows: connection, resources, operator (statement timeout),
+        // system, internal, serialization and deadlock, lock not available.
+        for code in [
+            "08006", "53100", "57014", "57P01", "58030", "XX000", "40001", "40P01", "55P03",
+            "25P02",
+        ] {
+            assert_eq!(db(code), Kind::Transient, "{code}");
+        }
+        // A person has to act: credentials, database, schema, a missing
+        // table, no permission.
+        for code in ["28P01", "3D000", "3F000", "42P01", "42501", "42703"] {
+            assert_eq!(db(code), Kind::Setup, "{code}");
+        }
+        assert_eq!(db("08P01"), Kind::Protocol);
+        // Without an SQLSTATE.
+        assert_eq!(kind_of(None, true, "connection closed"), Kind::Transient);
+        assert_eq!(
+            kind_of(
+                None,
+                false,
+                "error communicating with the server: Broken pipe"
+            ),
+            Kind::Transient
+        );
+        assert_eq!(
+            kind_of(
+                None,
+                false,
+                "error encoding message to server: value too large"
+            ),
+            Kind::Protocol
+        );
+        assert_eq!(
+            kind_of(None, false, "unexpected message from server"),
+            Kind::Protocol
+        );
     }
 }

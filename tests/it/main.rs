@@ -2,6 +2,7 @@
 //! helper), one module per area. Every test spawns the real binaries on a
 //! home of its own and stops everything it started, also when it fails.
 
+mod bounds;
 mod common;
 mod components;
 mod faults;
