@@ -27,6 +27,7 @@ pub mod process;
 pub mod protocol;
 pub mod quote;
 pub mod redact;
+pub mod runs;
 pub mod safefs;
 pub mod spool;
 

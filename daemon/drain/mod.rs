@@ -183,6 +183,10 @@ enum Next {
 
 impl Drain {
     async fn run(&mut self, inbox: &mut Inbox<DrainStatus>) {
+        // The PostgreSQL component's end closes the connection channel:
+        // `changed()` then fails at once, every time; waiting on it again
+        // would spin. The daemon is stopping by then (a panic stops it).
+        let mut postgres_gone = false;
         loop {
             self.heartbeat.beat();
             let next = match self.ready_to_work() {
@@ -207,7 +211,13 @@ impl Drain {
                         self.retry_at = None;
                         self.set_state();
                     }
-                    _ = self.connection.changed() => self.set_state(),
+                    changed = self.connection.changed(), if !postgres_gone => {
+                        if changed.is_err() {
+                            postgres_gone = true;
+                            error!("the PostgreSQL component has ended: the drain waits for shutdown");
+                        }
+                        self.set_state();
+                    }
                 },
                 // Between batches: take a command without waiting.
                 Next::Work => match inbox.commands.try_recv() {
@@ -254,7 +264,11 @@ impl Drain {
     async fn work(&mut self, commands: &mut mpsc::Receiver<Command>) -> Next {
         self.housekeeping().await;
         if self.sink.is_none() {
-            let connection = self.connection.borrow().clone().expect("checked");
+            // PostgreSQL may have gone while housekeeping ran (it was
+            // checked before): wait for it again rather than panic.
+            let Some(connection) = self.connection.borrow().clone() else {
+                return Next::Wait;
+            };
             match Sink::connect(&connection, self.source).await {
                 Ok(sink) => {
                     info!(cursor = sink.cursor, source = %self.source, "the drain is connected");

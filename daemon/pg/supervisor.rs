@@ -98,10 +98,14 @@ impl Supervisor {
         });
         let run = self.embedded.start_or_adopt(&self.cancel).await?;
         info!(pid = run.postmaster.pid, version = %run.version, "PostgreSQL is up");
+        let adopted = run.adopted();
         self.status.send_modify(|s| {
             s.state = PgState::Running;
             s.pid = Some(run.postmaster.pid);
             s.version = Some(run.version.clone());
+            if adopted {
+                s.adopted_pid = Some(run.postmaster.pid);
+            }
         });
         self.connection
             .send_replace(Some(self.embedded.connection()));

@@ -5,6 +5,7 @@
 mod common;
 mod components;
 mod faults;
+mod findings_daemon;
 mod lifecycle;
 mod operations;
 mod outbox;
