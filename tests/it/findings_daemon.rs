@@ -393,6 +393,7 @@ fn partial_lines_from_producers_are_bounded_in_memory() {
     let mut sender = python_as_member(&setup, PARTIAL_LINES, &[socket.to_str().unwrap(), "128"]);
     assert_eq!(sender.first_line(Duration::from_secs(120)), "sent");
     let after = rss_kb(pid);
+    eprintln!("daemon RSS: {before} kB before, {after} kB with 128 partial 1 MiB lines");
     // The owner is still served.
     let status = home.ctl(&["status"]);
     drop(sender);
