@@ -30,7 +30,7 @@ use outboxd::paths::SocketPath;
 use outboxd::protocol::{ErrorBody, ErrorCode, MAX_LINE, Response};
 use tokio::io::BufReader;
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::context::Context;
 use crate::watchdog::Heartbeat;
@@ -46,6 +46,58 @@ pub struct Bound {
     listener: Listener,
     /// Keeps a `/proc/self/fd` address valid (long homes).
     _address: SocketPath,
+    /// The socket file's device and inode, to notice it deleted or replaced.
+    identity: Option<(u64, u64)>,
+    /// The last failure to bind it again, logged once.
+    failed: Option<String>,
+}
+
+/// The device and inode of the file at `path`, if any.
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    fs::symlink_metadata(path)
+        .ok()
+        .map(|meta| (meta.dev(), meta.ino()))
+}
+
+/// Binds the control socket again when its file was deleted or replaced
+/// (a temp cleaner): the same path, mode and group, logged. The run
+/// directory is made again if it went too.
+async fn ensure_bound(bound: &mut Bound, ctx: &Context) {
+    let config = ctx.config();
+    let paths = &config.paths;
+    let at_path = {
+        let socket = paths.socket.clone();
+        tokio::task::spawn_blocking(move || identity(&socket))
+            .await
+            .ok()
+            .flatten()
+    };
+    if at_path.is_some() && at_path == bound.identity {
+        return;
+    }
+    let rebound = outboxd::paths::create_private_dir(&paths.run_dir)
+        .and_then(|()| bind(&paths.socket))
+        .and_then(|new| match &config.producer_group {
+            Some((group, gid)) => open_to_group(paths, group, *gid).map(|()| new),
+            None => Ok(new),
+        });
+    match rebound {
+        Ok(mut new) => {
+            std::mem::swap(bound, &mut new);
+            // The old listener's file is gone: dropping it must not unlink
+            // the new one, which has its name.
+            new.listener.do_not_reclaim_name_on_drop();
+            warn!(socket = ?paths.socket, "the control socket was deleted or replaced while the daemon ran: bound it again");
+        }
+        Err(e) => {
+            let e = e.to_string();
+            if bound.failed.as_ref() != Some(&e) {
+                error!(socket = ?paths.socket, error = %e, "the control socket was deleted or replaced, and could not be bound again");
+            }
+            bound.failed = Some(e);
+        }
+    }
 }
 
 /// Binds the control socket (0600, in its 0700 directory), first removing a
@@ -70,6 +122,8 @@ pub fn bind(socket: &Path) -> Result<Bound> {
     Ok(Bound {
         listener,
         _address: address,
+        identity: identity(socket),
+        failed: None,
     })
 }
 
@@ -138,7 +192,7 @@ fn remove_stale_socket(socket: &Path) -> Result<()> {
 /// Accepts and serves connections until shutdown, then gives open
 /// connections a moment to finish. Returns the socket, no longer
 /// accepting: dropping it unlinks the socket file, which `run` does last.
-pub async fn serve(bound: Bound, ctx: Arc<Context>, heartbeat: Heartbeat) -> Bound {
+pub async fn serve(mut bound: Bound, ctx: Arc<Context>, heartbeat: Heartbeat) -> Bound {
     let registry = ctx.registry.clone();
     let mut connections = JoinSet::new();
     let mut alive = tokio::time::interval(Duration::from_secs(1));
@@ -146,7 +200,7 @@ pub async fn serve(bound: Bound, ctx: Arc<Context>, heartbeat: Heartbeat) -> Bou
         heartbeat.beat();
         tokio::select! {
             _ = ctx.shutdown.wait() => break,
-            _ = alive.tick() => {}
+            _ = alive.tick() => ensure_bound(&mut bound, &ctx).await,
             accepted = bound.listener.accept() => match accepted {
                 Ok(stream) => {
                     let peer = Peer::of(&stream, &ctx);

@@ -350,6 +350,25 @@ fn a_churning_producer_cannot_knock_the_owner_off_the_socket() {
         failed.len(),
         failed.first()
     );
+    // Item 9 with a producer group: a deleted socket comes back with its
+    // group and mode, and the member reaches it.
+    use std::os::unix::fs::MetadataExt;
+    let before = std::fs::symlink_metadata(&socket).unwrap();
+    std::fs::remove_file(&socket).unwrap();
+    eventually("the socket is bound again", Duration::from_secs(5), || {
+        is_socket(&socket)
+    });
+    let after = std::fs::symlink_metadata(&socket).unwrap();
+    assert_eq!((after.mode(), after.gid()), (before.mode(), before.gid()));
+    let (_bin, ctl) = crate::common::ctl_for_other_users();
+    let mut status = setup.member.command(&ctl);
+    status
+        .gid(setup.group.gid)
+        .arg("--home")
+        .arg(&home.path)
+        .arg("status");
+    let status = run(&mut status);
+    assert_eq!(status.code, 0, "{status:?}");
     home.stop();
 }
 
