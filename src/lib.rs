@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod notify;
 pub mod nudge;
 pub mod paths;
+pub mod pgurl;
 pub mod postmaster;
 pub mod privileges;
 pub mod process;

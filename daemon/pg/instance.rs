@@ -97,7 +97,7 @@ impl Embedded {
             .dbname(DATABASE)
             .application_name("outboxd")
             .connect_timeout(Duration::from_secs(5));
-        Connection { config, tls: false }
+        Connection { config, tls: None }
     }
 
     /// Adopts a postmaster left on this data directory by a killed daemon if

@@ -601,3 +601,182 @@ fn a_start_that_fails_for_lack_of_space_says_so() {
     assert!(said.contains("log is empty"), "{said}");
     assert!(said.contains("free"), "{said}");
 }
+
+// Item 13 ----------------------------------------------------------------
+
+/// Runs openssl with `args` in `dir`; it must succeed.
+fn openssl(dir: &Path, args: &[&str]) {
+    let made = run(Command::new("openssl").current_dir(dir).args(args));
+    assert_eq!(made.code, 0, "openssl {args:?}: {made:?}");
+}
+
+/// A CA (`<name>.crt`, `<name>.key`) in `dir`.
+fn make_ca(dir: &Path, name: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-x509",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN=outboxd test {name}"),
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.crt"),
+        ],
+    );
+}
+
+#[test]
+fn verify_ca_and_verify_full_check_the_servers_certificate() {
+    // A CA, a server certificate it signed for "localhost" only, and
+    // another CA that signed nothing of the server's.
+    let pki = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(pki.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    make_ca(pki.path(), "ca");
+    make_ca(pki.path(), "other");
+    openssl(
+        pki.path(),
+        &[
+            "req",
+            "-new",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ],
+    );
+    std::fs::write(pki.path().join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
+    openssl(
+        pki.path(),
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.crt",
+        ],
+    );
+    for file in ["ca.crt", "other.crt"] {
+        std::fs::set_permissions(
+            pki.path().join(file),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+    }
+
+    // The server: a home's embedded PostgreSQL on TCP, TLS only.
+    let server = Home::new();
+    let port = crate::common::free_port();
+    server.write_config(&format!("pg_port = {port}\n"));
+    server.start();
+    let data = server.paths().pg_data;
+    let owner = std::fs::metadata(&data).unwrap();
+    for file in ["server.key", "server.crt"] {
+        std::fs::copy(pki.path().join(file), data.join(file)).unwrap();
+    }
+    std::fs::write(
+        data.join("pg_hba.conf"),
+        "local all all scram-sha-256\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
+    )
+    .unwrap();
+    let mut conf = std::fs::OpenOptions::new()
+        .append(true)
+        .open(data.join("postgresql.conf"))
+        .unwrap();
+    conf.write_all(b"\nssl = on\n").unwrap();
+    for file in ["server.key", "server.crt", "pg_hba.conf"] {
+        let path = data.join(file);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        let _ = std::os::unix::fs::chown(&path, Some(owner.uid()), Some(owner.gid()));
+    }
+    assert_eq!(server.ctl(&["stop", "postgres"]).code, 0);
+    let restarted = server.ctl(&["start", "postgres"]);
+    assert_eq!(restarted.code, 0, "{restarted:?}");
+    let secret = server.secret();
+    let ca = pki.path().join("ca.crt");
+    let other = pki.path().join("other.crt");
+    let url = |host: &str, mode: &str, root: &Path| {
+        format!(
+            "postgresql://postgres:{secret}@{host}:{port}/postgres?hostaddr=127.0.0.1&sslmode={mode}&sslrootcert={}",
+            root.display()
+        )
+    };
+    // Starts an external-mode daemon on `url`; its PostgreSQL state once
+    // checked, and the last failure.
+    let outcome = |url: String| -> (String, String) {
+        let home = Home::new();
+        home.write_config(&format!("database_url = {url:?}\n"));
+        home.start();
+        let mut status = serde_json::Value::Null;
+        eventually(
+            "the external server is checked",
+            Duration::from_secs(30),
+            || {
+                status = home.status();
+                status["postgres"]["state"] != "starting"
+            },
+        );
+        home.stop();
+        (
+            status["postgres"]["state"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            status["postgres"]["last_failure"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    };
+
+    // The right CA and the right name: both modes pass.
+    assert_eq!(outcome(url("localhost", "verify-full", &ca)).0, "running");
+    assert_eq!(outcome(url("localhost", "verify-ca", &ca)).0, "running");
+    // A name the certificate does not list: verify-full fails, saying
+    // why and what to do; verify-ca passes.
+    let (state, why) = outcome(url("127.0.0.1", "verify-full", &ca));
+    assert_eq!(state, "unreachable", "{why}");
+    assert!(why.contains("does not name the host 127.0.0.1"), "{why}");
+    assert!(why.contains("verify-ca"), "{why}");
+    assert!(!why.contains(&secret), "{why}");
+    assert_eq!(outcome(url("127.0.0.1", "verify-ca", &ca)).0, "running");
+    // The wrong CA: both fail, naming the CA file to fix.
+    for mode in ["verify-full", "verify-ca"] {
+        let (state, why) = outcome(url("localhost", mode, &other));
+        assert_eq!(state, "unreachable", "{why}");
+        assert!(why.contains("not signed by a CA of sslrootcert"), "{why}");
+        assert!(why.contains(&other.display().to_string()), "{why}");
+    }
+    // A verifying mode without sslrootcert is refused at start, with the fix.
+    let home = Home::new();
+    home.write_config(&format!(
+        "database_url = {:?}\n",
+        format!("postgresql://postgres@localhost:{port}/postgres?sslmode=verify-full")
+    ));
+    let refused = home.ctl(&["start", "--timeout", "60"]);
+    assert_ne!(refused.code, 0, "{refused:?}");
+    assert!(
+        format!("{}{}", refused.stdout, refused.stderr).contains("sslrootcert=<file>"),
+        "{refused:?}"
+    );
+    server.stop();
+}
