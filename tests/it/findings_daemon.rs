@@ -159,6 +159,47 @@ fn a_failed_log_write_kills_no_task_and_nothing_spins() {
 }
 
 #[test]
+fn postgres_comes_back_once_a_full_disk_has_room_again() {
+    // The home on a small file system that fills up while the daemon runs.
+    let disk = match Tmpfs::mount("128m") {
+        Ok(disk) => disk,
+        Err(why) => return skip(&why),
+    };
+    let home_path = disk.path().join("home");
+    std::fs::create_dir(&home_path).unwrap();
+    let ctl = |args: &[&str]| {
+        run(Command::new(crate::common::OUTBOXCTL)
+            .arg("--home")
+            .arg(&home_path)
+            .args(args))
+    };
+    let started = ctl(&["start", "--timeout", "240"]);
+    assert_eq!(started.code, 0, "{started:?}");
+    let status = || -> serde_json::Value {
+        serde_json::from_str(ctl(&["status", "--json"]).stdout.trim()).unwrap_or_default()
+    };
+    // Stopped for maintenance, then the disk fills: a start on request
+    // fails, and says why.
+    let stopped = ctl(&["stop", "postgres"]);
+    assert_eq!(stopped.code, 0, "{stopped:?}");
+    let filler = disk.fill();
+    let refused = ctl(&["start", "postgres"]);
+    assert_ne!(refused.code, 0, "{refused:?}");
+    assert!(refused.stderr.contains("No space left"), "{refused:?}");
+    assert!(!refused.stderr.contains("shutting down"), "{refused:?}");
+    std::fs::remove_file(filler).unwrap();
+    let back = wait_until(Duration::from_secs(60), || {
+        status()["postgres"]["state"] == "running"
+    });
+    let last = status();
+    let _ = ctl(&["stop"]);
+    assert!(
+        back,
+        "PostgreSQL did not come back once there was room: {last}"
+    );
+}
+
+#[test]
 fn a_panicking_task_does_not_leave_a_half_alive_daemon() {
     // A debug-build fault point (OUTBOXD_DEBUG_PANIC) panics the spool
     // thread at its first job, as a bug would.
@@ -469,6 +510,29 @@ fn status_names_an_unclean_end_of_the_previous_run_and_the_adoption() {
     let metrics = home.ctl(&["metrics"]);
     assert!(
         metrics.stdout.contains("outboxd_unclean_exits_total 1"),
+        "{metrics:?}"
+    );
+    // A daemon that does not stop (frozen) is killed by `outboxctl stop`,
+    // which says so in the record.
+    let third = home.holder().unwrap();
+    kill(third, libc::SIGSTOP);
+    let stop = home.ctl(&["stop", "--timeout", "1"]);
+    assert_eq!(stop.code, 0, "{stop:?}");
+    assert!(stop.stdout.contains("SIGKILL"), "{stop:?}");
+    home.start();
+    let status = home.status();
+    let previous = &status["previous_run"];
+    assert_eq!(previous["pid"], third, "{status}");
+    assert_eq!(previous["clean"], false, "{status}");
+    assert!(
+        previous["how"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("killed (SIGKILL) by outboxctl stop")),
+        "{status}"
+    );
+    let metrics = home.ctl(&["metrics"]);
+    assert!(
+        metrics.stdout.contains("outboxd_unclean_exits_total 2"),
         "{metrics:?}"
     );
     home.stop();
