@@ -64,6 +64,22 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
+        // Whatever a test started on it (also when it failed): the real
+        // tool first, then SIGKILL for what is left.
+        let home = self.path().join("home");
+        if home.exists() {
+            let _ = run(Command::new(crate::common::OUTBOXCTL)
+                .arg("--home")
+                .arg(&home)
+                .args(["stop", "--timeout", "5"]));
+        }
+        for (pid, _) in crate::common::processes_mentioning(self.path()) {
+            // SAFETY: plain signals to processes this test started.
+            unsafe {
+                libc::kill(pid, libc::SIGCONT);
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
         let _ = Command::new("umount")
             .arg("-l")
             .arg(self.dir.path())
