@@ -100,16 +100,16 @@ fn show_progress(paths: Paths, done: Arc<AtomicBool>) -> std::thread::JoinHandle
                     }
                     _ => String::new(),
                 };
-                eprint!(
+                crate::output::stderr(format_args!(
                     "\r\x1b[K{} queued, {:.0}/s{left} ({})",
                     drain.queued, drain.rate_per_sec, drain.state
-                );
+                ));
                 shown = true;
             }
             std::thread::sleep(Duration::from_millis(500));
         }
         if shown {
-            eprint!("\r\x1b[K");
+            crate::output::stderr(format_args!("\r\x1b[K"));
         }
     })
 }

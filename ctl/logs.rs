@@ -29,6 +29,8 @@ pub fn run(paths: &Paths, lines: usize, follow: bool, postgres: bool, out: &Outp
     };
     match tail(log, lines, follow) {
         Ok(()) => exit_code::OK,
+        // The reader went away (`outboxctl logs | head`): done, quietly.
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => exit_code::OK,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             out.error(format!(
                 "no log at {}: {}",

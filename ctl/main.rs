@@ -342,7 +342,10 @@ fn main() -> ExitCode {
     let out = Output::new(cli.json);
     if let Command::Completions { shell } = cli.command {
         let mut command = <Cli as clap::CommandFactory>::command();
-        clap_complete::generate(shell, &mut command, "outboxctl", &mut std::io::stdout());
+        // Into a buffer first: clap_complete panics on a failed write.
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut command, "outboxctl", &mut script);
+        output::stdout(format_args!("{}", String::from_utf8_lossy(&script)));
         return ExitCode::SUCCESS;
     }
     // Neither works in a home: no account to become, and a system install

@@ -18,17 +18,17 @@ pub fn run(paths: &Paths, out: &Output) -> u8 {
     });
     match answer {
         Ok(metrics) => {
-            print!("{}", metrics.text);
+            crate::output::stdout(format_args!("{}", metrics.text));
             exit_code::OK
         }
         Err(CtlError::NotRunning { .. }) => {
-            print!("{}", outboxd::metrics::render_down());
+            crate::output::stdout(format_args!("{}", outboxd::metrics::render_down()));
             exit_code::NOT_RUNNING
         }
         Err(err) => {
             let code = err.exit_code();
             out.error(&err);
-            print!("{}", outboxd::metrics::render_down());
+            crate::output::stdout(format_args!("{}", outboxd::metrics::render_down()));
             code
         }
     }

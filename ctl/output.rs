@@ -3,6 +3,7 @@
 //! an error is also the one JSON document on standard output).
 
 use std::fmt::Display;
+use std::io::Write;
 
 use serde_json::{Value, json};
 
@@ -22,22 +23,22 @@ impl Output {
     /// Prints a command's result: `text` normally, `json` with `--json`.
     pub fn result(&self, text: impl Display, json: Value) {
         if self.json {
-            println!("{json}");
+            stdout(format_args!("{json}\n"));
         } else {
-            println!("{text}");
+            stdout(format_args!("{text}\n"));
         }
     }
 
     /// A progress line (standard error, text mode only).
     pub fn progress(&self, text: impl Display) {
         if !self.json {
-            eprintln!("{text}");
+            stderr(format_args!("{text}\n"));
         }
     }
 
     /// A warning: standard error, in both modes.
     pub fn warn(&self, text: impl Display) {
-        eprintln!("outboxctl: warning: {text}");
+        stderr(format_args!("outboxctl: warning: {text}\n"));
     }
 
     /// A failure: a line on standard error and, with `--json`, an
@@ -48,10 +49,23 @@ impl Output {
 
     /// A failure with more fields for the JSON document.
     pub fn error_with(&self, err: impl Display, mut extra: Value) {
-        eprintln!("outboxctl: error: {err}");
+        stderr(format_args!("outboxctl: error: {err}\n"));
         if self.json {
             extra["error"] = json!(err.to_string());
-            println!("{extra}");
+            stdout(format_args!("{extra}\n"));
         }
     }
+}
+
+/// Writes to standard output. A reader that went away (`outboxctl status |
+/// head -1`: EPIPE) or a full disk is not an error worth a panic, which
+/// `print!` would make of it: what is left is dropped quietly.
+pub fn stdout(text: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_fmt(text).and_then(|()| out.flush());
+}
+
+/// Writes to standard error, quietly dropping what cannot be written.
+pub fn stderr(text: std::fmt::Arguments<'_>) {
+    let _ = std::io::stderr().lock().write_fmt(text);
 }

@@ -107,6 +107,14 @@ fn running(status: &Status, out: &Output) -> u8 {
     if let Some(drain) = &status.drain {
         text.push_str(&drain_lines(drain));
     }
+    if let Some(dropped) = status.log_lines_dropped.filter(|&n| n > 0) {
+        text.push_str(&format!(
+            "\n  logging   {dropped} log lines lost: the log could not be written (a full disk?)"
+        ));
+    }
+    if let Some(previous) = &status.previous_run {
+        text.push_str(&format!("\n  previous  {}", previous_run_line(previous)));
+    }
     for reason in &degraded {
         text.push_str(&format!("\n  degraded: {reason}"));
     }
@@ -118,6 +126,37 @@ fn running(status: &Status, out: &Output) -> u8 {
     } else {
         exit_code::DEGRADED
     }
+}
+
+/// "the previous run (pid N, up 3 h) ended uncleanly at T: how; PostgreSQL
+/// was adopted".
+fn previous_run_line(previous: &outboxd::protocol::PreviousRun) -> String {
+    let up = previous
+        .uptime_secs
+        .map(|secs| format!(", up {}", human_duration(secs)))
+        .unwrap_or_default();
+    let at = previous
+        .ended_at
+        .map(|at| format!(" at {}", outboxd::runs::utc(at)))
+        .unwrap_or_default();
+    let mut line = match previous.clean {
+        true => format!(
+            "the previous run (pid {}{up}) stopped cleanly{at}",
+            previous.pid
+        ),
+        false if previous.how.starts_with("killed: no clean stop") => format!(
+            "the previous run (pid {}{up}) ended uncleanly (last seen alive{at}): {}",
+            previous.pid, previous.how
+        ),
+        false => format!(
+            "the previous run (pid {}{up}) ended uncleanly{at}: {}",
+            previous.pid, previous.how
+        ),
+    };
+    if previous.postgres_adopted {
+        line.push_str("; PostgreSQL was adopted");
+    }
+    line
 }
 
 fn postgres_lines(pg: &PostgresStatus) -> String {

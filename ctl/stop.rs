@@ -170,6 +170,18 @@ fn escalate(
     }
     for (signal, wait) in [(libc::SIGTERM, grace), (libc::SIGKILL, AFTER_KILL)] {
         let name = signal_name(signal);
+        if signal == libc::SIGKILL {
+            // For the next daemon's post-mortem (`status`: previous run).
+            outboxd::runs::record_kill(
+                paths,
+                pid,
+                &format!(
+                    "killed (SIGKILL) by outboxctl stop: it was still running {} s after the \
+                     stop request and SIGTERM",
+                    grace.as_secs_f64()
+                ),
+            );
+        }
         match lock::signal_holder(paths, pid, signal) {
             Ok(true) => steps.push(format!("sent {name}")),
             Ok(false) => return Ok("stopped".into()),

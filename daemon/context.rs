@@ -2,7 +2,7 @@
 //! its components and its live settings. Built once by `run`.
 
 use std::path::PathBuf;
-use std::sync::RwLock;
+use std::sync::{PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use outboxd::config::Config;
@@ -34,6 +34,10 @@ pub struct Context {
     pub limits: RwLock<Limits>,
     /// The open control connections.
     pub registry: std::sync::Arc<crate::server::Registry>,
+    /// How the previous run on this home ended, and how many runs before
+    /// this one ended uncleanly (the run record).
+    pub previous_run: Option<outboxd::protocol::PreviousRun>,
+    pub unclean_exits: u64,
 }
 
 /// The connection limits, which a configuration reload changes live.
@@ -64,12 +68,18 @@ pub fn max_connections_for(open_files: usize) -> usize {
 }
 
 impl Context {
+    // A writer that panicked mid-update cannot leave these half-written
+    // (each is replaced whole), so a poisoned lock's value is used as is:
+    // a panic elsewhere must not take the control server down with it.
     pub fn limits(&self) -> Limits {
-        *self.limits.read().expect("limits lock")
+        *self.limits.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn config(&self) -> Config {
-        self.config.read().expect("config lock").clone()
+        self.config
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 }
 

@@ -16,7 +16,7 @@ use std::io::{self, IsTerminal};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use outboxd::config::LogFormat;
 use outboxd::error::Result;
@@ -41,6 +41,9 @@ pub const DEFAULT_FILTER: &str = "info,reqwest_retry=error,reqwest_middleware=wa
                                   tokio_postgres=warn";
 
 static JSON: AtomicBool = AtomicBool::new(false);
+/// Log lines that could not be written (a full disk, a closed pipe): a
+/// failed log write is counted, never an error and never a panic.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
 static TIMESTAMPS: AtomicBool = AtomicBool::new(true);
 
 /// A copy of every log line, kept between preparing the home and
@@ -70,6 +73,9 @@ pub fn init(initial: LogFormat) {
         .with_env_filter(filter)
         .with_writer(|| Writer)
         .with_ansi(io::stderr().is_terminal())
+        // Its report of a failed write is an `eprintln!` to the same
+        // failing standard error, which panics; our writer never fails.
+        .log_internal_errors(false)
         .event_format(Switch {
             text: format::format().with_target(false),
             untimed: format::format().with_target(false).without_time(),
@@ -152,8 +158,15 @@ pub fn rotate_at(path: &Path, max_bytes: u64, keep: u32) {
     });
 }
 
+/// How many log lines could not be written since the daemon started.
+pub fn dropped_lines() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
+
 /// Standard error, plus the tee file while there is one; rotated when it
-/// grows past its limit.
+/// grows past its limit. A write never fails: a line that cannot be
+/// written (ENOSPC, EIO, EPIPE) is counted in [`dropped_lines`] and
+/// dropped, so logging can never take a task down.
 struct Writer;
 
 impl io::Write for Writer {
@@ -161,7 +174,10 @@ impl io::Write for Writer {
         if let Some(file) = TEE.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
             let _ = file.write_all(buf);
         }
-        io::stderr().write_all(buf)?;
+        if io::stderr().write_all(buf).is_err() {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+            return Ok(buf.len());
+        }
         let mut rotation = ROTATION.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(rotation) = rotation.as_mut() {
             rotation.written += buf.len() as u64;
@@ -174,7 +190,8 @@ impl io::Write for Writer {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        io::stderr().flush()
+        let _ = io::stderr().flush();
+        Ok(())
     }
 }
 

@@ -16,6 +16,7 @@ mod drain;
 mod home;
 mod logging;
 mod pg;
+mod postmortem;
 mod reload;
 mod run;
 mod server;
@@ -54,6 +55,7 @@ fn main() -> ExitCode {
         Some("json") => outboxd::config::LogFormat::Json,
         _ => outboxd::config::LogFormat::Text,
     });
+    postmortem::install_panic_hook();
     match start(&args, &flags, &notifier, watchdog) {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {

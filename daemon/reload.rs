@@ -24,7 +24,9 @@ pub async fn reload(ctx: &Context) -> Result<Reloaded> {
     };
     let old = ctx.config();
     let limits = Limits::of(&new, crate::open_files_limit());
-    *ctx.limits.write().expect("limits lock") = limits;
+    *ctx.limits
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = limits;
     let at_restart = changed_at_restart(&old, &new);
     if !at_restart.is_empty() {
         warn!(settings = ?at_restart, "these settings change only at the next start");
@@ -34,7 +36,9 @@ pub async fn reload(ctx: &Context) -> Result<Reloaded> {
         max_connections = limits.max_connections,
         "reloaded the configuration"
     );
-    *ctx.config.write().expect("config lock") = new;
+    *ctx.config
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = new;
     Ok(Reloaded {
         applied: vec!["idle_timeout_secs".into(), "max_connections".into()],
         at_restart,

@@ -27,13 +27,15 @@ use crate::watchdog::{self, Heartbeat};
 
 /// How often the daemon checks that its lock file is still in place.
 const LOCK_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// The run record's `alive_at` is updated every this many lock checks.
+const ALIVE_EVERY_CHECKS: u64 = 60;
 
 /// Runs the daemon until `shutdown` is triggered. Every error is logged
 /// here, where it happens (a failed start-up before the teardown's lines),
 /// and then returned.
 pub async fn run(
     config: Config,
-    mut lock: PidLock,
+    lock: PidLock,
     notifier: Arc<Notifier>,
     shutdown: Shutdown,
     reload: Arc<Notify>,
@@ -41,6 +43,36 @@ pub async fn run(
     watchdog: Option<Duration>,
 ) -> Result<()> {
     let started_at = SystemTime::now();
+    let pid = std::process::id() as i32;
+    // How the previous run ended, and this run's start, in the run record.
+    let previous = crate::postmortem::begin(&config.paths, pid, unix_secs(started_at), &shutdown);
+    let outcome = run_inner(
+        config, lock, notifier, shutdown, reload, log_file, watchdog, started_at, previous,
+    )
+    .await;
+    match (&outcome, crate::postmortem::panicked()) {
+        (_, Some(message)) => crate::postmortem::end(
+            false,
+            format!("panicked: {message}; the daemon stopped in order and exited non-zero"),
+        ),
+        (Ok(()), None) => crate::postmortem::end(true, "stopped".into()),
+        (Err(e), None) => crate::postmortem::end(false, format!("exited with an error: {e}")),
+    }
+    outcome
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_inner(
+    config: Config,
+    mut lock: PidLock,
+    notifier: Arc<Notifier>,
+    shutdown: Shutdown,
+    reload: Arc<Notify>,
+    log_file: Option<PathBuf>,
+    watchdog: Option<Duration>,
+    started_at: SystemTime,
+    (previous_run, unclean_exits): (Option<outboxd::protocol::PreviousRun>, u64),
+) -> Result<()> {
     let pid = std::process::id() as i32;
     let paths = config.paths.clone();
     let state = State::new();
@@ -91,6 +123,8 @@ pub async fn run(
         drain: drain.handle.clone(),
         producer: Producer::new(&paths),
         registry: Default::default(),
+        previous_run,
+        unclean_exits,
     });
     let server = tokio::spawn(server::serve(bound, ctx.clone(), beats.server.clone()));
     tokio::spawn(reload_on_signal(ctx.clone(), reload));
@@ -127,6 +161,18 @@ pub async fn run(
         info!(%reason, "shutting down");
     }
 
+    // A panic anywhere stops the daemon, which then exits non-zero so that
+    // its manager restarts it (see `postmortem`).
+    let outcome = match (outcome, crate::postmortem::panicked()) {
+        (Ok(()), Some(message)) => Err(Error::problem(
+            "daemon on",
+            &paths.home,
+            format!("stopped after a panic: {message}"),
+            "this is a bug: please report it with the log; start the daemon again",
+            libc::EIO,
+        )),
+        (outcome, _) => outcome,
+    };
     if let Err(e) = &outcome {
         // Said before the teardown's lines, so the log reads in order.
         error!("{e}");
@@ -138,12 +184,16 @@ pub async fn run(
         notifier.stopping();
     }
     // Teardown in the contract's order.
-    let bound = server.await.expect("the control server does not panic");
+    // A task that panicked has ended already: what it held was dropped
+    // (the listener's socket file is removed at the next start; a dropped
+    // lock is released by the kernel).
+    let bound = server.await.ok();
     drain.shutdown().await;
     postgres.component.shutdown().await;
     drop(bound);
-    let lock = lock_guard.await.expect("the lock guard does not panic");
-    lock.release().map_err(logged)?;
+    if let Ok(Some(lock)) = lock_guard.await {
+        lock.release().map_err(logged)?;
+    }
     if outcome.is_ok() {
         info!("stopped");
     }
@@ -173,14 +223,30 @@ fn startup_error(config: &Config, e: PgError) -> Error {
 
 /// Holds the lock until shutdown, checking now and then that the lock file
 /// is still the one locked: if someone deleted or replaced it, a new one is
-/// made and locked, so `status` and `stop` keep finding this daemon.
-async fn guard_lock(mut lock: PidLock, shutdown: Shutdown) -> PidLock {
+/// made and locked, so `status` and `stop` keep finding this daemon. The
+/// check runs on the blocking pool (file system calls never block a
+/// runtime worker); every minute it also notes in the run record that the
+/// daemon is alive. `None` if the check panicked (the lock went with it).
+async fn guard_lock(mut lock: PidLock, shutdown: Shutdown) -> Option<PidLock> {
+    let mut checks = 0u64;
     loop {
         tokio::select! {
-            _ = shutdown.wait() => return lock,
+            _ = shutdown.wait() => return Some(lock),
             _ = tokio::time::sleep(LOCK_CHECK_EVERY) => {}
         }
-        match tokio::task::block_in_place(|| lock.ensure_in_place()) {
+        checks += 1;
+        let note_alive = checks % ALIVE_EVERY_CHECKS == 0;
+        let (returned, checked) = tokio::task::spawn_blocking(move || {
+            if note_alive {
+                crate::postmortem::alive();
+            }
+            let checked = lock.ensure_in_place();
+            (lock, checked)
+        })
+        .await
+        .ok()?;
+        lock = returned;
+        match checked {
             Ok(false) => {}
             Ok(true) => warn!(
                 "the lock file was deleted or replaced while the daemon ran: made and locked a new one"

@@ -52,7 +52,7 @@ pub struct Settings {
     pub user: Option<String>,
 
     /// Use this PostgreSQL instead of the embedded one (postgresql://...;
-    /// sslmode=require is supported)
+    /// sslmode=require, verify-ca and verify-full with sslrootcert are supported)
     #[arg(
         long,
         env = "OUTBOXD_DATABASE_URL",
@@ -365,10 +365,11 @@ impl Config {
                 "must start with postgres:// or postgresql://".into(),
             ));
         }
-        if let Some(url) = &s.database_url
-            && let Err(e) = url.parse::<tokio_postgres::Config>()
-        {
-            return Err(invalid("database_url", format!("is not a valid URL: {e}")));
+        if let Some(url) = &s.database_url {
+            let (url, _) = crate::pgurl::split(url).map_err(|e| invalid("database_url", e))?;
+            if let Err(e) = url.parse::<tokio_postgres::Config>() {
+                return Err(invalid("database_url", format!("is not a valid URL: {e}")));
+            }
         }
         let drain_batch_max = match s.drain_batch_max {
             None => DEFAULT_DRAIN_BATCH_MAX,

@@ -21,12 +21,14 @@ pub mod metrics;
 pub mod notify;
 pub mod nudge;
 pub mod paths;
+pub mod pgurl;
 pub mod postmaster;
 pub mod privileges;
 pub mod process;
 pub mod protocol;
 pub mod quote;
 pub mod redact;
+pub mod runs;
 pub mod safefs;
 pub mod spool;
 

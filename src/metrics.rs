@@ -81,6 +81,26 @@ pub fn render(status: &Status) -> String {
             connections as f64,
         );
     }
+    let mut counter = |name: &str, help: &str, value: u64| {
+        let _ = writeln!(
+            out,
+            "# TYPE {name} counter\n# HELP {name} {help}\n{name}_total {value}"
+        );
+    };
+    if let Some(dropped) = status.log_lines_dropped {
+        counter(
+            "outboxd_log_lines_dropped",
+            "Log lines the daemon could not write (a full disk), since it started.",
+            dropped,
+        );
+    }
+    if let Some(unclean) = status.unclean_exits {
+        counter(
+            "outboxd_unclean_exits",
+            "Daemon runs on this home that ended without a clean stop, before this one.",
+            unclean,
+        );
+    }
     out.push_str("# EOF\n");
     out
 }

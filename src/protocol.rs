@@ -605,6 +605,39 @@ pub struct Status {
     /// Open control connections.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connections: Option<usize>,
+    /// Log lines the daemon could not write (a full disk): counted and
+    /// dropped, never fatal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_lines_dropped: Option<u64>,
+    /// How the previous run on this home ended (absent on a first run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_run: Option<PreviousRun>,
+    /// Runs on this home that ended uncleanly, before this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unclean_exits: Option<u64>,
+}
+
+/// How the previous daemon run on a home ended, from its run record
+/// (`log/last-run.json`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PreviousRun {
+    pub pid: i32,
+    pub version: String,
+    /// Seconds since the Unix epoch.
+    pub started_at: u64,
+    /// When it ended, or was last seen alive when its end is unknown.
+    pub ended_at: Option<u64>,
+    pub uptime_secs: Option<u64>,
+    /// Whether it stopped cleanly (a stop request or SIGTERM, and nothing
+    /// failed).
+    pub clean: bool,
+    /// How it ended: `stopped`, `panicked: …`, `killed (SIGKILL) by
+    /// outboxctl stop …`, `out of memory: …`, `killed: …`, `exited with an
+    /// error: …`.
+    pub how: String,
+    /// Whether this run adopted the PostgreSQL it left running.
+    pub postgres_adopted: bool,
 }
 
 impl Status {
@@ -740,6 +773,9 @@ pub struct PostgresStatus {
     pub last_failure: Option<String>,
     /// When the last failure happened (seconds since the Unix epoch).
     pub last_failure_at: Option<u64>,
+    /// The postmaster this daemon adopted from a previous run, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adopted_pid: Option<i32>,
 }
 
 /// The drain and the spool in `status`.

@@ -219,6 +219,10 @@ enum Next {
 
 impl Drain {
     async fn run(&mut self, inbox: &mut Inbox<DrainStatus>) {
+        // The PostgreSQL component's end closes the connection channel:
+        // `changed()` then fails at once, every time; waiting on it again
+        // would spin. The daemon is stopping by then (a panic stops it).
+        let mut postgres_gone = false;
         loop {
             self.heartbeat.beat();
             self.check_spool_file().await;
@@ -245,7 +249,13 @@ impl Drain {
                         self.retry_at = None;
                         self.set_state();
                     }
-                    _ = self.connection.changed() => self.set_state(),
+                    changed = self.connection.changed(), if !postgres_gone => {
+                        if changed.is_err() {
+                            postgres_gone = true;
+                            error!("the PostgreSQL component has ended: the drain waits for shutdown");
+                        }
+                        self.set_state();
+                    }
                 },
                 // Between batches: take a command without waiting.
                 Next::Work => match inbox.commands.try_recv() {
@@ -327,7 +337,11 @@ impl Drain {
         }
         if self.sink.is_none() {
             self.last_busy = Instant::now();
-            let connection = self.connection.borrow().clone().expect("checked");
+            // PostgreSQL may have gone while housekeeping ran (it was
+            // checked before): wait for it again rather than panic.
+            let Some(connection) = self.connection.borrow().clone() else {
+                return Next::Wait;
+            };
             let recorded = match self.worker.run(|spool| spool.target()).await {
                 Ok(recorded) => recorded,
                 Err(e) => {

@@ -49,6 +49,7 @@ impl Worker {
                     }
                 };
                 for job in receiver {
+                    debug_panic("spool");
                     job(&mut spool);
                 }
             })
@@ -81,5 +82,14 @@ fn gone(path: &Path) -> outboxd::Error {
         op: "use the spool thread for",
         path: path.to_path_buf(),
         source: std::io::Error::other("the spool thread has ended"),
+    }
+}
+
+/// A fault point for the tests, in debug builds only: panics when
+/// `OUTBOXD_DEBUG_PANIC` names `place`, as a bug there would.
+fn debug_panic(place: &str) {
+    if cfg!(debug_assertions) && std::env::var_os("OUTBOXD_DEBUG_PANIC").is_some_and(|p| p == place)
+    {
+        panic!("OUTBOXD_DEBUG_PANIC={place}: a deliberate panic for the tests");
     }
 }

@@ -3,7 +3,6 @@
 //! left by a killed daemon, watching it exit, checking its health, stopping
 //! it.
 
-use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
@@ -60,6 +59,14 @@ pub struct Running {
     pub since: Instant,
 }
 
+impl Running {
+    /// Whether this server was adopted from a previous daemon (it is not
+    /// our child).
+    pub fn adopted(&self) -> bool {
+        self.child.is_none()
+    }
+}
+
 impl Embedded {
     /// The postmaster's command line, exactly as this daemon runs it.
     fn command_line(&self) -> Vec<String> {
@@ -90,7 +97,7 @@ impl Embedded {
             .dbname(DATABASE)
             .application_name("outboxd")
             .connect_timeout(Duration::from_secs(5));
-        Connection { config, tls: false }
+        Connection { config, tls: None }
     }
 
     /// Adopts a postmaster left on this data directory by a killed daemon if
@@ -271,7 +278,7 @@ impl Embedded {
             if let Some(exit) = run.exit_status() {
                 return Err(PgError::ExitedAtStart {
                     status: describe_exit(exit),
-                    said: log_since(&self.log, log_start),
+                    said: said_since(&self.log, log_start, &self.data),
                 });
             }
             let attempt = tokio::time::timeout(
@@ -443,12 +450,41 @@ fn file_len(path: &std::path::Path) -> u64 {
     std::fs::symlink_metadata(path).map_or(0, |m| m.len())
 }
 
+/// What PostgreSQL wrote to its log since `start`, for a failed start;
+/// when it wrote nothing (its log could not be written: a full disk), says
+/// so, with the free space of the file system of `data`.
+fn said_since(log: &std::path::Path, start: u64, data: &std::path::Path) -> String {
+    let said = log_since(log, start);
+    if !said.is_empty() {
+        return said;
+    }
+    let space = match free_space(data) {
+        Some((free, total)) => format!(
+            "{} free of {} on the file system of {}",
+            human_bytes(free),
+            human_bytes(total),
+            data.display()
+        ),
+        None => format!(
+            "the free space of the file system of {} is unknown",
+            data.display()
+        ),
+    };
+    format!(
+        "nothing: its log {} is empty ({space}); a full disk keeps PostgreSQL from writing even \
+         its log: free some space and start again",
+        log.display()
+    )
+}
+
 /// What PostgreSQL wrote to its log since `start` (at most the last 64 KiB):
 /// its FATAL line and the lines before it that explain it (the port in use,
-/// the HINT), never lines of earlier runs.
+/// the HINT), never lines of earlier runs. The log is opened through
+/// `safefs` (no link, a regular file of this account).
 fn log_since(path: &std::path::Path, start: u64) -> String {
     const WINDOW: u64 = 64 * 1024;
-    let Ok(mut file) = File::open(path) else {
+    let Ok(Some(mut file)) = safefs::open(path, Mode::Read, Owner::Is(outboxd::process::euid()))
+    else {
         return String::new();
     };
     let len = file.metadata().map_or(0, |m| m.len());
@@ -460,4 +496,33 @@ fn log_since(path: &std::path::Path, start: u64) -> String {
     let _ = (&mut file).take(WINDOW).read_to_string(&mut text);
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     lines[lines.len().saturating_sub(12)..].join("\n")
+}
+
+/// The bytes available to this account and the size of the file system of
+/// `path`.
+fn free_space(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs is plain data; all-zero is a valid value to be filled in.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid C string and out-pointer.
+    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return None;
+    }
+    let block = stat.f_frsize as u64;
+    Some((stat.f_bavail as u64 * block, stat.f_blocks as u64 * block))
+}
+
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    match unit {
+        0 => format!("{bytes} bytes"),
+        _ => format!("{value:.1} {}", UNITS[unit]),
+    }
 }

@@ -58,9 +58,10 @@ pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 #[derive(Clone, Debug)]
 pub struct Connection {
     pub config: tokio_postgres::Config,
-    /// Whether to offer TLS (external servers); the embedded server is
-    /// reached over its Unix socket only.
-    pub tls: bool,
+    /// The TLS client configuration (external servers: it verifies the
+    /// server as `sslmode` says); `None` for the embedded server, reached
+    /// over its Unix socket only.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Connection {
@@ -84,12 +85,9 @@ impl Connection {
         let failed = |e: tokio_postgres::Error| {
             PgError::Client(format!("{} ({})", describe(&e), self.target()))
         };
-        if self.tls {
-            let (client, connection) = self
-                .config
-                .connect(external::tls_connector())
-                .await
-                .map_err(failed)?;
+        if let Some(tls) = &self.tls {
+            let connector = tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone());
+            let (client, connection) = self.config.connect(connector).await.map_err(failed)?;
             tokio::spawn(connection);
             Ok(client)
         } else {

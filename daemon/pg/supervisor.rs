@@ -98,10 +98,14 @@ impl Supervisor {
         });
         let run = self.embedded.start_or_adopt(&self.cancel).await?;
         info!(pid = run.postmaster.pid, version = %run.version, "PostgreSQL is up");
+        let adopted = run.adopted();
         self.status.send_modify(|s| {
             s.state = PgState::Running;
             s.pid = Some(run.postmaster.pid);
             s.version = Some(run.version.clone());
+            if adopted {
+                s.adopted_pid = Some(run.postmaster.pid);
+            }
         });
         self.connection
             .send_replace(Some(self.embedded.connection()));
@@ -140,8 +144,21 @@ impl Supervisor {
                     Some(Command::Start(reply)) => {
                         let outcome = match self.current.is_some() {
                             true => Ok(()),
-                            false => self.start().await.inspect_err(|e| fail(&self.status, e)),
+                            false => self.start().await,
                         };
+                        // A failed start on request (say, on a full disk)
+                        // keeps retrying with backoff, as a restart does:
+                        // it must not end the supervision for good.
+                        if let Err(e) = &outcome
+                            && !matches!(e, PgError::Interrupted(_))
+                        {
+                            self.failures += 1;
+                            let delay = backoff(self.failures);
+                            warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "could not start PostgreSQL on request; retrying");
+                            self.record_failure(e.to_string());
+                            self.status.send_modify(|s| s.state = PgState::Restarting);
+                            self.retry_at = Some(Instant::now() + delay);
+                        }
                         let _ = reply.send(outcome.map_err(|e| e.to_string()));
                     }
                     Some(Command::Shutdown) | None => return,

@@ -6,6 +6,7 @@ mod bounds;
 mod common;
 mod components;
 mod faults;
+mod findings_daemon;
 mod findings_spool;
 mod lifecycle;
 mod operations;

@@ -29,5 +29,11 @@ pub fn status(ctx: &Context) -> Status {
         postgres: Some(postgres),
         drain: Some(ctx.drain.status()),
         connections: Some(ctx.registry.len()),
+        log_lines_dropped: Some(crate::logging::dropped_lines()),
+        previous_run: ctx.previous_run.clone().map(|mut previous| {
+            previous.postgres_adopted = ctx.postgres.status().adopted_pid.is_some();
+            previous
+        }),
+        unclean_exits: Some(ctx.unclean_exits),
     }
 }
