@@ -605,11 +605,19 @@ fn the_system_unit_runs_under_real_systemd() {
     ns.ok(&["systemctl", "log-target", "journal"]);
     ns.write("/run/systemd/system/outboxd.service", &unit);
     // A short watchdog, to see keep-alives arrive (and be missed) quickly.
+    // RemoveIPC off: systemd-ns has no IPC namespace, so at the unit's stop
+    // systemd would remove the shared memory of every process of the
+    // account `outboxd` on the machine, which is what the other tests'
+    // clusters run as when root made their homes (they then failed with
+    // "could not open shared memory segment").
     let watchdog = Duration::from_secs(3);
     ns.ok(&["mkdir", "-p", "/run/systemd/system/outboxd.service.d"]);
     ns.write(
         "/run/systemd/system/outboxd.service.d/test.conf",
-        &format!("[Service]\nWatchdogSec={}s\n", watchdog.as_secs()),
+        &format!(
+            "[Service]\nWatchdogSec={}s\nRemoveIPC=false\n",
+            watchdog.as_secs()
+        ),
     );
     ns.ok(&["systemctl", "daemon-reload"]);
     let cursor = ns.journal_cursor();
