@@ -399,7 +399,7 @@ fn a_killed_outboxctl_start_leaves_no_notify_socket_behind() {
 
 #[test]
 fn stop_rejects_a_negative_timeout_and_never_kills_for_a_huge_one() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     let mut pid = home.start();
     let negative = home.ctl(&["stop", "--timeout=-1"]);
     assert_eq!(
@@ -447,7 +447,7 @@ fn unit_stop_timeout() -> f64 {
 
 #[test]
 fn stop_outlasts_the_daemons_own_postgres_grace_without_sigkill() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     let mut daemon = Foreground::spawn(&home.path, &[]);
     assert_eq!(
         daemon.ready_or_exit(crate::common::operation_limit()),

@@ -184,7 +184,7 @@ fn a_frozen_daemon_is_killed_after_the_grace() {
 
 #[test]
 fn sigterm_stops_a_foreground_daemon_cleanly_and_a_second_one_refuses() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     let listener = NotifyListener::bind().unwrap();
     let mut daemon = Command::new(OUTBOXD)
         .arg("--home")
@@ -335,7 +335,7 @@ fn status_is_unknown_when_permission_is_denied() {
 
 #[test]
 fn logs_shows_the_tail_and_follows_across_rotation() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     assert_eq!(home.ctl(&["logs"]).code, 1, "no log before the first start");
     let pid = home.start();
     let tail = home.ctl(&["logs", "-n", "5"]);

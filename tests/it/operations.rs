@@ -137,7 +137,7 @@ fn a_producer_group_member_may_enqueue_but_not_stop_and_others_may_do_nothing() 
 
 #[test]
 fn the_log_rotates_by_size_keeps_its_files_and_logs_reads_across_rotation() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     home.write_config("log_max_bytes = 4096\nlog_keep = 2\n");
     let pid = home.start();
     // Each SIGHUP logs two lines; a few hundred of them rotate many times.
@@ -180,7 +180,7 @@ fn keep_alives(daemon: &Foreground, window: Duration) -> usize {
 
 #[test]
 fn watchdog_keep_alives_come_while_the_loops_beat_and_stop_when_the_drain_is_wedged() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     let mut daemon = Foreground::spawn_with(&home.path, &[], |command| {
         command.env("WATCHDOG_USEC", "4000000");
     });
@@ -246,7 +246,7 @@ fn family_of(pid: i32) -> Vec<i32> {
 
 #[test]
 fn metrics_and_config_show_report_the_daemon() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     let down = home.ctl(&["metrics"]);
     assert!(down.stdout.contains("outboxd_up 0"), "{down:?}");
     home.write_config("stuck_after_secs = 90\n");
@@ -398,7 +398,7 @@ fn violation(home: &std::path::Path) -> Option<String> {
 
 #[test]
 fn log_lines_are_json_when_asked() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     home.write_config("log_format = \"json\"\n");
     home.start();
     home.stop();

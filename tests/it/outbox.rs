@@ -413,7 +413,7 @@ type Expected = (
 
 #[test]
 fn events_enqueued_while_the_daemon_is_down_land_once_and_in_order() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     // (topic, key, id, payload): what each accepted event must look like.
     let mut expected: Vec<Expected> = Vec::new();
     let singles: [(&str, Option<&str>, Option<&str>, &str); 5] = [
@@ -629,7 +629,7 @@ fn kill_9_of_the_daemon_in_a_loop_loses_and_duplicates_nothing() {
 #[test]
 fn kill_9_of_the_postmaster_during_a_drain_loses_and_duplicates_nothing() {
     const EVENTS: usize = 20_000;
-    let home = Home::new();
+    let home = Home::with_cluster();
     // Small transactions, so the backlog takes hundreds of them.
     home.write_config("drain_batch_max = 50\n");
     let run = enqueue_ndjson(&home, &ndjson_lines("backlog", 0..EVENTS, ""), &[]);
@@ -883,7 +883,7 @@ fn the_socket_enqueue_op_validates_and_its_events_land() {
 #[test]
 fn a_clean_stop_in_the_middle_of_a_backlog_loses_and_duplicates_nothing() {
     const EVENTS: usize = 10_000;
-    let home = Home::new();
+    let home = Home::with_cluster();
     home.write_config("drain_batch_max = 50\n");
     let run = enqueue_ndjson(&home, &ndjson_lines("stopped", 0..EVENTS, ""), &[]);
     assert_eq!(run.code, 0, "{run:?}");
@@ -1528,7 +1528,7 @@ fn status_counts_events_queued_while_the_drain_is_paused() {
 
 #[test]
 fn a_drain_that_keeps_failing_is_reported_stuck() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     home.write_config("stuck_after_secs = 1\n");
     home.start();
     enqueue_ok(&home, "before", "0");

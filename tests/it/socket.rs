@@ -93,7 +93,7 @@ fn a_16_mib_line_is_refused_and_the_connection_closed() {
 
 #[test]
 fn a_silent_connection_is_closed_after_the_idle_timeout() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     home.write_config("idle_timeout_secs = 0.5\n");
     home.start();
     let mut raw = Raw::connect(&home.socket());

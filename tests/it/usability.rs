@@ -160,7 +160,7 @@ fn as_root_a_new_nested_home_is_reachable_by_its_account() {
 
 #[test]
 fn a_config_typo_is_shown_once_with_its_lines_and_logged() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     // An earlier, successful run leaves lines in the log.
     home.start();
     home.stop();
