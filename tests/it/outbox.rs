@@ -267,6 +267,8 @@ struct Produced {
 /// joined) when dropped, also when the test fails.
 struct Producer {
     stop: Arc<AtomicBool>,
+    /// How many of its enqueues were accepted so far.
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
     thread: Option<JoinHandle<Produced>>,
 }
 
@@ -275,6 +277,8 @@ impl Producer {
     /// (one transaction, so their seqs are `first_seq..=last_seq`).
     fn spawn(home: &Home, topic: &'static str, batch: usize) -> Producer {
         let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = accepted.clone();
         let path = home.path.clone();
         let stopping = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -310,6 +314,9 @@ impl Producer {
                         None
                     }
                 };
+                if seqs.is_some() {
+                    counted.fetch_add(1, Ordering::AcqRel);
+                }
                 for seq in seqs.into_iter().flatten() {
                     assert!(produced.accepted.insert(seq), "seq {seq} handed out twice");
                 }
@@ -319,8 +326,14 @@ impl Producer {
         });
         Producer {
             stop,
+            accepted,
             thread: Some(thread),
         }
+    }
+
+    /// How many of its enqueues were accepted so far.
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::Acquire)
     }
 
     fn finish(mut self) -> Produced {
@@ -581,7 +594,18 @@ fn kill_9_of_the_daemon_in_a_loop_loses_and_duplicates_nothing() {
         let started = home.ctl(&["start"]);
         assert_eq!(started.code, 0, "start after crash {round}: {started:?}");
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // Each producer enqueues again while the last daemon runs.
+    let before: Vec<usize> = producers.iter().map(Producer::accepted).collect();
+    eventually(
+        "each producer enqueues after the last start",
+        operation_limit(),
+        || {
+            producers
+                .iter()
+                .zip(&before)
+                .all(|(p, &n)| p.accepted() > n)
+        },
+    );
     let mut accepted = BTreeSet::new();
     for (name, producer) in ["single", "batch"].into_iter().zip(producers) {
         let produced = producer.finish();
