@@ -16,9 +16,78 @@ use outboxd::paths::Paths;
 pub const OUTBOXD: &str = env!("CARGO_BIN_EXE_outboxd");
 pub const OUTBOXCTL: &str = env!("CARGO_BIN_EXE_outboxctl");
 
-/// How long any single command may take before the test fails. Generous: it
-/// only catches hangs, it does not measure speed.
+/// How long any single command may take before the test fails, unscaled.
+/// Generous: it only catches hangs, it does not measure speed. The harness
+/// waits [`command_limit`] (this times [`time_factor`]); new code uses the
+/// named limits below.
 pub const COMMAND_LIMIT: Duration = Duration::from_secs(300);
+
+// ---------------------------------------------------------------------------
+// Time limits: one base, scaled by OUTBOXD_TEST_TIME_FACTOR
+// ---------------------------------------------------------------------------
+
+/// The environment variable that scales every time limit of the tests (a
+/// positive number, default 1): `OUTBOXD_TEST_TIME_FACTOR=4` on a slow or
+/// loaded machine. Limits only catch hangs: a larger factor never makes a
+/// test pass that should fail, it only lets a slow machine finish.
+pub const TIME_FACTOR_VAR: &str = "OUTBOXD_TEST_TIME_FACTOR";
+
+/// The factor read from [`TIME_FACTOR_VAR`] (1 when unset). A value that is
+/// not a positive number fails the test that asks, saying so.
+pub fn time_factor() -> f64 {
+    static FACTOR: std::sync::OnceLock<Result<f64, String>> = std::sync::OnceLock::new();
+    FACTOR
+        .get_or_init(|| match std::env::var(TIME_FACTOR_VAR) {
+            Err(_) => Ok(1.0),
+            Ok(text) => match text.trim().parse::<f64>() {
+                Ok(f) if f.is_finite() && f > 0.0 => Ok(f),
+                _ => Err(format!(
+                    "{TIME_FACTOR_VAR}={text:?} is not a positive number: set it to, say, 2"
+                )),
+            },
+        })
+        .clone()
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The one base of every limit: 10 s times [`time_factor`].
+pub fn time_base() -> Duration {
+    Duration::from_secs(10).mul_f64(time_factor())
+}
+
+/// 10 s (1 base): a running daemon reacts (a lock released after a kill, a
+/// status refresh, a log file reopened).
+pub fn react_limit() -> Duration {
+    time_base()
+}
+
+/// 30 s (3 bases): a process comes or goes, a server answers, PostgreSQL
+/// restarts.
+pub fn settle_limit() -> Duration {
+    time_base() * 3
+}
+
+/// 60 s (6 bases): an operation that goes through PostgreSQL (a flush, a
+/// drain catching up, a start on an existing cluster, a stop).
+pub fn operation_limit() -> Duration {
+    time_base() * 6
+}
+
+/// 240 s (24 bases): a first start, initdb included, on a loaded machine.
+pub fn startup_limit() -> Duration {
+    time_base() * 24
+}
+
+/// 300 s ([`COMMAND_LIMIT`], 30 bases): any single command, before the
+/// harness calls it hung.
+pub fn command_limit() -> Duration {
+    COMMAND_LIMIT.mul_f64(time_factor())
+}
+
+/// A limit as the value of a `--timeout` option, in seconds.
+pub fn timeout_arg(limit: Duration) -> String {
+    format!("{:.1}", limit.as_secs_f64())
+}
 
 /// The uid and gid of `nobody`, for tests that need another user.
 pub const NOBODY: u32 = 65534;
@@ -66,9 +135,10 @@ pub fn run(command: &mut Command) -> Run {
 }
 
 /// Waits for `child` to exit, killing it (and failing the test) if it
-/// outlives [`COMMAND_LIMIT`].
+/// outlives [`command_limit`].
 fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
-    let deadline = Instant::now() + COMMAND_LIMIT;
+    let limit = command_limit();
+    let deadline = Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait().expect("poll child") {
             return status;
@@ -76,7 +146,7 @@ fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("command did not finish within {COMMAND_LIMIT:?}");
+            panic!("command did not finish within {limit:?}");
         }
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -112,7 +182,7 @@ pub fn run_with_stdin(command: &mut Command, input: &[u8]) -> Run {
 }
 
 /// Collects a spawned child's output, killing it if it outlives
-/// [`COMMAND_LIMIT`]. Its pipes are read while it runs, so a child that
+/// [`command_limit`]. Its pipes are read while it runs, so a child that
 /// prints more than a pipe holds does not block.
 pub fn wait_output(mut child: Child) -> Run {
     fn drain(
@@ -170,6 +240,32 @@ impl Home {
         }
     }
 
+    /// A home that already holds a PostgreSQL cluster, as a home does after
+    /// its first start: a copy (`cp -a`) of `pg/` (the cluster and the
+    /// secret that is its password) of a template that a real daemon made
+    /// once per test binary ([`cluster_template`]). The daemon adopts it as
+    /// it adopts any existing cluster, without initdb. As root the home
+    /// belongs to the account that owns the template (the one root hands a
+    /// new home to), as after a first start. For tests of anything but
+    /// the first start itself (initdb, its status lines, root handing a
+    /// new home over), which use [`Home::new`].
+    pub fn with_cluster() -> Home {
+        use std::os::unix::fs::MetadataExt;
+        let home = Home::new();
+        let template = cluster_template();
+        let copied = run(Command::new("cp")
+            .arg("-a")
+            .arg(template.join("pg"))
+            .arg(&home.path));
+        assert_eq!(copied.code, 0, "copy the cluster template: {copied:?}");
+        if is_root() {
+            let owner = std::fs::metadata(template).expect("inspect the cluster template");
+            std::os::unix::fs::chown(&home.path, Some(owner.uid()), Some(owner.gid()))
+                .expect("give the home to the cluster's account");
+        }
+        home
+    }
+
     /// A home whose path is too long for a socket address.
     pub fn with_long_path() -> Home {
         let dir = tempfile::Builder::new()
@@ -208,7 +304,7 @@ impl Home {
     pub fn start(&self) -> i32 {
         // Tests check behaviour, not speed: a loaded machine may take its
         // time over initdb and a first start.
-        let run = self.ctl(&["start", "--timeout", "240"]);
+        let run = self.ctl(&["start", "--timeout", &timeout_arg(startup_limit())]);
         assert_eq!(run.code, 0, "start failed: {run:?}");
         self.holder().expect("a daemon holds the lock after start")
     }
@@ -268,7 +364,7 @@ impl Home {
     /// kernel has released its lock.
     pub fn crash_daemon(&self, pid: i32) {
         kill(pid, libc::SIGKILL);
-        eventually("the lock is released", Duration::from_secs(10), || {
+        eventually("the lock is released", react_limit(), || {
             self.holder().is_none()
         });
     }
@@ -290,7 +386,7 @@ impl Home {
 
     /// Waits until exactly one daemon runs on this home and returns it.
     pub fn wait_single_daemon(&self) -> i32 {
-        eventually("exactly one daemon runs", Duration::from_secs(30), || {
+        eventually("exactly one daemon runs", settle_limit(), || {
             self.daemons().len() == 1
         });
         self.daemons()[0]
@@ -337,7 +433,7 @@ impl Drop for Home {
             .stdout(Stdio::null()));
         self.kill_all();
         let _ = std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o700));
-        let _ = lock::wait_released(&self.paths(), self.holder_quiet(), Duration::from_secs(10));
+        let _ = lock::wait_released(&self.paths(), self.holder_quiet(), react_limit());
     }
 }
 
@@ -385,7 +481,7 @@ pub struct Raw {
 impl Raw {
     pub fn connect(socket: &Path) -> Raw {
         let stream = UnixStream::connect(socket).expect("connect to control socket");
-        stream.set_read_timeout(Some(COMMAND_LIMIT)).unwrap();
+        stream.set_read_timeout(Some(command_limit())).unwrap();
         Raw {
             reader: BufReader::new(stream),
         }
@@ -682,7 +778,7 @@ impl Guard {
     }
 
     /// Waits for the child (its stdout and stderr piped) to finish and
-    /// collects its output, failing the test if it outlives [`COMMAND_LIMIT`].
+    /// collects its output, failing the test if it outlives [`command_limit`].
     pub fn output(&mut self) -> Run {
         use std::io::Read;
         let collect = |pipe: Option<Box<dyn Read + Send>>| {
@@ -697,8 +793,8 @@ impl Guard {
         let stdout = collect(self.child.stdout.take().map(|p| Box::new(p) as _));
         let stderr = collect(self.child.stderr.take().map(|p| Box::new(p) as _));
         let status = self
-            .wait_for(COMMAND_LIMIT)
-            .unwrap_or_else(|| panic!("command did not finish within {COMMAND_LIMIT:?}"));
+            .wait_for(command_limit())
+            .unwrap_or_else(|| panic!("command did not finish within {:?}", command_limit()));
         Run {
             code: status.code().unwrap_or(-1),
             stdout: stdout.join().unwrap(),
@@ -881,11 +977,172 @@ pub fn wait_until(limit: Duration, mut condition: impl FnMut() -> bool) -> bool 
     }
 }
 
-/// A free TCP port on the loopback (free a moment ago: good enough for a test).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A TCP port on the loopback that nobody can take and nothing answers on:
+/// it is bound (not listening) by the returned socket for as long as the
+/// test holds it, so a connection to it is refused.
+pub fn refusing_port() -> (std::os::fd::OwnedFd, u16) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a descriptor this function owns; the
+    // address structures are fully initialised before use.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let rc = libc::bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            (&raw const addr).cast(),
+            len,
+        );
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        let mut len = len;
+        let rc = libc::getsockname(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            (&raw mut addr).cast(),
+            &mut len,
+        );
+        assert_eq!(rc, 0, "getsockname: {}", std::io::Error::last_os_error());
+        (fd, u16::from_be(addr.sin_port))
+    }
+}
+
+/// Starts `home` with its embedded PostgreSQL listening on a TCP port
+/// (`pg_port` in its config.toml) and returns the port. The port is the
+/// kernel's choice, held until just before the start; when another process
+/// takes it in between (the daemon then fails with "in use"), the start is
+/// retried on a new one.
+pub fn start_on_tcp_port(home: &Home) -> u16 {
+    for _ in 0..5 {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        let port = held.local_addr().unwrap().port();
+        home.write_config(&format!("pg_port = {port}\n"));
+        drop(held);
+        let run = home.ctl(&["start", "--timeout", &timeout_arg(startup_limit())]);
+        if run.code == 0 {
+            return port;
+        }
+        assert!(
+            run.stderr.contains(&port.to_string()) && run.stderr.contains("in use"),
+            "start failed: {run:?}"
+        );
+    }
+    panic!("five ports in a row were taken before PostgreSQL could bind them");
+}
+
+/// Checks that `condition` holds throughout `window`, polling it, and fails
+/// the test the moment it does not. For claims that something does not
+/// happen (a crash that is not restarted, a pid that stays): such a claim
+/// needs a span of time, and a slow machine can only make it pass more
+/// easily, never fail wrongly. Not for waiting on something to happen:
+/// that is [`eventually`].
+pub fn holds_for(what: &str, window: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + window;
+    loop {
+        assert!(condition(), "no longer true within {window:?}: {what}");
+        if Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// How many connections wait unaccepted on the listening Unix socket at
+/// `socket` (its accept queue, as `ss` reports it), or `None` when `ss`
+/// (iproute2) is not installed. A client that connected to a daemon that
+/// does not accept (one stopped with SIGSTOP) stays counted here.
+pub fn pending_connections(socket: &Path) -> Option<usize> {
+    let out = Command::new("ss")
+        .args(["-xlnH", "src"])
+        .arg(socket)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    // u_str LISTEN <Recv-Q: the accept queue> <Send-Q: the backlog> <path> ...
+    Some(
+        text.lines()
+            .filter_map(|line| line.split_whitespace().nth(2)?.parse::<usize>().ok())
+            .sum(),
+    )
+}
+
+/// The home of the cluster template: made once per test binary by a real
+/// `outboxctl start` (initdb included) and `stop` on an empty home, so its
+/// `pg/data` and `pg/secret` are exactly what a first start leaves. It lives
+/// in `/tmp/outboxd-template-<pid>-*` (traversable, as root the daemon is
+/// another account) and is removed when the test binary exits; a template
+/// of a test binary that died is removed by the next one.
+pub fn cluster_template() -> &'static Path {
+    static TEMPLATE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        remove_stale_templates();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("outboxd-template-{}-", std::process::id()))
+            .tempdir()
+            .expect("create the cluster template's directory")
+            .keep();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        extern "C" fn remove_template() {
+            if let Some(dir) = TEMPLATE_DIR.get() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+        if TEMPLATE_DIR.set(dir.clone()).is_ok() {
+            // SAFETY: registers a plain function that runs once at exit.
+            unsafe { libc::atexit(remove_template) };
+        }
+        let home = dir.join("home");
+        let ctl = |args: &[&str]| run(Command::new(OUTBOXCTL).arg("--home").arg(&home).args(args));
+        let start = ctl(&["start", "--timeout", &timeout_arg(startup_limit())]);
+        assert_eq!(
+            start.code, 0,
+            "could not make the cluster template: {start:?}"
+        );
+        let stop = ctl(&["stop"]);
+        assert_eq!(
+            stop.code, 0,
+            "could not stop the cluster template's daemon: {stop:?}"
+        );
+        for needed in [
+            "pg/data/PG_VERSION",
+            "pg/data/global/pg_control",
+            "pg/secret",
+        ] {
+            assert!(
+                home.join(needed).is_file(),
+                "the cluster template lacks {needed}"
+            );
+        }
+        home
+    })
+}
+
+static TEMPLATE_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Removes the cluster templates of test binaries that are gone.
+fn remove_stale_templates() {
+    for path in entries(&std::env::temp_dir()) {
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let Some(pid) = name
+            .strip_prefix("outboxd-template-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
 }

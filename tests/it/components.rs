@@ -4,7 +4,6 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use crate::common::{Home, OUTBOXD, eventually, is_root, run};
 
@@ -57,7 +56,7 @@ fn status_says_starting_until_postgres_answers_and_a_racing_start_waits_for_read
         .spawn()
         .unwrap();
     let mut saw_starting = false;
-    eventually("the daemon answers", Duration::from_secs(30), || {
+    eventually("the daemon answers", crate::common::settle_limit(), || {
         let status = home.ctl(&["status", "--json"]);
         if status.stdout.contains("\"pid\"") {
             let json = status.json();
@@ -88,7 +87,7 @@ fn status_says_starting_until_postgres_answers_and_a_racing_start_waits_for_read
 
 #[test]
 fn teardown_stops_accepting_then_the_drain_then_postgres_then_the_lock() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     home.start();
     let enqueue = home.ctl(&["enqueue", "--topic", "t", "1"]);
     assert_eq!(enqueue.code, 0, "{enqueue:?}");
@@ -116,9 +115,7 @@ fn teardown_stops_accepting_then_the_drain_then_postgres_then_the_lock() {
 fn external_mode_reaches_a_server_that_requires_tls() {
     // The server: a home's embedded PostgreSQL on TCP, switched to TLS only.
     let server = Home::new();
-    let port = crate::common::free_port();
-    server.write_config(&format!("pg_port = {port}\n"));
-    server.start();
+    let port = crate::common::start_on_tcp_port(&server);
     let data = server.paths().pg_data;
     let owner = std::fs::metadata(&data).unwrap();
     let made = run(Command::new("openssl")
@@ -169,7 +166,7 @@ fn external_mode_reaches_a_server_that_requires_tls() {
     plain.start();
     eventually(
         "the plain connection is refused",
-        Duration::from_secs(30),
+        crate::common::settle_limit(),
         || plain.status()["postgres"]["state"] == "unreachable",
     );
     let why = plain.status()["postgres"]["last_failure"].to_string();
@@ -184,12 +181,18 @@ fn external_mode_reaches_a_server_that_requires_tls() {
     let home = Home::new();
     home.write_config(&format!("database_url = {:?}\n", url("require")));
     home.start();
-    eventually("the TLS server answers", Duration::from_secs(30), || {
-        home.status()["postgres"]["state"] == "running"
-    });
+    eventually(
+        "the TLS server answers",
+        crate::common::settle_limit(),
+        || home.status()["postgres"]["state"] == "running",
+    );
     let enqueue = home.ctl(&["enqueue", "--topic", "tls.check", "{\"over\": \"tls\"}"]);
     assert_eq!(enqueue.code, 0, "{enqueue:?}");
-    let flush = home.ctl(&["flush", "--timeout", "30"]);
+    let flush = home.ctl(&[
+        "flush",
+        "--timeout",
+        &crate::common::timeout_arg(crate::common::settle_limit()),
+    ]);
     assert_eq!(flush.code, 0, "{flush:?}");
     assert_eq!(
         server.query("select count(*) from outbox.events where topic = 'tls.check'"),

@@ -106,7 +106,7 @@ fn twenty_concurrent_starts_make_one_daemon() {
 
 #[test]
 fn kill_9_then_start_needs_no_cleanup() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     let pid = home.start();
     home.crash_daemon(pid);
 
@@ -157,7 +157,7 @@ fn stop_never_signals_a_process_named_by_a_stale_lock_file() {
 
 #[test]
 fn a_frozen_daemon_is_killed_after_the_grace() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     let pid = home.start();
     kill(pid, libc::SIGSTOP);
 
@@ -184,7 +184,7 @@ fn a_frozen_daemon_is_killed_after_the_grace() {
 
 #[test]
 fn sigterm_stops_a_foreground_daemon_cleanly_and_a_second_one_refuses() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     let listener = NotifyListener::bind().unwrap();
     let mut daemon = Command::new(OUTBOXD)
         .arg("--home")
@@ -197,7 +197,7 @@ fn sigterm_stops_a_foreground_daemon_cleanly_and_a_second_one_refuses() {
     let mut events = Vec::new();
     eventually(
         "the daemon reports READY=1",
-        Duration::from_secs(30),
+        crate::common::settle_limit(),
         || {
             if let Some(batch) = listener.recv(Duration::from_millis(50)).unwrap() {
                 events.extend(batch);
@@ -240,15 +240,17 @@ fn sigterm_stops_a_foreground_daemon_cleanly_and_a_second_one_refuses() {
 
 #[test]
 fn sighup_reopens_the_log_file() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     let pid = home.start();
     let log = home.paths().log_file;
     let rotated = log.with_extension("log.1");
     std::fs::rename(&log, &rotated).unwrap();
     kill(pid, libc::SIGHUP);
-    eventually("a new log file appears", Duration::from_secs(10), || {
-        std::fs::read_to_string(&log).is_ok_and(|text| text.contains("reopened the log file"))
-    });
+    eventually(
+        "a new log file appears",
+        crate::common::react_limit(),
+        || std::fs::read_to_string(&log).is_ok_and(|text| text.contains("reopened the log file")),
+    );
     assert_eq!(home.ctl(&["status"]).code, 0, "the daemon keeps running");
     home.stop();
     assert!(std::fs::read_to_string(&log).unwrap().contains("stopped"));
@@ -310,7 +312,7 @@ fn a_failed_start_says_why_and_shows_the_log() {
 
 #[test]
 fn status_is_unknown_when_permission_is_denied() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     home.start();
     let status = if crate::common::is_root() {
         // Root reads everything: ask as nobody, who cannot enter the home.
@@ -333,7 +335,7 @@ fn status_is_unknown_when_permission_is_denied() {
 
 #[test]
 fn logs_shows_the_tail_and_follows_across_rotation() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     assert_eq!(home.ctl(&["logs"]).code, 1, "no log before the first start");
     let pid = home.start();
     let tail = home.ctl(&["logs", "-n", "5"]);
@@ -354,7 +356,7 @@ fn logs_shows_the_tail_and_follows_across_rotation() {
         }
     });
     // The last line arrives once the follower has the file open.
-    seen.recv_timeout(Duration::from_secs(30))
+    seen.recv_timeout(crate::common::settle_limit())
         .expect("the last line of the log");
     // Rotate the log as logrotate would, and tell the daemon.
     let log = home.paths().log_file;
@@ -362,7 +364,7 @@ fn logs_shows_the_tail_and_follows_across_rotation() {
     kill(pid, libc::SIGHUP);
     home.stop();
     let mut followed = String::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + crate::common::settle_limit();
     while !followed.contains("INFO stopped") && std::time::Instant::now() < deadline {
         if let Ok(line) = seen.recv_timeout(Duration::from_millis(100)) {
             followed.push_str(&line);

@@ -137,7 +137,7 @@ fn a_producer_group_member_may_enqueue_but_not_stop_and_others_may_do_nothing() 
 
 #[test]
 fn the_log_rotates_by_size_keeps_its_files_and_logs_reads_across_rotation() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     home.write_config("log_max_bytes = 4096\nlog_keep = 2\n");
     let pid = home.start();
     // Each SIGHUP logs two lines; a few hundred of them rotate many times.
@@ -147,7 +147,7 @@ fn the_log_rotates_by_size_keeps_its_files_and_logs_reads_across_rotation() {
     }
     let log = home.paths().log_file;
     let numbered = |n: u32| std::path::PathBuf::from(format!("{}.{n}", log.display()));
-    crate::common::eventually("rotated files", Duration::from_secs(20), || {
+    crate::common::eventually("rotated files", crate::common::settle_limit(), || {
         numbered(2).exists()
     });
     assert!(!numbered(3).exists(), "at most log_keep rotated files");
@@ -180,11 +180,14 @@ fn keep_alives(daemon: &Foreground, window: Duration) -> usize {
 
 #[test]
 fn watchdog_keep_alives_come_while_the_loops_beat_and_stop_when_the_drain_is_wedged() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     let mut daemon = Foreground::spawn_with(&home.path, &[], |command| {
         command.env("WATCHDOG_USEC", "4000000");
     });
-    assert_eq!(daemon.ready_or_exit(Duration::from_secs(60)), Ok(()));
+    assert_eq!(
+        daemon.ready_or_exit(crate::common::operation_limit()),
+        Ok(())
+    );
     let alive = keep_alives(&daemon, Duration::from_secs(7));
     assert!(alive >= 2, "keep-alives every 2 s: {alive} in 7 s");
 
@@ -243,7 +246,7 @@ fn family_of(pid: i32) -> Vec<i32> {
 
 #[test]
 fn metrics_and_config_show_report_the_daemon() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     let down = home.ctl(&["metrics"]);
     assert!(down.stdout.contains("outboxd_up 0"), "{down:?}");
     home.write_config("stuck_after_secs = 90\n");
@@ -339,7 +342,11 @@ fn soak_random_starts_stops_and_kills_leave_one_daemon_and_nothing_after_stop() 
         })
         .collect();
     let rounds: u32 = workers.into_iter().map(|w| w.join().unwrap()).sum();
-    let stop = home.ctl(&["stop", "--timeout", "30"]);
+    let stop = home.ctl(&[
+        "stop",
+        "--timeout",
+        &crate::common::timeout_arg(crate::common::settle_limit()),
+    ]);
     if let Some(violation) = failed.lock().unwrap().take() {
         panic!("{violation}");
     }
@@ -391,7 +398,7 @@ fn violation(home: &std::path::Path) -> Option<String> {
 
 #[test]
 fn log_lines_are_json_when_asked() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     home.write_config("log_format = \"json\"\n");
     home.start();
     home.stop();

@@ -24,6 +24,8 @@ use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::common::operation_limit;
+
 use crate::common::{self, Home, Run, eventually, is_root, kill, run, run_with_stdin};
 
 // ---------------------------------------------------------------------------
@@ -79,7 +81,12 @@ fn ndjson_lines(topic: &str, range: std::ops::Range<usize>, extra: &str) -> Stri
 
 /// `outboxctl flush --timeout S`, which must succeed; returns its JSON.
 fn flush(home: &Home) -> serde_json::Value {
-    let run = home.ctl(&["--json", "flush", "--timeout", "120"]);
+    let run = home.ctl(&[
+        "--json",
+        "flush",
+        "--timeout",
+        &crate::common::timeout_arg(crate::common::operation_limit()),
+    ]);
     assert_eq!(run.code, 0, "flush failed: {run:?}");
     run.json()
 }
@@ -92,15 +99,12 @@ fn drain_status(home: &Home) -> serde_json::Value {
 /// This home's spool's source id, as the daemon reports it.
 fn source_id(home: &Home) -> String {
     let mut source = None;
-    eventually("the drain reports its source id", LIMIT, || {
+    eventually("the drain reports its source id", operation_limit(), || {
         source = drain_status(home)["source_id"].as_str().map(str::to_string);
         source.is_some()
     });
     source.unwrap()
 }
-
-/// Generous bound for anything that waits on the daemon.
-const LIMIT: Duration = Duration::from_secs(60);
 
 /// An SQL string literal.
 fn lit(text: &str) -> String {
@@ -216,9 +220,11 @@ fn integrity(home: &Path) -> String {
 fn crash_and_reap(home: &Home, pid: i32) {
     let socket = home.paths().socket;
     home.crash_daemon(pid);
-    eventually("the killed daemon's socket is closed", LIMIT, || {
-        std::os::unix::net::UnixStream::connect(&socket).is_err()
-    });
+    eventually(
+        "the killed daemon's socket is closed",
+        operation_limit(),
+        || std::os::unix::net::UnixStream::connect(&socket).is_err(),
+    );
 }
 
 /// A small deterministic random generator (xorshift64*), seeded from the
@@ -261,6 +267,8 @@ struct Produced {
 /// joined) when dropped, also when the test fails.
 struct Producer {
     stop: Arc<AtomicBool>,
+    /// How many of its enqueues were accepted so far.
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
     thread: Option<JoinHandle<Produced>>,
 }
 
@@ -269,6 +277,8 @@ impl Producer {
     /// (one transaction, so their seqs are `first_seq..=last_seq`).
     fn spawn(home: &Home, topic: &'static str, batch: usize) -> Producer {
         let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = accepted.clone();
         let path = home.path.clone();
         let stopping = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -304,6 +314,9 @@ impl Producer {
                         None
                     }
                 };
+                if seqs.is_some() {
+                    counted.fetch_add(1, Ordering::AcqRel);
+                }
                 for seq in seqs.into_iter().flatten() {
                     assert!(produced.accepted.insert(seq), "seq {seq} handed out twice");
                 }
@@ -313,8 +326,14 @@ impl Producer {
         });
         Producer {
             stop,
+            accepted,
             thread: Some(thread),
         }
+    }
+
+    /// How many of its enqueues were accepted so far.
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::Acquire)
     }
 
     fn finish(mut self) -> Produced {
@@ -407,7 +426,7 @@ type Expected = (
 
 #[test]
 fn events_enqueued_while_the_daemon_is_down_land_once_and_in_order() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     // (topic, key, id, payload): what each accepted event must look like.
     let mut expected: Vec<Expected> = Vec::new();
     let singles: [(&str, Option<&str>, Option<&str>, &str); 5] = [
@@ -541,9 +560,11 @@ fn events_enqueued_while_the_daemon_is_down_land_once_and_in_order() {
     assert_eq!(drain["queued"], 0, "{drain}");
     assert_eq!(drain["dead_letters"], 0, "{drain}");
     assert_eq!(drain["cursor"], *seqs.last().unwrap(), "{drain}");
-    eventually("the spool deletes drained events", LIMIT, || {
-        spool_rows(&home.path) == 0
-    });
+    eventually(
+        "the spool deletes drained events",
+        operation_limit(),
+        || spool_rows(&home.path) == 0,
+    );
     home.stop();
 }
 
@@ -554,7 +575,7 @@ fn events_enqueued_while_the_daemon_is_down_land_once_and_in_order() {
 #[test]
 fn kill_9_of_the_daemon_in_a_loop_loses_and_duplicates_nothing() {
     const ROUNDS: usize = 12;
-    let home = Home::new();
+    let home = Home::with_cluster();
     home.start();
     let source = source_id(&home);
     let mut rng = Rng::from_clock();
@@ -573,7 +594,18 @@ fn kill_9_of_the_daemon_in_a_loop_loses_and_duplicates_nothing() {
         let started = home.ctl(&["start"]);
         assert_eq!(started.code, 0, "start after crash {round}: {started:?}");
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // Each producer enqueues again while the last daemon runs.
+    let before: Vec<usize> = producers.iter().map(Producer::accepted).collect();
+    eventually(
+        "each producer enqueues after the last start",
+        operation_limit(),
+        || {
+            producers
+                .iter()
+                .zip(&before)
+                .all(|(p, &n)| p.accepted() > n)
+        },
+    );
     let mut accepted = BTreeSet::new();
     for (name, producer) in ["single", "batch"].into_iter().zip(producers) {
         let produced = producer.finish();
@@ -621,7 +653,7 @@ fn kill_9_of_the_daemon_in_a_loop_loses_and_duplicates_nothing() {
 #[test]
 fn kill_9_of_the_postmaster_during_a_drain_loses_and_duplicates_nothing() {
     const EVENTS: usize = 20_000;
-    let home = Home::new();
+    let home = Home::with_cluster();
     // Small transactions, so the backlog takes hundreds of them.
     home.write_config("drain_batch_max = 50\n");
     let run = enqueue_ndjson(&home, &ndjson_lines("backlog", 0..EVENTS, ""), &[]);
@@ -632,7 +664,7 @@ fn kill_9_of_the_postmaster_during_a_drain_loses_and_duplicates_nothing() {
     // Once the drain has committed its first batches (before that it has
     // no connection that could fail).
     let mut status = home.status();
-    eventually("the drain has started", LIMIT, || {
+    eventually("the drain has started", operation_limit(), || {
         status = home.status();
         status["drain"]["cursor"].as_i64() > Some(0)
     });
@@ -645,10 +677,10 @@ fn kill_9_of_the_postmaster_during_a_drain_loses_and_duplicates_nothing() {
     kill(postmaster, libc::SIGKILL);
     eprintln!("killed the postmaster with the drain's cursor at {cursor} of {EVENTS}");
 
-    eventually("the drain reports the failure", LIMIT, || {
+    eventually("the drain reports the failure", operation_limit(), || {
         drain_status(&home)["last_error"].is_string()
     });
-    eventually("the daemon restarts PostgreSQL", LIMIT, || {
+    eventually("the daemon restarts PostgreSQL", operation_limit(), || {
         let pg = &home.status()["postgres"];
         pg["state"] == "running" && pg["pid"].as_i64().is_some_and(|p| p != postmaster as i64)
     });
@@ -679,7 +711,7 @@ fn eight_concurrent_producers_never_see_busy_and_all_events_land() {
     const PRODUCERS: usize = 8;
     const SINGLES: usize = 80;
     const BATCHED: usize = 250;
-    let home = Home::new();
+    let home = Home::with_cluster();
     home.start();
     let source = source_id(&home);
     let threads: Vec<JoinHandle<Vec<Run>>> = (0..PRODUCERS)
@@ -821,7 +853,7 @@ fn as_root_eight_first_producers_on_a_new_home_all_succeed() {
 
 #[test]
 fn the_socket_enqueue_op_validates_and_its_events_land() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     home.start();
     let source = source_id(&home);
     let mut raw = common::Raw::connect(&home.socket());
@@ -875,13 +907,13 @@ fn the_socket_enqueue_op_validates_and_its_events_land() {
 #[test]
 fn a_clean_stop_in_the_middle_of_a_backlog_loses_and_duplicates_nothing() {
     const EVENTS: usize = 10_000;
-    let home = Home::new();
+    let home = Home::with_cluster();
     home.write_config("drain_batch_max = 50\n");
     let run = enqueue_ndjson(&home, &ndjson_lines("stopped", 0..EVENTS, ""), &[]);
     assert_eq!(run.code, 0, "{run:?}");
     home.start();
     let mut cursor = 0;
-    eventually("the drain has started", LIMIT, || {
+    eventually("the drain has started", operation_limit(), || {
         cursor = drain_status(&home)["cursor"].as_i64().unwrap_or(0);
         cursor > 0
     });
@@ -911,7 +943,7 @@ fn a_clean_stop_in_the_middle_of_a_backlog_loses_and_duplicates_nothing() {
 fn a_poison_row_is_dead_lettered_its_neighbours_land_and_requeue_works() {
     const EVENTS: usize = 50;
     const POISON: [usize; 2] = [17, 33];
-    let home = Home::new();
+    let home = Home::with_cluster();
     home.start();
     enqueue_ok(&home, "setup", "{}");
     flush(&home);
@@ -1272,7 +1304,7 @@ fn a_full_disk_is_refused_clearly_and_corrupts_nothing() {
 
 #[test]
 fn listen_gets_a_notification_after_a_drain() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     home.start();
     enqueue_ok(&home, "warmup", "0");
     flush(&home);
@@ -1301,7 +1333,7 @@ fn listen_gets_a_notification_after_a_drain() {
         });
         client.batch_execute("LISTEN outbox_events").await.unwrap();
         let seq = enqueue_ok(&home, "listened", r#"{"hello": "listener"}"#);
-        let note = tokio::time::timeout(LIMIT, notes.recv())
+        let note = tokio::time::timeout(operation_limit(), notes.recv())
             .await
             .expect("a notification within the limit")
             .expect("the connection stays open");
@@ -1318,7 +1350,7 @@ fn listen_gets_a_notification_after_a_drain() {
 
 #[test]
 fn tail_f_prints_a_newly_enqueued_event() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     home.start();
     enqueue_ok(&home, "followed", r#"{"marker": "before-tail"}"#);
     enqueue_ok(&home, "other", r#"{"marker": "other-topic"}"#);
@@ -1346,16 +1378,16 @@ fn tail_f_prints_a_newly_enqueued_event() {
         }
     });
     // The last event first: then tail is listening.
-    wait_for_line(&lines, "before-tail", LIMIT);
+    wait_for_line(&lines, "before-tail", operation_limit());
     let seq = enqueue_ok(&home, "followed", r#"{"marker": "after-tail"}"#);
     enqueue_ok(&home, "other", r#"{"marker": "not-followed"}"#);
-    let line = wait_for_line(&lines, "after-tail", LIMIT);
+    let line = wait_for_line(&lines, "after-tail", operation_limit());
     assert!(line.contains(&format!("seq {seq}")), "{line}");
     assert!(line.contains("followed"), "{line}");
     // Then a third, to see that it keeps following, and that the other
     // topic never showed.
     let third = enqueue_ok(&home, "followed", r#"{"marker": "third"}"#);
-    let line = wait_for_line(&lines, "third", LIMIT);
+    let line = wait_for_line(&lines, "third", operation_limit());
     assert!(line.contains(&format!("seq {third}")), "{line}");
     while let Ok(line) = lines.try_recv() {
         assert!(!line.contains("not-followed"), "--topic filters: {line}");
@@ -1371,7 +1403,7 @@ fn tail_f_prints_a_newly_enqueued_event() {
 #[test]
 fn two_homes_drain_into_one_external_postgres_apart_and_exactly_once() {
     const EVENTS: usize = 300;
-    let server = Home::new();
+    let server = Home::with_cluster();
     server.start();
     let url = server.ctl(&["url", "--with-password"]);
     assert_eq!(url.code, 0, "{url:?}");
@@ -1440,7 +1472,7 @@ fn two_homes_drain_into_one_external_postgres_apart_and_exactly_once() {
 
 #[test]
 fn a_paused_drain_keeps_events_queued_until_resumed() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     home.start();
     enqueue_ok(&home, "before", "0");
     flush(&home);
@@ -1451,8 +1483,13 @@ fn a_paused_drain_keeps_events_queued_until_resumed() {
     let run = enqueue_ndjson(&home, &ndjson_lines("paused", 0..25, ""), &[]);
     assert_eq!(run.code, 0, "{run:?}");
     let last = run.json()["last_seq"].as_i64().unwrap();
-    // Nothing moves while paused (give the drain time to prove it wrong).
-    std::thread::sleep(Duration::from_millis(700));
+    // Nothing moves while paused: once the drain has counted the 25 events
+    // (it has seen them), it must still hold them.
+    eventually(
+        "the paused drain counts the queued events",
+        operation_limit(),
+        || drain_status(&home)["queued"] == 25,
+    );
     let drain = drain_status(&home);
     assert_eq!(drain["state"], "paused", "{drain}");
     assert_eq!(drain["cursor"], 1, "{drain}");
@@ -1462,7 +1499,11 @@ fn a_paused_drain_keeps_events_queued_until_resumed() {
         "0"
     );
     // Flush fails at once with the reason (not after its timeout).
-    let refused = home.ctl(&["flush", "--timeout", "60"]);
+    let refused = home.ctl(&[
+        "flush",
+        "--timeout",
+        &crate::common::timeout_arg(crate::common::operation_limit()),
+    ]);
     assert_ne!(refused.code, 0, "{refused:?}");
     assert!(refused.stderr.contains("paused"), "{refused:?}");
     assert!(
@@ -1483,14 +1524,18 @@ fn a_paused_drain_keeps_events_queued_until_resumed() {
 
 #[test]
 fn status_counts_events_queued_while_the_drain_is_paused() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     home.start();
     flush(&home);
     assert_eq!(home.ctl(&["stop", "drain"]).code, 0);
     let run = enqueue_ndjson(&home, &ndjson_lines("paused", 0..25, ""), &[]);
     assert_eq!(run.code, 0, "{run:?}");
-    // Status is refreshed at most every 500 ms; give it ten times that.
-    std::thread::sleep(Duration::from_secs(5));
+    // Status is refreshed at most every 500 ms.
+    eventually(
+        "status counts the queued events",
+        crate::common::react_limit(),
+        || drain_status(&home)["queued"] == 25,
+    );
     let drain = drain_status(&home);
     assert_eq!(drain["state"], "paused", "{drain}");
     assert_eq!(drain["queued"], 25, "status shows what waits: {drain}");
@@ -1507,7 +1552,7 @@ fn status_counts_events_queued_while_the_drain_is_paused() {
 
 #[test]
 fn a_drain_that_keeps_failing_is_reported_stuck() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     home.write_config("stuck_after_secs = 1\n");
     home.start();
     enqueue_ok(&home, "before", "0");
@@ -1521,10 +1566,13 @@ fn a_drain_that_keeps_failing_is_reported_stuck() {
          FOR EACH ROW EXECUTE FUNCTION outbox.refuse()",
     );
     enqueue_ok(&home, "blocked", "1");
-    eventually("the drain fails", LIMIT, || {
+    eventually("the drain fails", operation_limit(), || {
         drain_status(&home)["consecutive_failures"].as_u64() >= Some(2)
     });
-    std::thread::sleep(Duration::from_secs(4));
+    // Nothing moves for longer than stuck_after (1 s): the drain says so.
+    eventually("the drain is reported stuck", operation_limit(), || {
+        drain_status(&home)["stuck"] == true
+    });
     let status = home.ctl(&["status", "--json"]);
     let drain = &status.json()["drain"];
     assert!(
@@ -1534,7 +1582,7 @@ fn a_drain_that_keeps_failing_is_reported_stuck() {
     assert_eq!(drain["queued"], 1, "{drain}");
     assert_eq!(
         drain["stuck"], true,
-        "nothing moved for 4 s > stuck_after 1 s: {drain}"
+        "nothing moved for longer than stuck_after 1 s: {drain}"
     );
     assert_eq!(status.code, 150, "degraded: {status:?}");
     home.stop();
@@ -1542,7 +1590,7 @@ fn a_drain_that_keeps_failing_is_reported_stuck() {
 
 #[test]
 fn flush_reports_dead_letters_the_drain_moved_before_it_was_asked() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     home.start();
     enqueue_ok(&home, "setup", "{}");
     flush(&home);
@@ -1550,7 +1598,7 @@ fn flush_reports_dead_letters_the_drain_moved_before_it_was_asked() {
         "ALTER TABLE outbox.events ADD CONSTRAINT no_poison CHECK (NOT (payload ? 'poison'))",
     );
     let seq = enqueue_ok(&home, "poison", r#"{"poison": true}"#);
-    eventually("the drain passed the poison row", LIMIT, || {
+    eventually("the drain passed the poison row", operation_limit(), || {
         drain_status(&home)["cursor"].as_i64() >= Some(seq)
     });
     let run = home.ctl(&["--json", "flush"]);
@@ -1571,21 +1619,34 @@ fn flush_reports_dead_letters_the_drain_moved_before_it_was_asked() {
 
 #[test]
 fn start_while_a_hung_daemon_dies_starts_a_new_one() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     let hung = home.start();
+    let socket = home.socket();
+    if common::pending_connections(&socket).is_none() {
+        return common::skip("ss (iproute2) is not installed: the race window cannot be seen");
+    }
     // A daemon that holds the lock but does not answer (as one that is
     // dying does for a moment after kill -9).
     kill(hung, libc::SIGSTOP);
     let start = home
-        .ctl_command(&["start", "--timeout", "60"])
+        .ctl_command(&[
+            "start",
+            "--timeout",
+            &crate::common::timeout_arg(crate::common::operation_limit()),
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Give `start` time to find the lock held (it then waits for that
-    // daemon), then the hung daemon dies.
-    std::thread::sleep(Duration::from_secs(1));
+    // `start` finds the lock held and asks the hung daemon, which does not
+    // accept: its connection waits in the socket's queue. Then (and only
+    // then) the hung daemon dies.
+    eventually(
+        "start has asked the hung daemon (a connection waits on its socket)",
+        operation_limit(),
+        || common::pending_connections(&socket).unwrap_or(0) > 0,
+    );
     kill(hung, libc::SIGKILL);
     let run = common::wait_output(start);
     assert_eq!(
@@ -1620,7 +1681,7 @@ fn copy_spool(from: &Home, to: &Home) {
 
 #[test]
 fn a_copied_home_never_loses_its_events_silently() {
-    let server = Home::new();
+    let server = Home::with_cluster();
     server.start();
     let url = server
         .ctl(&["url", "--with-password"])
@@ -1659,7 +1720,12 @@ fn a_copied_home_never_loses_its_events_silently() {
     assert_eq!(seq, 4);
     copy.start();
     assert_eq!(source_id(&copy), source, "the copy shares the source id");
-    let flushed = copy.ctl(&["--json", "flush", "--timeout", "10"]);
+    let flushed = copy.ctl(&[
+        "--json",
+        "flush",
+        "--timeout",
+        &crate::common::timeout_arg(crate::common::react_limit()),
+    ]);
     let in_postgres =
         server.query("SELECT count(*) FROM outbox.events WHERE payload->>'from' = 'copy'");
     assert!(
@@ -1670,7 +1736,16 @@ fn a_copied_home_never_loses_its_events_silently() {
     // Nor may the copy's event vanish: it stays in its spool while the
     // conflict stands, whatever the copy drains next.
     enqueue_ok(&copy, "shared", r#"{"from": "copy", "n": 5}"#);
-    std::thread::sleep(Duration::from_secs(2));
+    // Until the copy's drain has stopped on the conflict (it drains nothing
+    // more) or has moved past seq 5 (it drained what came next).
+    eventually(
+        "the copy's drain stops or passes seq 5",
+        operation_limit(),
+        || {
+            let drain = drain_status(&copy);
+            drain["state"] == "failed" || drain["cursor"].as_i64() >= Some(5)
+        },
+    );
     let kept = open_spool(&copy.path)
         .query_row(
             "SELECT count(*) FROM events WHERE seq = 4 AND payload LIKE '%\"copy\"%'",

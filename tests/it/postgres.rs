@@ -79,7 +79,7 @@ fn cold_start_warm_start_query_and_clean_stop() {
 
 #[test]
 fn kill_9_of_the_daemon_then_start_leaves_exactly_one_postmaster() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     let daemon = home.start();
     let before = postgres_pid(&home);
     home.crash_daemon(daemon);
@@ -95,7 +95,7 @@ fn kill_9_of_the_daemon_then_start_leaves_exactly_one_postmaster() {
     let now = postgres_pid(&home);
     eventually(
         "exactly one postmaster runs",
-        Duration::from_secs(30),
+        crate::common::settle_limit(),
         || home.postmasters() == vec![now as i32],
     );
     let log = std::fs::read_to_string(home.paths().log_file).unwrap();
@@ -109,7 +109,7 @@ fn kill_9_of_the_daemon_then_start_leaves_exactly_one_postmaster() {
 
 #[test]
 fn kill_9_of_the_daemon_then_stop_leaves_nothing_running() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     let daemon = home.start();
     home.crash_daemon(daemon);
     assert!(!home.postmasters().is_empty());
@@ -120,21 +120,27 @@ fn kill_9_of_the_daemon_then_stop_leaves_nothing_running() {
         stop.stdout.contains("orphaned PostgreSQL"),
         "stop says what it did: {stop:?}"
     );
-    eventually("nothing of the home runs", Duration::from_secs(10), || {
-        crate::common::processes_mentioning(&home.path).is_empty()
-    });
+    eventually(
+        "nothing of the home runs",
+        crate::common::react_limit(),
+        || crate::common::processes_mentioning(&home.path).is_empty(),
+    );
 }
 
 #[test]
 fn a_killed_postmaster_is_restarted_and_status_shows_it() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     home.start();
     let first = postgres_pid(&home);
     kill(first as i32, libc::SIGKILL);
-    eventually("PostgreSQL is restarted", Duration::from_secs(60), || {
-        let pg = &home.status()["postgres"];
-        pg["state"] == "running" && pg["restarts"] == 1 && pg["pid"].as_i64() != Some(first)
-    });
+    eventually(
+        "PostgreSQL is restarted",
+        crate::common::operation_limit(),
+        || {
+            let pg = &home.status()["postgres"];
+            pg["state"] == "running" && pg["restarts"] == 1 && pg["pid"].as_i64() != Some(first)
+        },
+    );
     let status = home.status();
     let failure = status["postgres"]["last_failure"].as_str().unwrap();
     assert!(failure.contains("signal 9"), "{failure}");
@@ -146,7 +152,7 @@ fn a_killed_postmaster_is_restarted_and_status_shows_it() {
 
 #[test]
 fn postgres_can_be_stopped_for_maintenance_and_started_again() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     home.start();
     let stop = home.ctl(&["stop", "postgres"]);
     assert_eq!(stop.code, 0, "{stop:?}");
@@ -156,8 +162,9 @@ fn postgres_can_be_stopped_for_maintenance_and_started_again() {
     assert!(status.stdout.contains("postgres is stopped"), "{status:?}");
 
     // It stays stopped: maintenance is not a crash.
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(home.postmasters().is_empty());
+    crate::common::holds_for("no postmaster runs", Duration::from_millis(300), || {
+        home.postmasters().is_empty()
+    });
 
     let start = home.ctl(&["start", "postgres"]);
     assert_eq!(start.code, 0, "{start:?}");
@@ -174,7 +181,7 @@ fn postgres_can_be_stopped_for_maintenance_and_started_again() {
 
 #[test]
 fn the_password_stays_secret() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     home.start();
     let secret = home.secret();
     assert!(secret.len() >= 32);
@@ -222,8 +229,9 @@ fn missing_binaries_are_a_clear_error() {
 #[test]
 fn as_root_postgres_runs_as_an_unprivileged_account() {
     if !crate::common::is_root() {
-        eprintln!("skipped: needs root");
-        return;
+        return crate::common::skip(
+            "needs root: root handing PostgreSQL to another account is under test",
+        );
     }
     let home = Home::new();
     home.start();
@@ -267,7 +275,7 @@ fn as_root_postgres_runs_as_an_unprivileged_account() {
 #[test]
 fn external_mode_uses_an_existing_server_and_starts_nothing() {
     // The "existing server": a PostgreSQL that another home's daemon runs.
-    let server = Home::new();
+    let server = Home::with_cluster();
     server.start();
     let url = server
         .ctl(&["url", "--with-password"])
@@ -281,7 +289,7 @@ fn external_mode_uses_an_existing_server_and_starts_nothing() {
     home.start();
     eventually(
         "the external server is checked",
-        Duration::from_secs(30),
+        crate::common::settle_limit(),
         || home.status()["postgres"]["state"] == "running",
     );
     let status = home.ctl(&["status", "--json"]);
@@ -371,7 +379,7 @@ fn kill_9_during_initdb_then_start_recovers() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        eventually("initdb begins", Duration::from_secs(30), || {
+        eventually("initdb begins", crate::common::settle_limit(), || {
             let events = listener
                 .recv(Duration::from_millis(20))
                 .unwrap()
@@ -396,7 +404,7 @@ fn kill_9_during_initdb_then_start_recovers() {
 
 #[test]
 fn a_stale_postmaster_pid_naming_a_reused_pid_is_never_signalled() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     home.start();
     home.stop();
     // As if PostgreSQL had died and its pid had gone to an unrelated program.
@@ -450,7 +458,7 @@ fn no_temporary_directories_are_left_behind() {
 
 #[test]
 fn a_zombie_postmaster_does_not_block_the_next_start() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     let daemon = home.start();
     let postmaster = postgres_pid(&home) as i32;
     // Freeze the daemon so that it cannot reap its postmaster, kill the
@@ -469,8 +477,7 @@ fn a_zombie_postmaster_does_not_block_the_next_start() {
 #[test]
 fn as_root_a_home_of_an_ordinary_user_stays_theirs() {
     if !crate::common::is_root() {
-        eprintln!("skipped: needs root");
-        return;
+        return crate::common::skip("needs root: root starting a home of nobody is under test");
     }
     let home = Home::new();
     std::os::unix::fs::chown(

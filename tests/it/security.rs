@@ -11,7 +11,6 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use crate::common::{Foreground, Guard, Home, TempUser, is_root, kill, run, skip, wait_until};
 
@@ -261,7 +260,10 @@ impl FakePg {
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped()),
         );
-        let port = guard.first_line(Duration::from_secs(30)).parse().unwrap();
+        let port = guard
+            .first_line(crate::common::settle_limit())
+            .parse()
+            .unwrap();
         FakePg {
             _guard: guard,
             _dir: dir,
@@ -292,7 +294,7 @@ fn fake_daemon(user: Option<&TempUser>, args: &[&std::ffi::OsStr]) -> Guard {
         .stdin(Stdio::null())
         .stdout(Stdio::piped());
     let mut guard = Guard::spawn(&mut command);
-    assert_eq!(guard.first_line(Duration::from_secs(30)), "ready");
+    assert_eq!(guard.first_line(crate::common::settle_limit()), "ready");
     guard
 }
 
@@ -454,7 +456,7 @@ fn root_never_hands_existing_content_to_another_account() {
     let before = owners(&sub);
 
     let mut daemon = Foreground::spawn(&home.path, &["--user", &other.name]);
-    let outcome = daemon.ready_or_exit(crate::common::COMMAND_LIMIT);
+    let outcome = daemon.ready_or_exit(crate::common::command_limit());
     assert_eq!(
         owners(&sub),
         before,
@@ -516,7 +518,7 @@ fn a_reload_never_quotes_a_root_only_file_into_the_log() {
     let before = home.log().len();
     kill(pid, libc::SIGHUP);
     // Until the daemon has said something about the reload (bounded).
-    wait_until(Duration::from_secs(10), || {
+    wait_until(crate::common::react_limit(), || {
         home.log()
             .get(before..)
             .is_some_and(|new| new.contains("config"))
@@ -541,7 +543,7 @@ fn a_reload_never_quotes_a_root_only_file_into_the_log() {
 fn outboxctl_refuses_a_lock_holder_that_answers_with_another_daemons_socket() {
     let test = "security::outboxctl_refuses_a_lock_holder_that_answers_with_another_daemons_socket";
     let Some(user) = temp_user(test) else { return };
-    let other = Home::new();
+    let other = Home::with_cluster();
     let other_pid = other.start();
     let home = Home::owned_by(&user);
     let _fake = fake_daemon(
@@ -710,7 +712,7 @@ fn stop_never_stops_another_users_cluster_through_a_symlinked_pg_data() {
     } else {
         None
     };
-    let other = Home::new();
+    let other = Home::with_cluster();
     other.start();
     let postmaster = other.status()["postgres"]["pid"].as_i64().unwrap() as i32;
     let home = match &user {

@@ -512,7 +512,7 @@ impl Drop for Namespace {
         let _ = Command::new(&self.tool).arg("stop").arg(&self.pid).status();
         // Killing its init ends everything in the pid namespace; the state
         // directory is on the real /var/lib.
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + crate::common::react_limit();
         while Path::new(&format!("/proc/{}", self.pid)).exists() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -652,7 +652,7 @@ fn the_system_unit_runs_under_real_systemd() {
 
     // Reload: SIGHUP, the same process.
     ns.ok(&["systemctl", "reload", "outboxd"]);
-    let reloaded = crate::common::wait_until(Duration::from_secs(10), || {
+    let reloaded = crate::common::wait_until(crate::common::react_limit(), || {
         ns.journal(&cursor).contains("reloaded the configuration")
     });
     assert!(
@@ -684,7 +684,7 @@ fn the_system_unit_runs_under_real_systemd() {
 
     // A daemon that sends none (frozen) is killed and started again.
     ns.ok(&["kill", "-STOP", &main_pid]);
-    let restarted = crate::common::wait_until(Duration::from_secs(30), || {
+    let restarted = crate::common::wait_until(crate::common::settle_limit(), || {
         ns.property("NRestarts") == "1"
             && ns.property("ActiveState") == "active"
             && ns.property("SubState") == "running"

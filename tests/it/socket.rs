@@ -4,7 +4,6 @@
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
 
 use crate::common::{Home, Raw};
 use outboxd::exit_code;
@@ -18,7 +17,7 @@ fn assert_serving(home: &Home) {
 
 #[test]
 fn hello_and_status_speak_protocol_1() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     let pid = home.start();
     let mut raw = Raw::connect(&home.socket());
     let hello = raw.call(r#"{"id":"h","op":"hello","protocol":1,"client":"test"}"#);
@@ -37,7 +36,7 @@ fn hello_and_status_speak_protocol_1() {
 
 #[test]
 fn malformed_requests_get_stable_error_codes() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     home.start();
     let mut raw = Raw::connect(&home.socket());
     let cases: &[(&[u8], &str)] = &[
@@ -64,7 +63,7 @@ fn malformed_requests_get_stable_error_codes() {
 
 #[test]
 fn a_16_mib_line_is_refused_and_the_connection_closed() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     home.start();
     let socket = home.socket();
     let mut raw = Raw::connect(&socket);
@@ -94,7 +93,7 @@ fn a_16_mib_line_is_refused_and_the_connection_closed() {
 
 #[test]
 fn a_silent_connection_is_closed_after_the_idle_timeout() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     home.write_config("idle_timeout_secs = 0.5\n");
     home.start();
     let mut raw = Raw::connect(&home.socket());
@@ -106,7 +105,7 @@ fn a_silent_connection_is_closed_after_the_idle_timeout() {
 
 #[test]
 fn five_hundred_idle_connections_do_not_lock_out_status() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     home.start();
     let socket = home.socket();
     let idle: Vec<UnixStream> = (0..500)
@@ -120,7 +119,7 @@ fn five_hundred_idle_connections_do_not_lock_out_status() {
         .iter()
         .filter(|stream| {
             stream
-                .set_read_timeout(Some(Duration::from_secs(10)))
+                .set_read_timeout(Some(crate::common::react_limit()))
                 .unwrap();
             let mut byte = [0u8; 1];
             matches!(
@@ -139,10 +138,9 @@ fn five_hundred_idle_connections_do_not_lock_out_status() {
 #[test]
 fn a_client_of_another_user_is_forbidden() {
     if !crate::common::is_root() {
-        eprintln!("skipped: needs root to act as another user");
-        return;
+        return crate::common::skip("needs root to act as another user");
     }
-    let home = Home::new();
+    let home = Home::with_cluster();
     let pid = home.start();
     let paths = home.paths();
     let (_bin, exe) = crate::common::ctl_for_other_users();
@@ -196,7 +194,7 @@ fn a_client_of_another_user_is_forbidden() {
 
 #[test]
 fn sighup_reloads_the_limits_and_a_bad_file_changes_nothing() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     let pid = home.start();
     let log = home.paths().log_file;
     let count = |needle: &str| {
@@ -210,7 +208,7 @@ fn sighup_reloads_the_limits_and_a_bad_file_changes_nothing() {
     crate::common::kill(pid, libc::SIGHUP);
     crate::common::eventually(
         "the configuration is reloaded",
-        Duration::from_secs(30),
+        crate::common::settle_limit(),
         || count("reloaded the configuration") == 1,
     );
     let mut raw = Raw::connect(&home.socket());
@@ -221,9 +219,11 @@ fn sighup_reloads_the_limits_and_a_bad_file_changes_nothing() {
 
     home.write_config("idle_timeout_secs = \"soon\"\n");
     crate::common::kill(pid, libc::SIGHUP);
-    crate::common::eventually("the bad file is refused", Duration::from_secs(30), || {
-        count("kept the running configuration") == 1
-    });
+    crate::common::eventually(
+        "the bad file is refused",
+        crate::common::settle_limit(),
+        || count("kept the running configuration") == 1,
+    );
     assert_serving(&home);
     let mut raw = Raw::connect(&home.socket());
     assert_eq!(

@@ -4,7 +4,6 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
-use std::time::Duration;
 
 use crate::common::{Home, OUTBOXD, eventually, is_root, kill, run};
 use outboxd::exit_code;
@@ -15,7 +14,7 @@ fn code(n: u8) -> i32 {
 
 #[test]
 fn after_the_daemon_dies_status_names_its_postgres_and_a_stop_leaves_a_clean_home() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     let daemon = home.start();
     let postmaster = home.status()["postgres"]["pid"].as_i64().unwrap();
     home.crash_daemon(daemon);
@@ -44,7 +43,7 @@ fn after_the_daemon_dies_status_names_its_postgres_and_a_stop_leaves_a_clean_hom
 
 #[test]
 fn a_frozen_daemon_stopped_by_force_leaves_a_clean_home() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     let daemon = home.start();
     kill(daemon, libc::SIGSTOP);
     let stop = home.ctl(&["stop", "--timeout", "1"]);
@@ -63,8 +62,13 @@ fn a_start_that_gives_up_stops_what_it_started() {
     let start = home.ctl(&["start", "--timeout", "0.3"]);
     assert_eq!(start.code, code(exit_code::FAILURE), "{start:?}");
     assert!(start.stderr.contains("stopped again"), "{start:?}");
-    // Nothing goes on starting behind the user's back.
-    std::thread::sleep(Duration::from_secs(3));
+    // Nothing goes on starting behind the user's back: once nothing of the
+    // home runs, nothing is left that could start anything.
+    eventually(
+        "nothing of the home runs",
+        crate::common::settle_limit(),
+        || crate::common::processes_mentioning(&home.path).is_empty(),
+    );
     assert!(home.daemons().is_empty(), "a daemon was left running");
     assert!(
         home.postmasters().is_empty(),
@@ -110,8 +114,8 @@ fn a_home_that_is_a_file_is_said_to_be_a_file() {
 
 #[test]
 fn daemonize_on_a_running_home_exits_3_and_leaves_its_log_alone() {
-    let home = Home::new();
-    home.start();
+    let home = Home::with_cluster();
+    let first = home.start();
     let log = home.paths().log_file;
     let before = std::fs::read_to_string(&log).unwrap();
     let second = run(Command::new(OUTBOXD)
@@ -120,7 +124,12 @@ fn daemonize_on_a_running_home_exits_3_and_leaves_its_log_alone() {
         .arg(&home.path));
     assert_eq!(second.code, code(exit_code::ALREADY_RUNNING), "{second:?}");
     assert!(second.stderr.contains("already running"), "{second:?}");
-    std::thread::sleep(Duration::from_millis(300));
+    // Whatever the second daemon forked has gone too: only the first runs.
+    eventually(
+        "only the first daemon runs",
+        crate::common::settle_limit(),
+        || home.daemons() == vec![first],
+    );
     let after = std::fs::read_to_string(&log).unwrap();
     assert!(
         !after[before.len()..].contains("ERROR"),
@@ -151,7 +160,7 @@ fn as_root_a_new_nested_home_is_reachable_by_its_account() {
 
 #[test]
 fn a_config_typo_is_shown_once_with_its_lines_and_logged() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     // An earlier, successful run leaves lines in the log.
     home.start();
     home.stop();
@@ -198,7 +207,7 @@ fn a_port_clash_shows_postgres_own_reason() {
 
 #[test]
 fn psql_comes_from_the_servers_bin_directory() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     home.start();
     let psql = run(home
         .ctl_command(&["psql", "-tA", "-c", "select 40 + 2"])
@@ -290,7 +299,7 @@ fn an_ordinary_user_on_a_root_home_is_told_what_to_do() {
 
 #[test]
 fn restart_json_is_one_document_and_logs_json_is_refused() {
-    let home = Home::new();
+    let home = Home::with_cluster();
     home.start();
     let restart = home.ctl(&["restart", "--json"]);
     assert_eq!(restart.code, 0, "{restart:?}");
@@ -303,7 +312,7 @@ fn restart_json_is_one_document_and_logs_json_is_refused() {
     assert_ne!(logs.code, 0, "{logs:?}");
     let version = run(Command::new(crate::common::OUTBOXCTL).arg("--version"));
     assert!(version.stdout.starts_with("outboxctl "), "{version:?}");
-    eventually("running", Duration::from_secs(10), || {
+    eventually("running", crate::common::react_limit(), || {
         home.status()["state"] == "running"
     });
     home.stop();
