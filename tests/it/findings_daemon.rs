@@ -764,9 +764,7 @@ fn verify_ca_and_verify_full_check_the_servers_certificate() {
 
     // The server: a home's embedded PostgreSQL on TCP, TLS only.
     let server = Home::new();
-    let port = crate::common::free_port();
-    server.write_config(&format!("pg_port = {port}\n"));
-    server.start();
+    let port = crate::common::start_on_tcp_port(&server);
     let data = server.paths().pg_data;
     let owner = std::fs::metadata(&data).unwrap();
     for file in ["server.key", "server.crt"] {
