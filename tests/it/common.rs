@@ -111,18 +111,36 @@ impl Run {
     }
 }
 
+/// Spawns `command`, again while the kernel says its program is busy
+/// (`ETXTBSY`): a binary a test has just copied (for another account) is
+/// busy while any child forked meanwhile by another test's thread still
+/// holds the copy's descriptor, until that child execs.
+pub fn spawn(command: &mut Command) -> Child {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match command.spawn() {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ExecutableFileBusy
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            spawned => return spawned.expect("spawn command"),
+        }
+    }
+}
+
 /// Runs a command to completion, failing the test if it hangs. Its output
 /// goes to files, not pipes: a daemon it leaves running (holding what it
 /// inherited) cannot keep the reader waiting.
 pub fn run(command: &mut Command) -> Run {
     let stdout = tempfile::NamedTempFile::new().expect("create a temporary file");
     let stderr = tempfile::NamedTempFile::new().expect("create a temporary file");
-    let mut child = command
+    command
         .stdin(Stdio::null())
         .stdout(stdout.reopen().expect("reopen"))
-        .stderr(stderr.reopen().expect("reopen"))
-        .spawn()
-        .expect("spawn command");
+        .stderr(stderr.reopen().expect("reopen"));
+    let mut child = spawn(command);
     let status = wait_exit(&mut child);
     let read = |file: &tempfile::NamedTempFile| {
         String::from_utf8_lossy(&std::fs::read(file.path()).unwrap_or_default()).into_owned()
@@ -164,12 +182,11 @@ pub fn entries(dir: &Path) -> Vec<PathBuf> {
 /// Runs a command with `input` on its standard input, to completion,
 /// failing the test if it hangs.
 pub fn run_with_stdin(command: &mut Command, input: &[u8]) -> Run {
-    let mut child = command
+    command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn command");
+        .stderr(Stdio::piped());
+    let mut child = spawn(command);
     let mut stdin = child.stdin.take().expect("piped stdin");
     let input = input.to_vec();
     // A writer thread: the child may fail (and stop reading) half-way.
@@ -746,10 +763,9 @@ pub struct Guard {
 
 impl Guard {
     pub fn spawn(command: &mut Command) -> Guard {
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {command:?}: {e}"));
-        Guard { child }
+        Guard {
+            child: spawn(command),
+        }
     }
 
     pub fn pid(&self) -> i32 {
