@@ -1162,3 +1162,58 @@ fn remove_stale_templates() {
         }
     }
 }
+
+/// A throwaway group, removed when dropped.
+pub struct TempGroup {
+    pub name: String,
+    pub gid: u32,
+}
+
+impl TempGroup {
+    pub fn create() -> Result<TempGroup, String> {
+        let name = format!(
+            "outboxd-g{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        for _ in 0..40 {
+            let made = Command::new("groupadd").arg("--system").arg(&name).output();
+            if made.as_ref().is_ok_and(|o| o.status.success()) {
+                let gid = outboxd::account::group_id(&name)
+                    .ok()
+                    .flatten()
+                    .ok_or("groupadd made a group that cannot be looked up")?;
+                return Ok(TempGroup { name, gid });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err("groupadd failed".into())
+    }
+
+    pub fn add(&self, user: &TempUser) {
+        for _ in 0..40 {
+            let added = Command::new("usermod")
+                .args(["-aG", &self.name, &user.name])
+                .output();
+            if added.is_ok_and(|o| o.status.success()) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("usermod -aG {} {} failed", self.name, user.name);
+    }
+}
+
+impl Drop for TempGroup {
+    fn drop(&mut self) {
+        for _ in 0..40 {
+            if Command::new("groupdel")
+                .arg(&self.name)
+                .output()
+                .is_ok_and(|o| o.status.success())
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

@@ -13,7 +13,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    Foreground, Home, TempUser, eventually, is_root, kill, postmasters_on, run, skip, wait_until,
+    Foreground, Home, TempGroup, TempUser, eventually, is_root, kill, postmasters_on, run, skip,
+    wait_until,
 };
 
 /// A tmpfs mounted for one test (root only), unmounted when dropped.
@@ -251,61 +252,6 @@ fn a_panicking_task_does_not_leave_a_half_alive_daemon() {
 }
 
 // Item 6 -----------------------------------------------------------------
-
-/// A throwaway group, removed when dropped.
-struct TempGroup {
-    name: String,
-    gid: u32,
-}
-
-impl TempGroup {
-    fn create() -> Result<TempGroup, String> {
-        let name = format!(
-            "outboxd-g{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
-        for _ in 0..40 {
-            let made = Command::new("groupadd").arg("--system").arg(&name).output();
-            if made.as_ref().is_ok_and(|o| o.status.success()) {
-                let gid = outboxd::account::group_id(&name)
-                    .ok()
-                    .flatten()
-                    .ok_or("groupadd made a group that cannot be looked up")?;
-                return Ok(TempGroup { name, gid });
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Err("groupadd failed".into())
-    }
-
-    fn add(&self, user: &TempUser) {
-        for _ in 0..40 {
-            let added = Command::new("usermod")
-                .args(["-aG", &self.name, &user.name])
-                .output();
-            if added.is_ok_and(|o| o.status.success()) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("usermod -aG {} {} failed", self.name, user.name);
-    }
-}
-
-impl Drop for TempGroup {
-    fn drop(&mut self) {
-        for _ in 0..40 {
-            if Command::new("groupdel")
-                .arg(&self.name)
-                .output()
-                .is_ok_and(|o| o.status.success())
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
 
 /// A home owned by a throwaway account, open to a producer group with one
 /// member; `config` is added to `config.toml`.

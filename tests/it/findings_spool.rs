@@ -10,65 +10,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::common::{self, Home, Run, TempUser, eventually, skip};
+use crate::common::{self, Home, Run, TempGroup, TempUser, eventually, skip};
 
 /// Generous bound for anything that waits on the daemon.
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// A throwaway group, removed when dropped.
-struct TempGroup {
-    name: String,
-    gid: u32,
-}
-
-impl TempGroup {
-    fn create() -> Result<TempGroup, String> {
-        let name = format!(
-            "outboxd-g{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
-        for _ in 0..40 {
-            let made = Command::new("groupadd").arg("--system").arg(&name).output();
-            if made.as_ref().is_ok_and(|o| o.status.success()) {
-                let gid = outboxd::account::group_id(&name)
-                    .ok()
-                    .flatten()
-                    .ok_or("groupadd made a group that cannot be looked up")?;
-                return Ok(TempGroup { name, gid });
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Err("groupadd failed".into())
-    }
-
-    fn add(&self, user: &TempUser) {
-        for _ in 0..40 {
-            let added = Command::new("usermod")
-                .args(["-aG", &self.name, &user.name])
-                .output();
-            if added.is_ok_and(|o| o.status.success()) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("usermod -aG {} {} failed", self.name, user.name);
-    }
-}
-
-impl Drop for TempGroup {
-    fn drop(&mut self) {
-        for _ in 0..40 {
-            if Command::new("groupdel")
-                .arg(&self.name)
-                .output()
-                .is_ok_and(|o| o.status.success())
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
 
 /// The owner of a home with a `producer_group`, and one member of it.
 struct Group {
