@@ -31,6 +31,7 @@ pub mod redact;
 pub mod runs;
 pub mod safefs;
 pub mod spool;
+pub mod utc;
 
 pub use error::{Error, Result};
 pub use spool::Spool;
