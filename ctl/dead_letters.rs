@@ -35,7 +35,7 @@ fn act(paths: &Paths, action: Action, out: &Output) -> Result<(), CtlError> {
     match action {
         Action::List { limit } => {
             let dead = spool.list_dead_letters(limit).map_err(lib)?;
-            let remaining = spool.stats().map_err(lib)?.dead_letters;
+            let remaining = spool.stats(None).map_err(lib)?.dead_letters;
             let mut text = format!("{remaining} dead letters");
             if dead.len() < limit.min(remaining as usize) {
                 text.push_str(&format!(
@@ -69,7 +69,7 @@ fn act(paths: &Paths, action: Action, out: &Output) -> Result<(), CtlError> {
         }
         Action::Requeue(which) => {
             let moved = spool.requeue_dead_letters(which).map_err(lib)?;
-            let remaining = spool.stats().map_err(lib)?.dead_letters;
+            let remaining = spool.stats(None).map_err(lib)?.dead_letters;
             out.result(
                 format!("requeued {moved} dead letters ({remaining} remain)"),
                 json!({"requeued": moved, "remaining": remaining}),
@@ -77,7 +77,7 @@ fn act(paths: &Paths, action: Action, out: &Output) -> Result<(), CtlError> {
         }
         Action::Purge(which) => {
             let purged = spool.purge_dead_letters(which).map_err(lib)?;
-            let remaining = spool.stats().map_err(lib)?.dead_letters;
+            let remaining = spool.stats(None).map_err(lib)?.dead_letters;
             out.result(
                 format!("purged {purged} dead letters ({remaining} remain)"),
                 json!({"purged": purged, "remaining": remaining}),

@@ -341,6 +341,18 @@ pub struct SpoolStats {
     pub dead_letters: u64,
 }
 
+impl SpoolStats {
+    /// Puts these counts into a drain status: queued, oldest age, dead
+    /// letters.
+    pub fn apply(&self, status: &mut crate::protocol::DrainStatus) {
+        status.queued = self.queued;
+        status.oldest_queued_age_secs = self
+            .oldest_enqueued_at
+            .map(|at| (now_micros() - at).max(0) as f64 / 1e6);
+        status.dead_letters = self.dead_letters;
+    }
+}
+
 /// An open spool: one SQLite connection to `outbox.db`.
 ///
 /// Each thread or process opens its own; a `Spool` is `Send` but not `Sync`.
@@ -675,24 +687,43 @@ impl Spool {
             .at("dead-letter events in", &self.paths.spool)
     }
 
-    /// Counts and bounds of the queue and the dead letters.
-    pub fn stats(&mut self) -> Result<SpoolStats> {
-        // One statement: one consistent snapshot. count(*) walks the table;
-        // cheap enough for a status request.
+    /// Counts and bounds of the queue and the dead letters, exact and
+    /// without a scan of the queue: the events still to drain are the
+    /// seqs after `drained_through` (PostgreSQL's cursor; when unknown, the
+    /// first queued event's predecessor) up to the last seq handed out,
+    /// less the dead letters among them. Seqs are never reused and a
+    /// rolled-back enqueue gives its seqs back (`AUTOINCREMENT`), so there
+    /// are no other gaps. Rows at or below the cursor only wait for their
+    /// deletion: they are not queued.
+    pub fn stats(&mut self, drained_through: Option<i64>) -> Result<SpoolStats> {
+        // One statement: one consistent snapshot, of index look-ups only
+        // (the dead letters are counted; they are few).
         self.conn
             .prepare_cached(
-                "SELECT (SELECT count(*) FROM events),
-                        (SELECT enqueued_at FROM events ORDER BY seq LIMIT 1),
-                        (SELECT seq FROM sqlite_sequence WHERE name = 'events'),
+                "WITH last(seq) AS (
+                     SELECT coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)
+                 ),
+                 base(seq) AS (
+                     SELECT coalesce(?1, (SELECT min(seq) FROM events) - 1, (SELECT seq FROM last))
+                 )
+                 SELECT (SELECT seq FROM last),
+                        (SELECT seq FROM base),
+                        (SELECT count(*) FROM dead_letters WHERE seq > (SELECT seq FROM base)),
+                        (SELECT enqueued_at FROM events
+                          WHERE seq > (SELECT seq FROM base) ORDER BY seq LIMIT 1),
                         (SELECT count(*) FROM dead_letters)",
             )
             .and_then(|mut select| {
-                select.query_row([], |row| {
+                select.query_row([drained_through], |row| {
+                    let last_seq: i64 = row.get(0)?;
+                    let base: i64 = row.get(1)?;
+                    let dead_above: i64 = row.get(2)?;
+                    let queued = (last_seq - base - dead_above).max(0).unsigned_abs();
                     Ok(SpoolStats {
-                        queued: row.get::<_, i64>(0)?.unsigned_abs(),
-                        oldest_enqueued_at: row.get(1)?,
-                        last_seq: row.get::<_, Option<i64>>(2)?.unwrap_or(0),
-                        dead_letters: row.get::<_, i64>(3)?.unsigned_abs(),
+                        queued,
+                        oldest_enqueued_at: row.get::<_, Option<i64>>(3)?.filter(|_| queued > 0),
+                        last_seq,
+                        dead_letters: row.get::<_, i64>(4)?.unsigned_abs(),
                     })
                 })
             })
@@ -1605,7 +1636,7 @@ mod tests {
         let first: Vec<i64> = batch.iter().map(|e| e.seq).collect();
         assert!(first.windows(2).all(|w| w[0] < w[1]), "{first:?}");
         assert_eq!(spool.delete_through(first[2]).unwrap(), 3);
-        assert_eq!(spool.stats().unwrap().queued, 0);
+        assert_eq!(spool.stats(None).unwrap().queued, 0);
         drop(spool);
 
         let mut spool = open(home.path());
@@ -1618,7 +1649,7 @@ mod tests {
         );
         assert_eq!(spool.last_seq().unwrap(), next.seq);
         assert_eq!(seqs(&mut spool), [next.seq]);
-        let stats = spool.stats().unwrap();
+        let stats = spool.stats(None).unwrap();
         assert_eq!((stats.queued, stats.last_seq), (1, next.seq));
     }
 
@@ -1689,7 +1720,7 @@ mod tests {
             }
             other => panic!("expected Error::Invalid, got {other:?}"),
         }
-        let stats = spool.stats().unwrap();
+        let stats = spool.stats(None).unwrap();
         assert_eq!((stats.queued, stats.last_seq), (0, 0));
     }
 
@@ -1826,7 +1857,7 @@ mod tests {
             }])
             .unwrap();
 
-        let stats = spool.stats().unwrap();
+        let stats = spool.stats(None).unwrap();
         assert_eq!((stats.queued, stats.dead_letters), (2, 1));
         assert_eq!(seqs(&mut spool), [seqs_before[0], seqs_before[2]]);
         let listed = spool.list_dead_letters(10).unwrap();
@@ -1914,7 +1945,7 @@ mod tests {
             1
         );
         assert_eq!(spool.purge_dead_letters(Selection::All).unwrap(), 2);
-        let stats = spool.stats().unwrap();
+        let stats = spool.stats(None).unwrap();
         assert_eq!((stats.queued, stats.dead_letters), (0, 0));
         assert_eq!(stats.last_seq, requeued.seq);
     }
@@ -2014,7 +2045,10 @@ mod tests {
                 .map(|opener| opener.join().unwrap().expect("an opener failed"))
                 .collect();
             assert_eq!(ids.len(), 1, "{ids:?}");
-            assert_eq!(open(home.path()).stats().unwrap().queued, THREADS as u64);
+            assert_eq!(
+                open(home.path()).stats(None).unwrap().queued,
+                THREADS as u64
+            );
         }
     }
 
@@ -2134,7 +2168,7 @@ mod tests {
             fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         }
         let mut spool = open(home.path());
-        assert_eq!(spool.stats().unwrap().queued, 1);
+        assert_eq!(spool.stats(None).unwrap().queued, 1);
         for name in ["outbox.db", "outbox.db-wal", "outbox.db-shm"] {
             let mode = fs::metadata(home.path().join(name))
                 .unwrap()

@@ -771,10 +771,10 @@ impl Drain {
             return;
         }
         self.last_stats = Some(Instant::now());
-        let Ok(stats) = self.worker.run(|spool| spool.stats()).await else {
+        let cursor = self.status.borrow().cursor;
+        let Ok(stats) = self.worker.run(move |spool| spool.stats(cursor)).await else {
             return;
         };
-        let cursor = self.status.borrow().cursor.unwrap_or(0);
         let rate = match (self.samples.front(), self.samples.back()) {
             (Some((t0, n0)), Some((t1, n1))) if t1 > t0 => {
                 (n1 - n0) as f64 / t1.duration_since(*t0).as_secs_f64().max(1.0)
@@ -785,17 +785,7 @@ impl Drain {
         // A drain paused on request is not stuck: `paused` says why.
         let stuck = stats.queued > 0 && stuck_for >= self.config.stuck_after && !self.paused;
         self.status.send_modify(|s| {
-            // Rows at or below the cursor are only waiting for deletion.
-            s.queued = if stats.last_seq <= cursor {
-                0
-            } else {
-                stats.queued
-            };
-            s.oldest_queued_age_secs = stats
-                .oldest_enqueued_at
-                .filter(|_| s.queued > 0)
-                .map(|at| (now_micros() - at).max(0) as f64 / 1e6);
-            s.dead_letters = stats.dead_letters;
+            stats.apply(s);
             s.rate_per_sec = rate;
             s.stuck = stuck;
             s.stuck_for_secs = stuck.then_some(stuck_for.as_secs());

@@ -20,6 +20,7 @@
 mod bounds;
 mod common;
 mod components;
+mod counts;
 mod faults;
 mod findings_daemon;
 mod findings_spool;

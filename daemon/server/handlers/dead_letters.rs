@@ -38,7 +38,7 @@ pub async fn dead_letters(
                 }
                 _ => (spool.list_dead_letters(limit)?, None),
             };
-            let remaining = spool.stats()?.dead_letters;
+            let remaining = spool.stats(None)?.dead_letters;
             Ok(DeadLettersResult {
                 dead_letters: dead_letters.into_iter().map(wire).collect(),
                 affected,

@@ -45,8 +45,8 @@ pub async fn handle(ctx: &Context, role: Role, uid: Option<u32>, line: &[u8]) ->
     }
     match request {
         Request::Hello(_) => respond(id, Ok(hello::hello())),
-        Request::Status => respond(id, Ok(status::status(ctx))),
-        Request::Start { component: None } => respond(id, Ok(status::status(ctx))),
+        Request::Status => respond(id, Ok(status::status(ctx).await)),
+        Request::Start { component: None } => respond(id, Ok(status::status(ctx).await)),
         Request::Stop { component: None } => respond(id, Ok(lifecycle::stop_daemon(ctx))),
         Request::Start {
             component: Some(component),
@@ -74,7 +74,7 @@ pub async fn handle(ctx: &Context, role: Role, uid: Option<u32>, line: &[u8]) ->
         Request::Metrics => respond(
             id,
             Ok(MetricsText {
-                text: outboxd::metrics::render(&status::status(ctx)),
+                text: outboxd::metrics::render(&status::status(ctx).await),
             }),
         ),
     }

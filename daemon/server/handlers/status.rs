@@ -4,7 +4,14 @@ use outboxd::protocol::{Files, PROTOCOL_VERSION, Status};
 
 use crate::context::{Context, unix_secs};
 
-pub fn status(ctx: &Context) -> Status {
+/// The daemon's status, with the queue's counts read from the spool now
+/// (exact, a few index look-ups; see `Spool::stats`).
+pub async fn status(ctx: &Context) -> Status {
+    let mut drain = ctx.drain.status();
+    let cursor = drain.cursor;
+    if let Ok(stats) = ctx.producer.run(move |spool| spool.stats(cursor)).await {
+        stats.apply(&mut drain);
+    }
     let config = ctx.config();
     let paths = &config.paths;
     let postgres = ctx.postgres.status();
@@ -27,7 +34,7 @@ pub fn status(ctx: &Context) -> Status {
             postgres_log: embedded.then(|| paths.pg_log.clone()),
         }),
         postgres: Some(postgres),
-        drain: Some(ctx.drain.status()),
+        drain: Some(drain),
         connections: Some(ctx.registry.len()),
         log_lines_dropped: Some(crate::logging::dropped_lines()),
         previous_run: ctx.previous_run.clone().map(|mut previous| {
