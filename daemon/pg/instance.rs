@@ -268,12 +268,18 @@ impl Embedded {
         }
     }
 
-    /// Polls until the server started as `run` answers; backs off from 5 ms
-    /// to 100 ms so a slow start does not flood PostgreSQL's log.
+    /// Waits until the server started as `run` answers. The postmaster
+    /// writes "ready" into `postmaster.pid` once it accepts connections:
+    /// that file is read every 2 ms (no growing sleep between the moment it
+    /// is ready and the moment we see it), then one connection checks the
+    /// server. Without that word (a standby, another version) connections
+    /// are tried every [`UNREADY_CONNECT_EVERY`]; a failed connection backs
+    /// off from 5 ms to 100 ms so a slow start does not flood the log.
     async fn wait_ready(&self, run: &mut Running, log_start: u64) -> Result<String, PgError> {
         let deadline = Instant::now() + READY_TIMEOUT;
         let connection = self.connection();
         let mut pause = Duration::from_millis(5);
+        let mut last_attempt = Instant::now();
         loop {
             if let Some(exit) = run.exit_status() {
                 return Err(PgError::ExitedAtStart {
@@ -281,6 +287,16 @@ impl Embedded {
                     said: said_since(&self.log, log_start, &self.data),
                 });
             }
+            let due = last_attempt.elapsed() >= UNREADY_CONNECT_EVERY;
+            if !due && !says_ready(&self.data, run.postmaster.pid) {
+                tokio::time::sleep(PID_FILE_POLL).await;
+                continue;
+            }
+            if !due && last_attempt.elapsed() < pause {
+                // Ready, but the last connection failed just now: back off.
+                tokio::time::sleep(pause.saturating_sub(last_attempt.elapsed())).await;
+            }
+            last_attempt = Instant::now();
             let attempt = tokio::time::timeout(
                 ATTEMPT_TIMEOUT,
                 connect_and_check(&connection, run.postmaster.pid),
@@ -312,12 +328,35 @@ impl Embedded {
                     });
                 }
                 Err(Checked::Other(_)) => {
-                    tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(100));
                 }
             }
         }
     }
+}
+
+/// How often `postmaster.pid` is read while PostgreSQL starts.
+const PID_FILE_POLL: Duration = Duration::from_millis(2);
+/// How often a connection is tried while `postmaster.pid` does not say
+/// "ready".
+const UNREADY_CONNECT_EVERY: Duration = Duration::from_millis(250);
+
+/// Whether `postmaster.pid` in `data` names `pid` and says "ready" (its
+/// eighth line, written once the postmaster accepts connections). Read
+/// through safefs like every file of the home; any doubt is "not yet".
+fn says_ready(data: &std::path::Path, pid: i32) -> bool {
+    let file = data.join("postmaster.pid");
+    let Ok(Some(bytes)) = outboxd::safefs::read_capped(
+        &file,
+        4096,
+        outboxd::safefs::Owner::Is(outboxd::process::euid()),
+    ) else {
+        return false;
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let mut lines = text.lines();
+    lines.next().map(str::trim) == Some(pid.to_string().as_str())
+        && lines.nth(6).map(str::trim) == Some("ready")
 }
 
 /// Why a readiness check failed.
