@@ -18,7 +18,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const CTL: &str = env!("CARGO_BIN_EXE_outboxctl");
+mod common;
+
+use common::{CTL, ctl, ctl_output, proc_kib};
 
 fn main() {
     let mb: usize = env("DRAIN_BENCH_MB").unwrap_or(256);
@@ -145,36 +147,4 @@ fn as_owner(scratch: &Path, home: &Path) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(scratch, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::os::unix::fs::chown(home, Some(65534), Some(65534)).unwrap();
-}
-
-fn ctl(home: &Path, args: &[&str]) {
-    let status = Command::new(CTL)
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "outboxctl {args:?} failed");
-}
-
-fn ctl_output(home: &Path, args: &[&str]) -> String {
-    let output = Command::new(CTL)
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "outboxctl {args:?}: {output:?}");
-    String::from_utf8(output.stdout).unwrap()
-}
-
-/// A `/proc/PID/status` field in KiB.
-fn proc_kib(pid: i32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }

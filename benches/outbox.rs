@@ -15,7 +15,7 @@
 //! `nobody`, and producers run as that account). `OUTBOX_BENCH_EVENTS`
 //! sets N (default 1,000,000).
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -26,7 +26,9 @@ use std::time::{Duration, Instant};
 use bytes::{BufMut, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 
-const CTL: &str = env!("CARGO_BIN_EXE_outboxctl");
+mod common;
+
+use common::{CTL, ctl, ctl_output, proc_kib};
 const ENQUEUE_ROUNDS: usize = 200;
 const LATENCY_RATE: u64 = 1000;
 const LATENCY_SECS: u64 = 10;
@@ -157,7 +159,7 @@ fn payload(i: usize) -> String {
 
 fn drain_throughput(home: &Path, daemon: i32, events: usize) -> (f64, u64, u64) {
     ctl(home, &["stop", "drain"]);
-    let idle_rss = rss_kib(daemon);
+    let idle_rss = proc_kib(daemon, "VmRSS:");
     let mut enqueue = Command::new(CTL)
         .arg("--home")
         .arg(home)
@@ -191,7 +193,7 @@ fn drain_throughput(home: &Path, daemon: i32, events: usize) -> (f64, u64, u64) 
         let (peak, done) = (peak.clone(), done.clone());
         std::thread::spawn(move || {
             while !done.load(Ordering::Relaxed) {
-                peak.fetch_max(rss_kib(daemon), Ordering::Relaxed);
+                peak.fetch_max(proc_kib(daemon, "VmRSS:"), Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(20));
             }
         })
@@ -417,38 +419,6 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         ctl(&self.home, &["stop"]);
     }
-}
-
-fn ctl(home: &Path, args: &[&str]) {
-    let status = Command::new(CTL)
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success(), "outboxctl {args:?} failed");
-}
-
-fn ctl_output(home: &Path, args: &[&str]) -> String {
-    let output = Command::new(CTL)
-        .arg("--home")
-        .arg(home)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "outboxctl {args:?}: {output:?}");
-    String::from_utf8(output.stdout).unwrap()
-}
-
-fn rss_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    BufReader::new(status.as_bytes())
-        .lines()
-        .map_while(Result::ok)
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
-        .unwrap_or(0)
 }
 
 fn median(times: &mut [Duration]) -> Duration {

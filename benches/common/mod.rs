@@ -1,0 +1,42 @@
+//! Helpers shared by the benchmarks that drive `outboxctl` and watch the
+//! daemon's memory (included with `mod common;`; not a benchmark itself).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+pub const CTL: &str = env!("CARGO_BIN_EXE_outboxctl");
+
+/// `outboxctl --home HOME ARGS...`, which must succeed.
+pub fn ctl(home: &Path, args: &[&str]) {
+    let status = Command::new(CTL)
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "outboxctl {args:?} failed");
+}
+
+/// `outboxctl --home HOME ARGS...`'s standard output; it must succeed.
+pub fn ctl_output(home: &Path, args: &[&str]) -> String {
+    let output = Command::new(CTL)
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "outboxctl {args:?}: {output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// A `/proc/PID/status` field (`"VmRSS:"`, `"VmHWM:"`) in KiB; 0 when the
+/// process is gone.
+pub fn proc_kib(pid: i32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
