@@ -24,6 +24,8 @@ use crate::output::Output;
 
 /// How long `start` waits for the daemon to be ready by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a failed start waits for the daemon to exit.
+const EXIT_GRACE: Duration = Duration::from_secs(10);
 /// How many lines of the log a failed start shows at most.
 const LOG_LINES: usize = 40;
 
@@ -130,10 +132,20 @@ fn launch(paths: &Paths, deadline: Instant, out: &Output) -> Result<Started, Ctl
         let _ = std::io::BufReader::new(stderr).read_to_string(&mut text);
         text
     });
-    let failed = |why: String, child: &mut Child| {
+    // A failed start returns once the daemon is gone, so that nothing of
+    // it is left running when the command says it failed.
+    let failed = |why: String, child: &mut Child, main_pid: Option<i32>| {
         let _ = child.wait();
-        let said = said_before_detaching(said);
-        CtlError::Failed(explain(why, &said, &paths.log_file, log_start))
+        let mut text = explain(why, &said_before_detaching(said), &paths.log_file, log_start);
+        if let Some(pid) = main_pid
+            && !process::wait_gone(pid, EXIT_GRACE)
+        {
+            text.push_str(&format!(
+                "\noutboxd (pid {pid}) was still exiting {}s later",
+                EXIT_GRACE.as_secs()
+            ));
+        }
+        CtlError::Failed(text)
     };
     let mut main_pid = None;
     let mut last_status = String::from("no word from the daemon yet");
@@ -149,7 +161,7 @@ fn launch(paths: &Paths, deadline: Instant, out: &Output) -> Result<Started, Ctl
             .map_err(|e| CtlError::Failed(format!("could not read the notify socket: {e}")))?;
         let Some(events) = events else {
             if let Err(why) = alive {
-                return Err(failed(why, &mut child));
+                return Err(failed(why, &mut child, main_pid));
             }
             continue;
         };
@@ -183,11 +195,12 @@ fn launch(paths: &Paths, deadline: Instant, out: &Output) -> Result<Started, Ctl
                             launched: false,
                         });
                 }
-                Event::Errno(_) => return Err(failed(last_status, &mut child)),
+                Event::Errno(_) => return Err(failed(last_status, &mut child, main_pid)),
                 Event::Stopping => {
                     return Err(failed(
                         "the daemon began to stop while starting".into(),
                         &mut child,
+                        main_pid,
                     ));
                 }
             }

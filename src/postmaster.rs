@@ -16,7 +16,7 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::error::{Error, IoContext, Result};
 use crate::process::{self, ProcessHandle};
@@ -206,7 +206,7 @@ impl Postmaster {
                 Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok("already gone"),
                 Err(e) => return Err(e),
             }
-            if wait_gone(self.pid, wait) {
+            if process::wait_gone(self.pid, wait) {
                 return Ok(process::signal_name(signal));
             }
         }
@@ -215,17 +215,6 @@ impl Postmaster {
             self.pid
         )))
     }
-}
-
-fn wait_gone(pid: i32, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while process::alive(pid) {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    true
 }
 
 fn command_line(pid: i32) -> Vec<String> {

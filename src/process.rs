@@ -23,6 +23,20 @@ pub fn alive(pid: i32) -> bool {
     exists && !is_zombie(pid)
 }
 
+/// Waits up to `timeout` for `pid` to be gone (a zombie counts as gone);
+/// whether it went. Polls every millisecond: the callers wait for exits
+/// that take a few milliseconds, and a user waits on them.
+pub fn wait_gone(pid: i32, timeout: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while alive(pid) {
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    true
+}
+
 /// Whether any process, a zombie included, has `pid` (PostgreSQL's own
 /// checks of its lock files count a zombie as alive).
 pub fn exists(pid: i32) -> bool {
