@@ -136,7 +136,12 @@ fn launch(paths: &Paths, deadline: Instant, out: &Output) -> Result<Started, Ctl
     // it is left running when the command says it failed.
     let failed = |why: String, child: &mut Child, main_pid: Option<i32>| {
         let _ = child.wait();
-        let mut text = explain(why, &said_before_detaching(said), &paths.log_file, log_start);
+        let mut text = explain(
+            why,
+            &said_before_detaching(said),
+            &paths.log_file,
+            log_start,
+        );
         if let Some(pid) = main_pid
             && !process::wait_gone(pid, EXIT_GRACE)
         {

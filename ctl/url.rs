@@ -10,7 +10,7 @@ use std::process::Command;
 
 use outboxd::exit_code;
 use outboxd::paths::{Paths, SocketPath};
-use outboxd::protocol::{PostgresStatus, Request, Status};
+use outboxd::protocol::{PgMode, PostgresStatus, Request, Status};
 use outboxd::safefs::{self, Owner};
 use serde_json::json;
 
@@ -70,8 +70,8 @@ pub fn psql(paths: &Paths, args: &[String], out: &Output) -> u8 {
     // A socket directory too long for an address is reached through a
     // descriptor psql inherits (see `SocketPath`).
     let _socket_dir;
-    match (&pg.socket_dir, pg.mode.as_str()) {
-        (Some(dir), "embedded") => {
+    match (&pg.socket_dir, pg.mode) {
+        (Some(dir), PgMode::Embedded) => {
             _socket_dir = SocketPath::dir(dir).ok();
             let address = _socket_dir
                 .as_ref()
@@ -124,8 +124,8 @@ fn connection(
     let pg = status.postgres.ok_or_else(|| {
         CtlError::Failed("this daemon reports no PostgreSQL (it predates it)".into())
     })?;
-    let password = match (pg.mode.as_str(), with_password) {
-        ("embedded", true) => Some(read_secret(paths)?),
+    let password = match (pg.mode, with_password) {
+        (PgMode::Embedded, true) => Some(read_secret(paths)?),
         _ => None,
     };
     Ok((pg, password))

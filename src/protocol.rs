@@ -546,35 +546,50 @@ pub struct Hello {
     pub ops: Vec<String>,
 }
 
-/// The daemon's own state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DaemonState {
-    /// Preparing: binaries, initdb, PostgreSQL starting. Not ready.
-    Starting,
-    /// Ready (READY=1 was sent): the socket serves and PostgreSQL answered.
-    Running,
-    /// Shutting down.
-    Stopping,
-    /// A state from a newer daemon that this build does not know.
-    #[serde(other)]
-    Unknown,
-}
-
-impl DaemonState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DaemonState::Starting => "starting",
-            DaemonState::Running => "running",
-            DaemonState::Stopping => "stopping",
-            DaemonState::Unknown => "unknown",
+/// A state or mode with its name on the wire (one spelling, used by serde
+/// and by `as_str`/`Display`), and `Unknown` for a name from a newer peer.
+macro_rules! wire_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident = $text:literal, )*
         }
-    }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+        pub enum $name {
+            $( $(#[$vmeta])* #[serde(rename = $text)] $variant, )*
+            /// A name from a newer peer that this build does not know.
+            #[serde(other, rename = "unknown")]
+            Unknown,
+        }
+
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $( $name::$variant => $text, )*
+                    $name::Unknown => "unknown",
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
 }
 
-impl fmt::Display for DaemonState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+wire_enum! {
+    /// The daemon's own state.
+    pub enum DaemonState {
+        /// Preparing: binaries, initdb, PostgreSQL starting. Not ready.
+        Starting = "starting",
+        /// Ready (READY=1 was sent): the socket serves and PostgreSQL answered.
+        Running = "running",
+        /// Shutting down.
+        Stopping = "stopping",
     }
 }
 
@@ -660,7 +675,7 @@ impl Status {
         if let Some(drain) = &self.drain {
             if let Some(error) = &drain.spool_error {
                 reasons.push(format!("the spool is unusable: {error}"));
-            } else if drain.state == "failed" {
+            } else if drain.state == DrainState::Failed {
                 // Stopped until a person acts (a source-id conflict).
                 let why = drain.last_error.as_deref().unwrap_or("see the log");
                 reasons.push(format!("the drain has stopped: {why}"));
@@ -692,50 +707,64 @@ pub struct Files {
     pub postgres_log: Option<PathBuf>,
 }
 
-/// The state of the PostgreSQL component.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PgState {
-    #[default]
-    Starting,
-    Running,
-    /// Stopped on request (maintenance), or at shutdown.
-    Stopped,
-    /// Died; a restart is scheduled.
-    Restarting,
-    /// Could not be started.
-    Failed,
-    /// Runs but did not answer the health check in time (stopped, wedged).
-    NotAnswering,
-    /// External mode: could not be reached.
-    Unreachable,
-    #[serde(other)]
-    Unknown,
+wire_enum! {
+    /// The state of the PostgreSQL component.
+    #[derive(Default)]
+    pub enum PgState {
+        #[default]
+        Starting = "starting",
+        Running = "running",
+        /// Stopped on request (maintenance), or at shutdown.
+        Stopped = "stopped",
+        /// Died; a restart is scheduled.
+        Restarting = "restarting",
+        /// Could not be started.
+        Failed = "failed",
+        /// Runs but did not answer the health check in time (stopped, wedged).
+        NotAnswering = "not_answering",
+        /// External mode: could not be reached.
+        Unreachable = "unreachable",
+    }
+}
+
+wire_enum! {
+    /// Whether the daemon runs PostgreSQL or uses one it was given.
+    #[derive(Default)]
+    pub enum PgMode {
+        /// The daemon runs PostgreSQL in its home.
+        #[default]
+        Embedded = "embedded",
+        /// `--database-url`: a server the daemon does not run.
+        External = "external",
+    }
+}
+
+wire_enum! {
+    /// The state of the drain.
+    #[derive(Default)]
+    pub enum DrainState {
+        /// Opening the spool; not yet waiting or draining.
+        #[default]
+        Starting = "starting",
+        /// Connected, draining (or idle with nothing queued).
+        Running = "running",
+        /// Stopped on request (`outboxctl stop drain`).
+        Paused = "paused",
+        /// Waiting for PostgreSQL (or released its idle connection).
+        Waiting = "waiting",
+        /// Waiting to retry after a failure.
+        BackingOff = "backing_off",
+        /// Stopped until a person acts (a source-id conflict, a moved spool).
+        Failed = "failed",
+        /// Stopped with the daemon.
+        Stopped = "stopped",
+    }
 }
 
 impl PgState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PgState::Starting => "starting",
-            PgState::Running => "running",
-            PgState::Stopped => "stopped",
-            PgState::Restarting => "restarting",
-            PgState::Failed => "failed",
-            PgState::NotAnswering => "not_answering",
-            PgState::Unreachable => "unreachable",
-            PgState::Unknown => "unknown",
-        }
-    }
-
     /// For sentences: `not answering` rather than `not_answering`.
     pub fn describe(self) -> String {
         self.as_str().replace('_', " ")
-    }
-}
-
-impl fmt::Display for PgState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -744,8 +773,7 @@ impl fmt::Display for PgState {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct PostgresStatus {
-    /// `embedded` (the daemon runs it) or `external` (`--database-url`).
-    pub mode: String,
+    pub mode: PgMode,
     pub state: PgState,
     /// The postmaster's pid (embedded mode, while it runs).
     pub pid: Option<i32>,
@@ -782,9 +810,7 @@ pub struct PostgresStatus {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DrainStatus {
-    /// `running`, `paused` (stopped on request), `waiting` (for
-    /// PostgreSQL), `backing_off` (after a failure) or `failed`.
-    pub state: String,
+    pub state: DrainState,
     /// This spool's source id in `outbox.events`.
     pub source_id: Option<String>,
     /// Events in the spool, not yet in PostgreSQL.
@@ -1004,5 +1030,39 @@ mod tests {
         assert_eq!(r.into_result().unwrap_err().code, ErrorCode::Unknown);
         let state: DaemonState = serde_json::from_str("\"hibernating\"").unwrap();
         assert_eq!(state, DaemonState::Unknown);
+        let drain: DrainStatus = serde_json::from_str(r#"{"state":"rebalancing"}"#).unwrap();
+        assert_eq!(drain.state, DrainState::Unknown);
+        let pg: PostgresStatus = serde_json::from_str(r#"{"mode":"cloud"}"#).unwrap();
+        assert_eq!(pg.mode, PgMode::Unknown);
+    }
+
+    #[test]
+    fn states_are_spelled_on_the_wire_as_before() {
+        fn wire<T: Serialize>(value: T) -> String {
+            serde_json::to_value(value)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+        for (state, name) in [
+            (DrainState::Starting, "starting"),
+            (DrainState::Running, "running"),
+            (DrainState::Paused, "paused"),
+            (DrainState::Waiting, "waiting"),
+            (DrainState::BackingOff, "backing_off"),
+            (DrainState::Failed, "failed"),
+            (DrainState::Stopped, "stopped"),
+        ] {
+            assert_eq!((wire(state), state.to_string()), (name.into(), name.into()));
+        }
+        for (mode, name) in [
+            (PgMode::Embedded, "embedded"),
+            (PgMode::External, "external"),
+        ] {
+            assert_eq!((wire(mode), mode.to_string()), (name.into(), name.into()));
+        }
+        assert_eq!(wire(PgState::NotAnswering), "not_answering");
+        assert_eq!(PgState::NotAnswering.describe(), "not answering");
     }
 }

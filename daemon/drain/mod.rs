@@ -38,7 +38,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use outboxd::config::Config;
-use outboxd::protocol::DrainStatus;
+use outboxd::protocol::{DrainState, DrainStatus};
 use outboxd::spool::{Checkpoint, StoredEvent, now_micros};
 use tokio::sync::{Notify, mpsc, watch};
 use tracing::{error, info, warn};
@@ -77,7 +77,7 @@ pub fn spawn(
     tune_allocator();
     let config = config.clone();
     let initial = DrainStatus {
-        state: "starting".into(),
+        state: DrainState::Starting,
         ..DrainStatus::default()
     };
     component::spawn(initial, move |inbox| {
@@ -97,7 +97,7 @@ async fn run(
         Err(why) => {
             error!(error = %why, "the spool cannot be used: the drain is stopped");
             inbox.status.send_modify(|s| {
-                s.state = "failed".into();
+                s.state = DrainState::Failed;
                 s.spool_error = Some(why);
             });
             return refuse_until_shutdown(inbox, heartbeat).await;
@@ -134,7 +134,7 @@ async fn run(
         .status
         .send_modify(|s| s.source_id = Some(source.to_string()));
     drain.run(&mut inbox).await;
-    drain.status.send_modify(|s| s.state = "stopped".into());
+    drain.status.send_modify(|s| s.state = DrainState::Stopped);
     info!("the drain stopped");
 }
 
@@ -744,21 +744,17 @@ impl Drain {
 
     fn set_state(&self) {
         let state = if self.halted.is_some() {
-            "failed"
+            DrainState::Failed
         } else if self.paused {
-            "paused"
+            DrainState::Paused
         } else if self.retry_at.is_some() {
-            "backing_off"
+            DrainState::BackingOff
         } else if self.connection.borrow().is_none() {
-            "waiting"
+            DrainState::Waiting
         } else {
-            "running"
+            DrainState::Running
         };
-        self.status.send_modify(|s| {
-            if s.state != state {
-                s.state = state.into();
-            }
-        });
+        self.status.send_modify(|s| s.state = state);
     }
 
     /// Refreshes queued, oldest, dead letters, rate and `stuck`, unless

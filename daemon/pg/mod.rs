@@ -37,7 +37,7 @@ use std::sync::Arc;
 
 use outboxd::config::Config;
 use outboxd::notify::Notifier;
-use outboxd::protocol::PostgresStatus;
+use outboxd::protocol::{PgMode, PostgresStatus};
 use tokio::sync::{oneshot, watch};
 
 use crate::component::{self, Running};
@@ -178,12 +178,12 @@ pub fn spawn(
 fn initial_status(config: &Config) -> PostgresStatus {
     match &config.database_url {
         Some(url) => PostgresStatus {
-            mode: "external".into(),
+            mode: PgMode::External,
             url: outboxd::redact::url(url),
             ..PostgresStatus::default()
         },
         None => PostgresStatus {
-            mode: "embedded".into(),
+            mode: PgMode::Embedded,
             data_dir: Some(config.paths.pg_data.clone()),
             socket_dir: Some(config.paths.pg_socket_dir.clone()),
             port: Some(config.pg_port()),

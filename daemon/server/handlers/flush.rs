@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use outboxd::protocol::{self, ErrorBody, ErrorCode, Flushed};
+use outboxd::protocol::{self, DrainState, ErrorBody, ErrorCode, Flushed};
 
 use crate::context::Context;
 
@@ -40,14 +40,14 @@ pub async fn flush(ctx: &Context, request: protocol::Flush) -> Result<Flushed, E
                 if status.cursor.unwrap_or(0) >= target {
                     return Ok(());
                 }
-                match status.state.as_str() {
-                    "paused" => {
+                match status.state {
+                    DrainState::Paused => {
                         return Err(ErrorBody::new(
                             ErrorCode::Unavailable,
                             "the drain is paused (`outboxctl start drain` resumes it)",
                         ));
                     }
-                    "failed" => {
+                    DrainState::Failed => {
                         let why = status
                             .spool_error
                             .clone()

@@ -1,6 +1,6 @@
 //! `status`: the daemon, its files, and each component.
 
-use outboxd::protocol::{Files, PROTOCOL_VERSION, Status};
+use outboxd::protocol::{Files, PROTOCOL_VERSION, PgMode, Status};
 
 use crate::context::{Context, unix_secs};
 
@@ -15,7 +15,7 @@ pub async fn status(ctx: &Context) -> Status {
     let config = ctx.config();
     let paths = &config.paths;
     let postgres = ctx.postgres.status();
-    let embedded = postgres.mode == "embedded";
+    let embedded = postgres.mode == PgMode::Embedded;
     Status {
         state: ctx.state.get(),
         pid: ctx.pid,
