@@ -4,7 +4,9 @@
 
 use outboxd::exit_code;
 use outboxd::paths::Paths;
+use outboxd::protocol::DeadLetter;
 use outboxd::spool::{Options, Selection, Spool};
+use serde::Serialize;
 use serde_json::json;
 
 use crate::daemon::CtlError;
@@ -56,16 +58,11 @@ fn act(paths: &Paths, action: Action, out: &Output) -> Result<(), CtlError> {
                     d.payload
                 ));
             }
-            let list: Vec<_> = dead
-                .iter()
-                .map(|d| {
-                    json!({"seq": d.seq, "topic": d.topic, "key": d.key, "id": d.id,
-                           "payload": serde_json::from_str::<serde_json::Value>(&d.payload).unwrap_or_default(),
-                           "error": d.error, "attempts": d.attempts,
-                           "enqueued_at": d.enqueued_at as f64 / 1e6, "failed_at": d.failed_at as f64 / 1e6})
-                })
-                .collect();
-            out.result(text, json!({"dead_letters": list, "remaining": remaining}));
+            let listing = Listing {
+                dead_letters: dead.into_iter().map(DeadLetter::from).collect(),
+                remaining,
+            };
+            out.result(text, listing);
         }
         Action::Requeue(which) => {
             let moved = spool.requeue_dead_letters(which).map_err(lib)?;
@@ -85,4 +82,11 @@ fn act(paths: &Paths, action: Action, out: &Output) -> Result<(), CtlError> {
         }
     }
     Ok(())
+}
+
+/// `list --json`: what the socket's op answers, with an empty list shown.
+#[derive(Serialize)]
+struct Listing {
+    dead_letters: Vec<DeadLetter>,
+    remaining: u64,
 }

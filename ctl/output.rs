@@ -5,6 +5,7 @@
 use std::fmt::Display;
 use std::io::Write;
 
+use serde::Serialize;
 use serde_json::{Value, json};
 
 pub struct Output {
@@ -21,8 +22,14 @@ impl Output {
     }
 
     /// Prints a command's result: `text` normally, `json` with `--json`.
-    pub fn result(&self, text: impl Display, json: Value) {
+    pub fn result(&self, text: impl Display, json: impl Serialize) {
         if self.json {
+            // Serialized straight to text: a raw JSON payload inside keeps
+            // its exact bytes (a `Value` would round its numbers).
+            let json = serde_json::to_string(&json).unwrap_or_else(|e| {
+                json!({"error": {"message": format!("could not encode the result: {e}")}})
+                    .to_string()
+            });
             stdout(format_args!("{json}\n"));
         } else {
             stdout(format_args!("{text}\n"));

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use interprocess::local_socket::{GenericFilePath, Stream, ToFsName, prelude::*};
 use serde::de::DeserializeOwned;
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::paths::{Paths, SocketPath};
 use crate::protocol::{self, ErrorBody, Request, Response};
@@ -130,8 +130,8 @@ impl Client {
         })
     }
 
-    /// Sends `request` and waits for its result.
-    pub fn call(&mut self, request: &Request) -> Result<Value, ClientError> {
+    /// Sends `request` and waits for its result, as JSON text.
+    pub fn call(&mut self, request: &Request) -> Result<Box<RawValue>, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
         let line = protocol::encode_request(Some(id), request);
@@ -180,8 +180,8 @@ impl Client {
 
     /// Sends `request` and decodes its result as `T`.
     pub fn call_as<T: DeserializeOwned>(&mut self, request: &Request) -> Result<T, ClientError> {
-        let value = self.call(request)?;
-        serde_json::from_value(value).map_err(|e| self.bad_response(e))
+        let result = self.call(request)?;
+        serde_json::from_str(result.get()).map_err(|e| self.bad_response(e))
     }
 
     fn bad_response(&self, message: impl ToString) -> ClientError {

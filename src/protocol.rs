@@ -283,20 +283,32 @@ pub struct Response {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Id,
     pub ok: bool,
+    /// The result's JSON text: serialized straight to text, never through
+    /// a `Value`, so that payloads inside keep their exact bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<Value>,
+    pub result: Option<Box<RawValue>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorBody>,
 }
 
 impl Response {
-    /// A success carrying `result`.
+    /// A success carrying `result` (an `internal` failure if it cannot be
+    /// encoded).
     pub fn success(id: Id, result: impl Serialize) -> Response {
-        Response {
-            id,
-            ok: true,
-            result: Some(serde_json::to_value(result).expect("results serialize")),
-            error: None,
+        match serde_json::to_string(&result).and_then(RawValue::from_string) {
+            Ok(result) => Response {
+                id,
+                ok: true,
+                result: Some(result),
+                error: None,
+            },
+            Err(e) => Response::failure(
+                id,
+                ErrorBody::new(
+                    ErrorCode::Internal,
+                    format!("could not encode the result: {e}"),
+                ),
+            ),
         }
     }
 
@@ -327,10 +339,11 @@ impl Response {
         self.id.as_deref().map(RawValue::get)
     }
 
-    /// The result, or the error as an `Err`.
-    pub fn into_result(self) -> Result<Value, ErrorBody> {
+    /// The result's JSON text (`null` when absent), or the error as an `Err`.
+    pub fn into_result(self) -> Result<Box<RawValue>, ErrorBody> {
         match (self.ok, self.result, self.error) {
-            (true, result, _) => Ok(result.unwrap_or(Value::Null)),
+            (true, Some(result), _) => Ok(result),
+            (true, None, _) => Ok(RawValue::from_string("null".into()).expect("null is JSON")),
             (false, _, Some(error)) => Err(error),
             (false, _, None) => Err(ErrorBody::new(
                 ErrorCode::Unknown,
@@ -904,12 +917,33 @@ pub struct DeadLetter {
     pub topic: String,
     pub key: Option<String>,
     pub id: Option<String>,
-    pub payload: Value,
+    /// The payload's JSON text, byte for byte as it was enqueued.
+    #[serde(
+        deserialize_with = "raw_json::deserialize",
+        serialize_with = "raw_json::serialize"
+    )]
+    pub payload: String,
     /// When it was enqueued and when it failed (seconds since the Unix epoch).
     pub enqueued_at: f64,
     pub failed_at: f64,
     pub error: String,
     pub attempts: u32,
+}
+
+impl From<crate::spool::DeadLetter> for DeadLetter {
+    fn from(dead: crate::spool::DeadLetter) -> DeadLetter {
+        DeadLetter {
+            seq: dead.seq,
+            topic: dead.topic,
+            key: dead.key,
+            id: dead.id,
+            payload: dead.payload,
+            enqueued_at: dead.enqueued_at as f64 / 1e6,
+            failed_at: dead.failed_at as f64 / 1e6,
+            error: dead.error,
+            attempts: dead.attempts,
+        }
+    }
 }
 
 /// The result of `dead_letters`.

@@ -121,17 +121,55 @@ fn a_64_mb_drain_of_large_payloads_lands_once_in_transactions_bounded_by_bytes()
     home.stop();
 }
 
-#[test]
-fn a_trigger_that_raises_an_exception_dead_letters_only_its_row() {
-    let home = Home::new();
-    home.start();
-    connected(&home);
+/// A trigger that raises a plain exception (P0001) for the topic `poison`.
+fn reject_poison(home: &Home) {
     home.query(
         "create function outbox.reject() returns trigger language plpgsql as $$ \
          begin if NEW.topic = 'poison' then raise exception 'no'; end if; return NEW; end $$; \
          create trigger reject before insert on outbox.events \
          for each row execute function outbox.reject()",
     );
+}
+
+#[test]
+fn a_dead_letters_payload_comes_back_byte_for_byte() {
+    // Valid jsonb that f64 cannot hold: out of range, more digits than
+    // it keeps, and a trailing zero.
+    const PAYLOAD: &str = r#"{"big": 1e400, "int": 123456789012345678901234567890, "exact": 0.10000000000000000555, "z": 1.50}"#;
+    let home = Home::new();
+    home.start();
+    connected(&home);
+    reject_poison(&home);
+    let run = home.ctl(&["enqueue", "--topic", "poison", PAYLOAD]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let flushed = flush(&home);
+    assert_eq!(flushed["dead_letters"], 1, "{flushed}");
+    // outboxctl reads the spool itself.
+    let list = home.ctl(&["--json", "dead-letters", "list"]);
+    assert_eq!(list.code, 0, "{list:?}");
+    assert!(
+        list.stdout.contains(&format!(r#""payload":{PAYLOAD}"#)),
+        "outboxctl changed the payload: {}",
+        list.stdout
+    );
+    // The socket's op reads it in the daemon.
+    let mut raw = crate::common::Raw::connect(&home.socket());
+    raw.send(b"{\"op\":\"dead_letters\",\"action\":\"list\"}\n");
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut raw.reader, &mut line).unwrap();
+    assert!(
+        line.contains(&format!(r#""payload":{PAYLOAD}"#)),
+        "the socket changed the payload: {line}"
+    );
+    home.stop();
+}
+
+#[test]
+fn a_trigger_that_raises_an_exception_dead_letters_only_its_row() {
+    let home = Home::new();
+    home.start();
+    connected(&home);
+    reject_poison(&home);
     for topic in ["ok1", "poison", "ok2"] {
         let run = home.ctl(&["enqueue", "--topic", topic, "{}"]);
         assert_eq!(run.code, 0, "{run:?}");

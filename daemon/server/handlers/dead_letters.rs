@@ -40,25 +40,11 @@ pub async fn dead_letters(
             };
             let remaining = spool.stats(None)?.dead_letters;
             Ok(DeadLettersResult {
-                dead_letters: dead_letters.into_iter().map(wire).collect(),
+                dead_letters: dead_letters.into_iter().map(DeadLetter::from).collect(),
                 affected,
                 remaining,
             })
         })
         .await
         .map_err(|e| ErrorBody::new(ErrorCode::Internal, e.to_string()))
-}
-
-fn wire(dead: outboxd::spool::DeadLetter) -> DeadLetter {
-    DeadLetter {
-        seq: dead.seq,
-        topic: dead.topic,
-        key: dead.key,
-        id: dead.id,
-        payload: serde_json::from_str(&dead.payload).unwrap_or(serde_json::Value::Null),
-        enqueued_at: dead.enqueued_at as f64 / 1e6,
-        failed_at: dead.failed_at as f64 / 1e6,
-        error: dead.error,
-        attempts: dead.attempts,
-    }
 }
