@@ -1,36 +1,30 @@
-//! outboxd: a local daemon that owns an embedded PostgreSQL server and drains a
-//! crash-safe SQLite outbox into it, and the library its control tool and
-//! producers share.
+//! outboxd's internal core (not published): what the daemon, `outboxctl`,
+//! the tests and the benchmarks share beyond the producer crate. A program
+//! that only enqueues depends on `outboxd-spool` instead.
 //!
-//! The library holds everything that more than one binary needs: where files
-//! live ([`paths`]) and how to open them safely ([`safefs`]), which account a
-//! home belongs to ([`account`], [`privileges`]), who is running ([`lock`],
-//! [`process`], [`postmaster`]), how to talk to the daemon ([`protocol`],
-//! [`client`]), how the daemon reports readiness ([`notify`]), its
-//! configuration ([`config`]), and the SQLite outbox that producers append to
-//! and the drain empties ([`spool`]). See `ARCHITECTURE.md`.
+//! Re-exported from `outboxd-spool`: the home's layout ([`paths`]), safe
+//! files ([`safefs`]), the home's account ([`account`]), the PID lock
+//! ([`lock`]), processes ([`process`]), the nudge ([`nudge`]), the error type
+//! ([`error`]) and the spool with the drain's operations ([`spool`]). Here:
+//! dropping root ([`privileges`]), PostgreSQL's postmaster
+//! ([`postmaster`]), the control protocol ([`protocol`]) and its client
+//! ([`client`]), readiness notification ([`notify`]), the configuration
+//! ([`config`]), metrics, the run record ([`runs`]). See `ARCHITECTURE.md`.
 
-pub mod account;
+pub use outboxd_spool::{account, error, lock, nudge, paths, process, quote, safefs, spool};
+
 pub mod cli;
 pub mod client;
 pub mod config;
-pub mod error;
 pub mod exit_code;
-pub mod lock;
 pub mod metrics;
 pub mod notify;
-pub mod nudge;
-pub mod paths;
 pub mod pgurl;
 pub mod postmaster;
 pub mod privileges;
-pub mod process;
 pub mod protocol;
-pub mod quote;
 pub mod redact;
 pub mod runs;
-pub mod safefs;
-pub mod spool;
 pub mod utc;
 
 pub use error::{Error, Result};

@@ -851,6 +851,17 @@ pub struct DrainStatus {
     pub spool_error: Option<String>,
 }
 
+impl DrainStatus {
+    /// Puts the spool's counts in: queued, oldest age, dead letters.
+    pub fn apply(&mut self, stats: &crate::spool::SpoolStats) {
+        self.queued = stats.queued;
+        self.oldest_queued_age_secs = stats
+            .oldest_enqueued_at
+            .map(|at| (crate::spool::now_micros() - at).max(0) as f64 / 1e6);
+        self.dead_letters = stats.dead_letters;
+    }
+}
+
 /// The result of `config`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConfigShown {

@@ -4,8 +4,9 @@
 //! - It waits for PostgreSQL (the `pg` component publishes where to
 //!   connect), creates or migrates the `outbox` schema, and reads this
 //!   source's cursor.
-//! - It wakes when a producer nudges (`run/nudge.sock`), else polls the
-//!   spool's `data_version` (every 250 ms while idle), and batches under
+//! - It wakes when a producer nudges (`run/nudge.sock`), else every
+//!   250 ms while idle, and tries a batch (one that finds nothing costs a
+//!   look-up of the spool's highest seq), and batches under
 //!   load (up to `drain_batch_max` events and `drain_batch_bytes` bytes
 //!   per transaction; an event bigger than that goes alone).
 //! - It connects on demand and closes its connection after
@@ -781,7 +782,7 @@ impl Drain {
         // A drain paused on request is not stuck: `paused` says why.
         let stuck = stats.queued > 0 && stuck_for >= self.config.stuck_after && !self.paused;
         self.status.send_modify(|s| {
-            stats.apply(s);
+            s.apply(&stats);
             s.rate_per_sec = rate;
             s.stuck = stuck;
             s.stuck_for_secs = stuck.then_some(stuck_for.as_secs());

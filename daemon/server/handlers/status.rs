@@ -10,7 +10,7 @@ pub async fn status(ctx: &Context) -> Status {
     let mut drain = ctx.drain.status();
     let cursor = drain.cursor;
     if let Ok(stats) = ctx.producer.run(move |spool| spool.stats(cursor)).await {
-        stats.apply(&mut drain);
+        drain.apply(&stats);
     }
     let config = ctx.config();
     let paths = &config.paths;
