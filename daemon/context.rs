@@ -3,13 +3,14 @@
 
 use std::path::PathBuf;
 use std::sync::{PoisonError, RwLock};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use outboxd::config::Config;
 use outboxd::protocol::{DrainStatus, PostgresStatus};
 
 use crate::component::Handle;
-use crate::drain::producer::Producer;
+use crate::producer::Producer;
+use crate::registry::{Limits, Registry};
 use crate::shutdown::Shutdown;
 use crate::state::State;
 
@@ -33,38 +34,11 @@ pub struct Context {
     /// The connection limits in force; a reload may change them.
     pub limits: RwLock<Limits>,
     /// The open control connections.
-    pub registry: std::sync::Arc<crate::server::Registry>,
+    pub registry: std::sync::Arc<Registry>,
     /// How the previous run on this home ended, and how many runs before
     /// this one ended uncleanly (the run record).
     pub previous_run: Option<outboxd::protocol::PreviousRun>,
     pub unclean_exits: u64,
-}
-
-/// The connection limits, which a configuration reload changes live.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Limits {
-    pub idle_timeout: Duration,
-    pub max_connections: usize,
-}
-
-impl Limits {
-    /// The limits of `config`, with the connection cap kept under the
-    /// process's open-file limit.
-    pub fn of(config: &Config, open_files: usize) -> Limits {
-        Limits {
-            idle_timeout: config.idle_timeout,
-            max_connections: config.max_connections.min(max_connections_for(open_files)),
-        }
-    }
-}
-
-/// Descriptors kept back from the connection cap for everything else (the
-/// spool, PostgreSQL connections, logs, the listener).
-const RESERVED_FDS: usize = 64;
-
-/// The most control connections `open_files` descriptors allow.
-pub fn max_connections_for(open_files: usize) -> usize {
-    open_files.saturating_sub(RESERVED_FDS).max(1)
 }
 
 impl Context {
@@ -81,10 +55,4 @@ impl Context {
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
-}
-
-/// Seconds since the Unix epoch.
-pub fn unix_secs(time: SystemTime) -> u64 {
-    time.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

@@ -17,6 +17,8 @@ mod home;
 mod logging;
 mod pg;
 mod postmortem;
+mod producer;
+mod registry;
 mod reload;
 mod run;
 mod server;
@@ -28,7 +30,7 @@ mod watchdog;
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use clap::{CommandFactory, FromArgMatches};
 use outboxd::cli::DaemonArgs as Args;
@@ -172,7 +174,7 @@ fn start(
     let reload = Arc::new(Notify::new());
     let signals = signals::spawn(shutdown.clone(), log_file.clone(), reload.clone())
         .at("install signal handlers for", &config.paths.home)?;
-    OPEN_FILES.get_or_init(raise_open_files_limit);
+    registry::open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("outboxd")
@@ -264,39 +266,4 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     }
     // SAFETY: fresh descriptors from pipe2.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-static OPEN_FILES: OnceLock<usize> = OnceLock::new();
-
-/// The soft limit on open files, as raised at start.
-pub fn open_files_limit() -> usize {
-    *OPEN_FILES.get_or_init(raise_open_files_limit)
-}
-
-/// Raises the soft limit on open files to the hard limit (at most 65536),
-/// so that a burst of control connections meets the connection cap before
-/// it meets EMFILE; returns the limit in force.
-fn raise_open_files_limit() -> usize {
-    // SAFETY: getrlimit/setrlimit read and write a plain struct.
-    unsafe {
-        let mut limit: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 1024;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max.min(65_536),
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                limit = raised;
-            }
-        }
-        usize::try_from(limit.rlim_cur).unwrap_or(65_536)
-    }
-}
-
-/// Seconds since the Unix epoch, now.
-pub fn unix_now() -> u64 {
-    context::unix_secs(std::time::SystemTime::now())
 }

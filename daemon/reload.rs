@@ -8,7 +8,8 @@ use outboxd::error::Result;
 use outboxd::protocol::Reloaded;
 use tracing::{info, warn};
 
-use crate::context::{Context, Limits};
+use crate::context::Context;
+use crate::registry::Limits;
 
 pub async fn reload(ctx: &Context) -> Result<Reloaded> {
     let current = ctx.config();
@@ -23,7 +24,7 @@ pub async fn reload(ctx: &Context) -> Result<Reloaded> {
         }
     };
     let old = ctx.config();
-    let limits = Limits::of(&new, crate::open_files_limit());
+    let limits = Limits::of(&new, crate::registry::open_files_limit());
     *ctx.limits
         .write()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = limits;

@@ -17,13 +17,16 @@ use outboxd::protocol::DaemonState;
 use tokio::sync::Notify;
 use tracing::{error, info, warn};
 
-use crate::context::{Context, Limits, unix_secs};
-use crate::drain::{self, producer::Producer};
+use crate::context::Context;
+use crate::drain;
 use crate::pg::{self, PgError};
+use crate::producer::Producer;
+use crate::registry::{self, Limits};
 use crate::server;
 use crate::shutdown::Shutdown;
 use crate::state::State;
 use crate::watchdog::{self, Heartbeat};
+use outboxd::utc::unix_secs;
 
 /// How often the daemon checks that its lock file is still in place.
 const LOCK_CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -109,7 +112,7 @@ async fn run_inner(
     let drain = drain::spawn(&config, postgres.connection.clone(), beats.drain.clone());
     let euid = outboxd::process::euid();
     let ctx = Arc::new(Context {
-        limits: RwLock::new(Limits::of(&config, crate::open_files_limit())),
+        limits: RwLock::new(Limits::of(&config, registry::open_files_limit())),
         config: RwLock::new(config.clone()),
         pid,
         started_at,

@@ -1,4 +1,17 @@
-//! Calendar dates in UTC, without a time-zone database.
+//! Time in UTC: seconds since the Unix epoch, and calendar dates without a
+//! time-zone database.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Seconds since the Unix epoch of `time` (0 before it).
+pub fn unix_secs(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> u64 {
+    unix_secs(SystemTime::now())
+}
 
 /// The civil date (year, month 1–12, day 1–31) of `days` since 1970-01-01
 /// (Howard Hinnant's `civil_from_days`).

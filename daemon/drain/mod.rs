@@ -24,12 +24,10 @@
 //!
 //! Files: `worker` (the spool's thread), `copy` (binary COPY encoding),
 //! `sink` (one batch's transaction), `schema` (the PostgreSQL side),
-//! `nudge` (the wake-up socket), `producer` (the spool connection that
-//! the socket's `enqueue` and `dead_letters` ops use).
+//! `nudge` (the wake-up socket).
 
 mod copy;
 mod nudge;
-pub mod producer;
 mod schema;
 mod sink;
 mod worker;
@@ -669,7 +667,7 @@ impl Drain {
         self.status.send_modify(|s| {
             s.spool_error = Some(why.clone());
             s.last_error = Some(why);
-            s.last_error_at = Some(crate::unix_now());
+            s.last_error_at = Some(outboxd::utc::unix_now());
         });
         self.set_state();
     }
@@ -691,7 +689,7 @@ impl Drain {
         self.status.send_modify(|s| {
             s.drained_total = total;
             s.cursor = Some(cursor);
-            s.last_drain_at = Some(crate::unix_now());
+            s.last_drain_at = Some(outboxd::utc::unix_now());
             s.consecutive_failures = 0;
         });
         self.set_state();
@@ -738,7 +736,7 @@ impl Drain {
         self.status.send_modify(|s| {
             s.consecutive_failures = failures;
             s.last_error = Some(text);
-            s.last_error_at = Some(crate::unix_now());
+            s.last_error_at = Some(outboxd::utc::unix_now());
         });
         self.set_state();
     }

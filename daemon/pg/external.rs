@@ -51,7 +51,7 @@ pub async fn run_external(
             inbox.status.send_modify(|s| {
                 s.state = PgState::Failed;
                 s.last_failure = Some(e);
-                s.last_failure_at = Some(crate::unix_now());
+                s.last_failure_at = Some(outboxd::utc::unix_now());
             });
             return refuse_until_shutdown(inbox, heartbeat).await;
         }
@@ -85,7 +85,7 @@ pub async fn run_external(
                         }
                         s.state = PgState::Unreachable;
                         s.last_failure = Some(why.to_string());
-                        s.last_failure_at = Some(crate::unix_now());
+                        s.last_failure_at = Some(outboxd::utc::unix_now());
                     }
                 });
             }

@@ -232,7 +232,7 @@ impl Supervisor {
     fn record_failure(&self, why: String) {
         self.status.send_modify(|s| {
             s.last_failure = Some(why);
-            s.last_failure_at = Some(crate::unix_now());
+            s.last_failure_at = Some(outboxd::utc::unix_now());
         });
     }
 }
@@ -241,7 +241,7 @@ fn fail(status: &watch::Sender<PostgresStatus>, e: &PgError) {
     status.send_modify(|s| {
         s.state = PgState::Failed;
         s.last_failure = Some(e.to_string());
-        s.last_failure_at = Some(crate::unix_now());
+        s.last_failure_at = Some(outboxd::utc::unix_now());
     });
 }
 

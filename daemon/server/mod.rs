@@ -13,7 +13,6 @@
 
 mod framing;
 mod handlers;
-mod registry;
 
 use std::fs;
 use std::io;
@@ -33,10 +32,9 @@ use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
 use crate::context::Context;
+use crate::registry::{self, Class, Registry};
 use crate::watchdog::Heartbeat;
 use framing::{Budget, Frame, PRODUCER_BUDGET, PRODUCER_MAX_LINE, read_frame, write_line};
-use registry::Class;
-pub use registry::Registry;
 
 /// How long shutdown waits for connections to finish the request in hand.
 const DRAIN_CONNECTIONS: Duration = Duration::from_secs(2);

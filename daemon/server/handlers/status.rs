@@ -2,7 +2,8 @@
 
 use outboxd::protocol::{Files, PROTOCOL_VERSION, PgMode, Status};
 
-use crate::context::{Context, unix_secs};
+use crate::context::Context;
+use outboxd::utc::unix_secs;
 
 /// The daemon's status, with the queue's counts read from the spool now
 /// (exact, a few index look-ups; see `Spool::stats`).

@@ -1,5 +1,6 @@
-//! The open control connections, oldest first, each with its class and
-//! uid and a way to close it.
+//! The control connections: the open ones, oldest first, each with its
+//! class and uid and a way to close it; their limits (`Limits`, which a
+//! reload changes live); and the process's open-file limit they stay under.
 //!
 //! *Invariant: a producer can never close the owner's (or root's)
 //! connections.* The cap (`max_connections`) keeps a reserved share (a
@@ -14,8 +15,10 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
 
+use outboxd::config::Config;
 use tokio::sync::Notify;
 use tracing::debug;
 
@@ -148,6 +151,63 @@ impl Drop for Slot {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         open.retain(|e| e.id != self.id);
+    }
+}
+
+/// The connection limits, which a configuration reload changes live.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Limits {
+    /// The limits of `config`, with the connection cap kept under the
+    /// process's open-file limit.
+    pub fn of(config: &Config, open_files: usize) -> Limits {
+        Limits {
+            idle_timeout: config.idle_timeout,
+            max_connections: config.max_connections.min(max_connections_for(open_files)),
+        }
+    }
+}
+
+/// Descriptors kept back from the connection cap for everything else (the
+/// spool, PostgreSQL connections, logs, the listener).
+const RESERVED_FDS: usize = 64;
+
+/// The most control connections `open_files` descriptors allow.
+pub fn max_connections_for(open_files: usize) -> usize {
+    open_files.saturating_sub(RESERVED_FDS).max(1)
+}
+
+static OPEN_FILES: OnceLock<usize> = OnceLock::new();
+
+/// The soft limit on open files, as raised at start.
+pub fn open_files_limit() -> usize {
+    *OPEN_FILES.get_or_init(raise_open_files_limit)
+}
+
+/// Raises the soft limit on open files to the hard limit (at most 65536),
+/// so that a burst of control connections meets the connection cap before
+/// it meets EMFILE; returns the limit in force.
+fn raise_open_files_limit() -> usize {
+    // SAFETY: getrlimit/setrlimit read and write a plain struct.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 1024;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max.min(65_536),
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+        usize::try_from(limit.rlim_cur).unwrap_or(65_536)
     }
 }
 
