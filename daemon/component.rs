@@ -7,8 +7,12 @@
 //! component never stops itself because the daemon is shutting down (it may
 //! only abandon a start in progress): the order is `run`'s to decide.
 
+use std::time::Duration;
+
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+
+use crate::watchdog::Heartbeat;
 
 /// Where a command's outcome goes: done, or why not.
 pub type Reply = oneshot::Sender<Result<(), String>>;
@@ -91,5 +95,26 @@ where
         },
         commands: commands_tx,
         task,
+    }
+}
+
+impl<S> Inbox<S> {
+    /// For a component that cannot work (a failed first start, a spool it
+    /// cannot use, PostgreSQL it does not run): answers every start and
+    /// stop with `why`, and keeps its heartbeat, until `run` shuts it down.
+    pub async fn refuse_until_shutdown(mut self, heartbeat: Heartbeat, why: &str) {
+        loop {
+            heartbeat.beat();
+            let command = tokio::select! {
+                command = self.commands.recv() => command,
+                _ = tokio::time::sleep(Duration::from_millis(250)) => continue,
+            };
+            match command {
+                Some(Command::Start(reply) | Command::Stop(reply)) => {
+                    let _ = reply.send(Err(why.to_string()));
+                }
+                Some(Command::Shutdown) | None => return,
+            }
+        }
     }
 }

@@ -99,7 +99,9 @@ async fn run(
                 s.state = DrainState::Failed;
                 s.spool_error = Some(why);
             });
-            return refuse_until_shutdown(inbox, heartbeat).await;
+            return inbox
+                .refuse_until_shutdown(heartbeat, "the spool cannot be used; see status")
+                .await;
         }
     };
     let wake = Arc::new(Notify::new());
@@ -848,24 +850,5 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
-    }
-}
-
-/// After a spool failure: answer requests until `run` shuts the component
-/// down.
-async fn refuse_until_shutdown(mut inbox: Inbox<DrainStatus>, heartbeat: Heartbeat) {
-    loop {
-        heartbeat.beat();
-        let command = tokio::select! {
-            command = inbox.commands.recv() => command,
-            _ = tokio::time::sleep(POLL) => continue,
-        };
-        let Some(command) = command else { return };
-        match command {
-            Command::Start(reply) | Command::Stop(reply) => {
-                let _ = reply.send(Err("the spool cannot be used; see status".into()));
-            }
-            Command::Shutdown => return,
-        }
     }
 }

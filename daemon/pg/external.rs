@@ -53,7 +53,12 @@ pub async fn run_external(
                 s.last_failure = Some(e);
                 s.last_failure_at = Some(outboxd::utc::unix_now());
             });
-            return refuse_until_shutdown(inbox, heartbeat).await;
+            return inbox
+                .refuse_until_shutdown(
+                    heartbeat,
+                    "postgres is external (--database-url): outboxd does not start or stop it",
+                )
+                .await;
         }
     };
     let external = Connection {
@@ -100,27 +105,6 @@ pub async fn run_external(
         }
     }
     connection.send_replace(None);
-}
-
-/// After a configuration that cannot work: answer requests with the
-/// status's failure until `run` shuts the component down.
-async fn refuse_until_shutdown(mut inbox: Inbox<PostgresStatus>, heartbeat: Heartbeat) {
-    loop {
-        heartbeat.beat();
-        let command = tokio::select! {
-            command = inbox.commands.recv() => command,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-        };
-        match command {
-            Some(Command::Start(reply) | Command::Stop(reply)) => {
-                let _ = reply.send(Err(
-                    "postgres is external (--database-url): outboxd does not start or stop it"
-                        .into(),
-                ));
-            }
-            Some(Command::Shutdown) | None => return,
-        }
-    }
 }
 
 /// The largest `sslrootcert` file read.

@@ -59,7 +59,9 @@ pub async fn run_embedded(
         Err(e) => {
             fail(&inbox.status, &e);
             let _ = first.send(Err(e));
-            return refuse_until_shutdown(inbox, heartbeat).await;
+            return inbox
+                .refuse_until_shutdown(heartbeat, "PostgreSQL failed to start")
+                .await;
         }
     };
     notifier.status("starting PostgreSQL");
@@ -79,7 +81,9 @@ pub async fn run_embedded(
         Err(e) => {
             fail(&supervisor.status, &e);
             let _ = first.send(Err(e));
-            return refuse_until_shutdown(inbox, heartbeat).await;
+            return inbox
+                .refuse_until_shutdown(heartbeat, "PostgreSQL failed to start")
+                .await;
         }
     }
     supervisor.watch(&mut inbox, &heartbeat).await;
@@ -243,25 +247,6 @@ fn fail(status: &watch::Sender<PostgresStatus>, e: &PgError) {
         s.last_failure = Some(e.to_string());
         s.last_failure_at = Some(outboxd::utc::unix_now());
     });
-}
-
-/// After a failed first start: answer requests with the failure until
-/// `run` shuts the component down.
-async fn refuse_until_shutdown(mut inbox: Inbox<PostgresStatus>, heartbeat: Heartbeat) {
-    loop {
-        heartbeat.beat();
-        let command = tokio::select! {
-            command = inbox.commands.recv() => command,
-            _ = tokio::time::sleep(ALIVE_EVERY) => continue,
-        };
-        let Some(command) = command else { return };
-        match command {
-            Command::Start(reply) | Command::Stop(reply) => {
-                let _ = reply.send(Err("PostgreSQL failed to start".into()));
-            }
-            Command::Shutdown => return,
-        }
-    }
 }
 
 async fn exited(current: &mut Option<Running>) -> String {
