@@ -97,7 +97,7 @@ async fn run(
             error!(error = %why, "the spool cannot be used: the drain is stopped");
             inbox.status.send_modify(|s| {
                 s.state = DrainState::Failed;
-                s.spool_error = Some(why);
+                s.spool_error = Some(why.to_string());
             });
             return inbox
                 .refuse_until_shutdown(heartbeat, "the spool cannot be used; see status")
@@ -140,18 +140,17 @@ async fn run(
 }
 
 /// Opens the spool on its thread and checks its integrity.
-async fn open_spool(config: &Config) -> Result<(Worker, Uuid), String> {
-    let (worker, source) = Worker::open(&config.paths)
-        .await
-        .map_err(|e| e.to_string())?;
-    match worker.run(|spool| spool.integrity_check()).await {
-        Ok(None) => Ok((worker, source)),
-        Ok(Some(problems)) => Err(format!(
-            "{} failed its integrity check ({problems}); it was left untouched: copy it \
-             aside and see the README's \"A damaged spool\"",
-            config.paths.spool.display()
+async fn open_spool(config: &Config) -> outboxd::Result<(Worker, Uuid)> {
+    let (worker, source) = Worker::open(&config.paths).await?;
+    match worker.run(|spool| spool.integrity_check()).await? {
+        None => Ok((worker, source)),
+        Some(problems) => Err(outboxd::Error::problem(
+            "spool",
+            &config.paths.spool,
+            format!("failed its integrity check ({problems}); it was left untouched"),
+            "copy it aside and see the README's \"A damaged spool\"",
+            libc::EIO,
         )),
-        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -346,7 +345,7 @@ impl Drain {
             let recorded = match self.worker.run(|spool| spool.target()).await {
                 Ok(recorded) => recorded,
                 Err(e) => {
-                    self.failed(Failure::Spool(e.to_string()));
+                    self.failed(Failure::Spool(e));
                     return Next::Wait;
                 }
             };
@@ -377,7 +376,7 @@ impl Drain {
                                 info!(%target, "recorded the database this spool drains into")
                             }
                             Err(e) => {
-                                self.failed(Failure::Spool(e.to_string()));
+                                self.failed(Failure::Spool(e));
                                 return Next::Wait;
                             }
                         }
@@ -410,7 +409,7 @@ impl Drain {
         let batch = match batch {
             Ok(batch) => batch,
             Err(e) => {
-                self.failed(Failure::Spool(e.to_string()));
+                self.failed(Failure::Spool(e));
                 return Next::Wait;
             }
         };
@@ -566,7 +565,7 @@ impl Drain {
                     Ok((head, spool.last_seq()?))
                 })
                 .await
-                .map_err(|e| Failure::Spool(e.to_string()))?;
+                .map_err(Failure::Spool)?;
             let Some(last) = head.last().map(|event| event.seq) else {
                 if last_seq < cursor {
                     return self.raise_seq(cursor).await;
@@ -582,7 +581,7 @@ impl Drain {
             self.worker
                 .run(move |spool| spool.delete_through(last))
                 .await
-                .map_err(|e| Failure::Spool(e.to_string()))?;
+                .map_err(Failure::Spool)?;
         }
     }
 
@@ -618,7 +617,7 @@ impl Drain {
             .worker
             .run(move |spool| spool.raise_seq(cursor))
             .await
-            .map_err(|e| Failure::Spool(e.to_string()))?;
+            .map_err(Failure::Spool)?;
         if before < cursor {
             warn!(
                 spool_last_seq = before,

@@ -44,8 +44,8 @@ pub enum Failure {
     /// Another spool shares this source id (a copied home): nothing moves
     /// until a person decides.
     Conflict(String),
-    /// The spool failed.
-    Spool(String),
+    /// The spool failed (the error names the file and the fix).
+    Spool(outboxd::Error),
     /// The daemon is connected to another PostgreSQL than the one this
     /// spool drains into: nothing moves until a person decides.
     Target(String),
@@ -58,8 +58,8 @@ impl std::fmt::Display for Failure {
             | Failure::Lost(why)
             | Failure::Setup(why)
             | Failure::Conflict(why)
-            | Failure::Spool(why)
             | Failure::Target(why) => f.write_str(why),
+            Failure::Spool(error) => error.fmt(f),
         }
     }
 }
@@ -379,7 +379,7 @@ impl Sink {
                     worker
                         .run(move |spool| spool.dead_letter(&dead))
                         .await
-                        .map_err(|e| Failure::Spool(e.to_string()))?;
+                        .map_err(Failure::Spool)?;
                     landed.dead += 1;
                 }
             }

@@ -631,3 +631,55 @@ fn the_spool_exists_whenever_a_daemon_holds_the_lock() {
     assert!(daemon.ready_or_exit(LIMIT).is_ok());
     home.stop();
 }
+
+#[test]
+fn a_damaged_spool_stops_the_drain_untouched_and_status_says_what_to_do() {
+    let home = Home::with_cluster();
+    let lines: String = (0..2000)
+        .map(|n| {
+            format!(
+                "{{\"topic\":\"t\",\"payload\":{{\"n\":{n},\"pad\":\"{}\"}}}}\n",
+                "x".repeat(80)
+            )
+        })
+        .collect();
+    let run = common::run_with_stdin(
+        &mut home.ctl_command(&["enqueue", "--ndjson"]),
+        lines.as_bytes(),
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    // Everything into outbox.db, so that a page of it can be damaged.
+    let spool = home.paths().spool;
+    rusqlite::Connection::open(&spool)
+        .unwrap()
+        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+        .unwrap();
+    let mut bytes = std::fs::read(&spool).unwrap();
+    let page = 4096 * 10;
+    assert!(
+        bytes.len() > page + 4096,
+        "a spool of {} bytes",
+        bytes.len()
+    );
+    bytes[page..page + 64].fill(0xff);
+    std::fs::write(&spool, &bytes).unwrap();
+
+    home.start();
+    let status = home.ctl(&["status", "--json"]);
+    assert_eq!(status.code, 150, "a failed drain is degraded: {status:?}");
+    let drain = &status.json()["drain"];
+    assert_eq!(drain["state"], "failed", "{drain}");
+    let error = drain["spool_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("outbox.db")
+            && error.contains("integrity check")
+            && error.contains("A damaged spool"),
+        "says which file, what failed and what to do: {error}"
+    );
+    home.stop();
+    assert_eq!(
+        std::fs::read(&spool).unwrap(),
+        bytes,
+        "the spool was changed"
+    );
+}

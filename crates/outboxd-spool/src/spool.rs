@@ -881,21 +881,30 @@ impl Spool {
 
     #[cfg(feature = "drain")]
     /// `PRAGMA quick_check`: `None` when the spool is sound, else the
-    /// problems SQLite found, one a line.
+    /// problems SQLite found, one a line (a file too damaged for the check
+    /// to run is a problem too, not an error).
     pub fn integrity_check(&mut self) -> Result<Option<String>> {
         let path = &self.paths.spool;
-        let mut check = self
+        let problems: rusqlite::Result<Vec<String>> = self
             .conn
             .prepare("PRAGMA quick_check")
-            .at("check the integrity of", path)?;
-        let problems: Vec<String> = check
-            .query_map([], |row| row.get(0))
-            .and_then(Iterator::collect)
-            .at("check the integrity of", path)?;
-        if problems.len() == 1 && problems[0] == "ok" {
-            Ok(None)
-        } else {
-            Ok(Some(problems.join("\n")))
+            .and_then(|mut check| {
+                check
+                    .query_map([], |row| row.get(0))
+                    .and_then(Iterator::collect)
+            });
+        match problems {
+            Ok(problems) if problems.len() == 1 && problems[0] == "ok" => Ok(None),
+            Ok(problems) => Ok(Some(problems.join("\n"))),
+            Err(e @ rusqlite::Error::SqliteFailure(failure, _))
+                if matches!(
+                    failure.code,
+                    ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase
+                ) =>
+            {
+                Ok(Some(e.to_string()))
+            }
+            Err(e) => Err(e).at("check the integrity of", path),
         }
     }
 }
