@@ -15,7 +15,7 @@ use outboxd::exit_code;
 use outboxd::lock::{self, LockState};
 use outboxd::paths::Paths;
 use outboxd::postmaster;
-use outboxd::process::signal_name;
+use outboxd::process::Signal;
 use outboxd::protocol::Request;
 use serde_json::{Value, json};
 
@@ -168,9 +168,9 @@ fn escalate(
         Err(err @ CtlError::Untrusted(_)) => return Err(err),
         Err(err) => steps.push(format!("the stop request failed: {err}")),
     }
-    for (signal, wait) in [(libc::SIGTERM, grace), (libc::SIGKILL, AFTER_KILL)] {
-        let name = signal_name(signal);
-        if signal == libc::SIGKILL {
+    for (signal, wait) in [(Signal::Terminate, grace), (Signal::Kill, AFTER_KILL)] {
+        let name = signal.name();
+        if signal == Signal::Kill {
             // For the next daemon's post-mortem (`status`: previous run).
             outboxd::runs::record_kill(
                 paths,
@@ -191,7 +191,7 @@ fn escalate(
         }
         if released(wait)? {
             let how = match signal {
-                libc::SIGKILL => "killed with SIGKILL",
+                Signal::Kill => "killed with SIGKILL",
                 _ => "stopped after SIGTERM",
             };
             return Ok(format!("{how} ({})", steps.join("; ")));

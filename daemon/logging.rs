@@ -13,7 +13,6 @@
 
 use std::fmt;
 use std::io::{self, IsTerminal};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -98,13 +97,9 @@ fn stderr_is_journal() -> bool {
     let Some((dev, ino)) = stream.to_str().and_then(|s| s.split_once(':')) else {
         return false;
     };
-    let stderr = io::stderr();
-    // SAFETY: stat is plain data; all-zero is a valid value to be filled in.
-    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: fstat on our own standard error with a valid out-pointer.
-    if unsafe { libc::fstat(stderr.as_raw_fd(), &mut stat) } != 0 {
+    let Ok(stat) = rustix::fs::fstat(io::stderr()) else {
         return false;
-    }
+    };
     dev.parse() == Ok(stat.st_dev) && ino.parse() == Ok(stat.st_ino)
 }
 
@@ -251,15 +246,12 @@ pub fn reopen(path: &Path) -> Result<()> {
 /// Points standard output and standard error at a fresh open of `path`.
 fn redirect(path: &Path) -> Result<std::fs::File> {
     let file = open(path)?;
-    for target in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
-        // SAFETY: dup2 atomically replaces `target` with a copy of our open fd.
-        if unsafe { libc::dup2(file.as_raw_fd(), target) } == -1 {
-            return Err(outboxd::Error::Io {
-                op: "redirect standard error to",
-                path: path.to_path_buf(),
-                source: io::Error::last_os_error(),
-            });
-        }
-    }
+    rustix::stdio::dup2_stdout(&file)
+        .and_then(|()| rustix::stdio::dup2_stderr(&file))
+        .map_err(|e| outboxd::Error::Io {
+            op: "redirect standard error to",
+            path: path.to_path_buf(),
+            source: e.into(),
+        })?;
     Ok(file)
 }

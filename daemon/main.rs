@@ -28,7 +28,7 @@ mod state;
 mod watchdog;
 
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -118,8 +118,7 @@ fn start(
     watchdog: Option<std::time::Duration>,
 ) -> Result<(), Failure> {
     // Everything the daemon creates is private to its account.
-    // SAFETY: umask only sets the process's file mode mask.
-    unsafe { libc::umask(0o077) };
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let paths = Paths::resolve(args.home.as_deref())?;
     Config::check_flags(&paths, flags)?;
     notifier.status("preparing the home directory");
@@ -259,11 +258,5 @@ fn report(pipe: Option<OwnedFd>, message: &str) {
 
 /// A pipe whose ends close on exec (PostgreSQL must not inherit them).
 fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 fills two descriptors, which we then own.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fresh descriptors from pipe2.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
 }

@@ -192,23 +192,21 @@ pub fn open_files_limit() -> usize {
 /// so that a burst of control connections meets the connection cap before
 /// it meets EMFILE; returns the limit in force.
 fn raise_open_files_limit() -> usize {
-    // SAFETY: getrlimit/setrlimit read and write a plain struct.
-    unsafe {
-        let mut limit: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 1024;
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    let hard = limit.maximum.map_or(65_536, |max| max.min(65_536));
+    if limit.current.is_some_and(|current| current < hard) {
+        let raised = Rlimit {
+            current: Some(hard),
+            maximum: limit.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            limit = raised;
         }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max.min(65_536),
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                limit = raised;
-            }
-        }
-        usize::try_from(limit.rlim_cur).unwrap_or(65_536)
     }
+    limit
+        .current
+        .map_or(65_536, |current| usize::try_from(current).unwrap_or(65_536))
 }
 
 #[cfg(test)]

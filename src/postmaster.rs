@@ -19,7 +19,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::error::{Error, IoContext, Result};
-use crate::process::{self, ProcessHandle};
+use crate::process::{self, ProcessHandle, Signal};
 use crate::safefs::{self, Owner};
 
 /// A live postmaster on a data directory.
@@ -196,9 +196,9 @@ impl Postmaster {
     /// signal that ended it.
     pub fn stop(&self, grace: Duration) -> io::Result<&'static str> {
         let steps = [
-            (libc::SIGINT, grace),
-            (libc::SIGQUIT, Duration::from_secs(5)),
-            (libc::SIGKILL, Duration::from_secs(5)),
+            (Signal::Interrupt, grace),
+            (Signal::Quit, Duration::from_secs(5)),
+            (Signal::Kill, Duration::from_secs(5)),
         ];
         for (signal, wait) in steps {
             match self.handle.signal(signal) {
@@ -207,7 +207,7 @@ impl Postmaster {
                 Err(e) => return Err(e),
             }
             if process::wait_gone(self.pid, wait) {
-                return Ok(process::signal_name(signal));
+                return Ok(signal.name());
             }
         }
         Err(io::Error::other(format!(

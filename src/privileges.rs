@@ -22,7 +22,7 @@
 use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -170,21 +170,11 @@ fn open_home(home: &Path) -> Result<Option<(OwnedFd, fs::Metadata)>> {
     if !meta.is_dir() {
         return Err(not_a_directory(home, &meta));
     }
-    let c_home = CString::new(home.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rustix::fs::open(home, flags, Mode::empty())
+        .map_err(io::Error::from)
         .at("open home directory", home)?;
-    // SAFETY: a valid C string and plain flags.
-    let fd = unsafe {
-        libc::open(
-            c_home.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error()).at("open home directory", home);
-    }
-    // SAFETY: open returned a fresh descriptor that we now own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     // The descriptor, not the path, is what was decided about.
     let meta = fs::File::from(fd.try_clone().at("open home directory", home)?)
         .metadata()
@@ -331,11 +321,10 @@ fn create_home(home: &Path, account: &Account) -> Result<()> {
 }
 
 fn fchown(dir: &OwnedFd, account: &Account) -> io::Result<()> {
-    // SAFETY: fchown on a descriptor we own.
-    match unsafe { libc::fchown(dir.as_raw_fd(), account.uid, account.gid) } {
-        0 => Ok(()),
-        _ => Err(io::Error::last_os_error()),
-    }
+    use rustix::fs::{Gid, Uid};
+    let owner = Uid::from_raw(account.uid);
+    let group = Gid::from_raw(account.gid);
+    Ok(rustix::fs::fchown(dir, Some(owner), Some(group))?)
 }
 
 /// After the switch, the account must reach its home and write in it: a

@@ -540,16 +540,9 @@ fn log_since(path: &std::path::Path, start: u64) -> String {
 /// The bytes available to this account and the size of the file system of
 /// `path`.
 fn free_space(path: &std::path::Path) -> Option<(u64, u64)> {
-    use std::os::unix::ffi::OsStrExt;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs is plain data; all-zero is a valid value to be filled in.
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid C string and out-pointer.
-    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
-        return None;
-    }
-    let block = stat.f_frsize as u64;
-    Some((stat.f_bavail as u64 * block, stat.f_blocks as u64 * block))
+    let stat = rustix::fs::statvfs(path).ok()?;
+    let block = stat.f_frsize;
+    Some((stat.f_bavail * block, stat.f_blocks * block))
 }
 
 fn human_bytes(bytes: u64) -> String {

@@ -5,8 +5,7 @@
 //! from [`Paths`].
 
 use std::fs;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
@@ -238,20 +237,15 @@ impl SocketPath {
 /// An `O_PATH` descriptor of the directory `dir` (not followed if its last
 /// component is a symlink).
 fn open_dir_path(dir: &Path) -> Result<OwnedFd> {
-    let c_dir = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))
-        .at("open directory", dir)?;
+    use rustix::fs::{Mode, OFlags};
     #[cfg(target_os = "linux")]
-    let flags = libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
+    let access = OFlags::PATH;
     #[cfg(not(target_os = "linux"))]
-    let flags = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC;
-    // SAFETY: a valid C string and plain flags.
-    let fd = unsafe { libc::open(c_dir.as_ptr(), flags) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).at("open directory", dir);
-    }
-    // SAFETY: open returned a fresh descriptor that we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let access = OFlags::RDONLY;
+    let flags = access | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    rustix::fs::open(dir, flags, Mode::empty())
+        .map_err(std::io::Error::from)
+        .at("open directory", dir)
 }
 
 #[cfg(test)]

@@ -13,11 +13,9 @@
 //!   uid;
 //! - reads are capped.
 
-use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -225,40 +223,24 @@ fn kind(meta: &std::fs::Metadata) -> &'static str {
 
 /// `openat(dir or AT_FDCWD, path, flags | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)`.
 fn open_raw(dir: Option<&OwnedFd>, path: &Path, mode: Mode) -> io::Result<OwnedFd> {
+    use rustix::fs::{CWD, Mode as Perm, OFlags};
     let (flags, create_mode) = match mode {
-        Mode::Read => (libc::O_RDONLY, 0),
-        Mode::ReadWrite { mode } => (libc::O_RDWR | libc::O_CREAT, mode),
-        Mode::Append { mode } => (libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT, mode),
-        Mode::CreateNew { mode } => (libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL, mode),
+        Mode::Read => (OFlags::RDONLY, 0),
+        Mode::ReadWrite { mode } => (OFlags::RDWR | OFlags::CREATE, mode),
+        Mode::Append { mode } => (OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE, mode),
+        Mode::CreateNew { mode } => (OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL, mode),
     };
-    let c_path = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
-    let dirfd = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
-    // SAFETY: a valid C string, a valid directory fd (or AT_FDCWD), plain flags.
-    let fd = unsafe {
-        libc::openat(
-            dirfd,
-            c_path.as_ptr(),
-            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK,
-            create_mode as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: openat returned a fresh descriptor that we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+    let create_mode = Perm::from_raw_mode(create_mode as _);
+    Ok(match dir {
+        Some(dir) => rustix::fs::openat(dir, path, flags, create_mode)?,
+        None => rustix::fs::openat(CWD, path, flags, create_mode)?,
+    })
 }
 
 fn set_blocking(file: &File) -> io::Result<()> {
-    let fd = file.as_raw_fd();
-    // SAFETY: F_GETFL/F_SETFL on a descriptor we own.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
+    let flags = rustix::fs::fcntl_getfl(file)?;
+    rustix::fs::fcntl_setfl(file, flags - rustix::fs::OFlags::NONBLOCK)?;
     Ok(())
 }
 
@@ -266,6 +248,8 @@ fn set_blocking(file: &File) -> io::Result<()> {
 mod tests {
     use super::*;
     use crate::process::euid;
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
 
     #[test]
     fn symlinks_fifos_devices_and_big_files_are_refused() {

@@ -1,25 +1,14 @@
-//! Operating-system accounts: looking them up (the reentrant `getpw*_r`
-//! calls, so lookups are safe on any thread) and becoming one.
-//!
-//! This is the only module that reads the password database or changes the
-//! process's credentials.
+//! Accounts on Unix: the password and group databases through the
+//! reentrant `getpw*_r`/`getgr*_r` calls (safe on any thread; rustix has
+//! no wrapper for them), and `initgroups`, `setgid`, `setuid`.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
+use super::{Account, Groups};
 use crate::error::{Error, Result};
-
-/// An account from the password database.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Account {
-    pub name: String,
-    pub uid: u32,
-    pub gid: u32,
-    /// The account's home directory in the password database.
-    pub dir: PathBuf,
-}
 
 /// The account named `name`, if there is one.
 pub fn by_name(name: &str) -> Result<Option<Account>> {
@@ -153,17 +142,6 @@ pub fn process_in_group(pid: i32, gid: u32) -> bool {
                 .skip(1)
                 .any(|g| g.parse::<u32>().is_ok_and(|g| g == gid))
     })
-}
-
-/// Which supplementary groups [`become_account`] gives the process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Groups {
-    /// The account's groups from the group database (`initgroups`): the
-    /// daemon, which may need them (`producer_group`).
-    Database,
-    /// Only its primary group: short-lived clients, which need nothing
-    /// more, skip the group database's lookups.
-    PrimaryOnly,
 }
 
 /// Becomes `account` for good: supplementary groups (root's own are

@@ -16,10 +16,17 @@
 //! The file is opened without following a link and must be a regular file
 //! owned by the home's owner: a planted symlink, FIFO or foreign file is
 //! refused, never written through.
+//!
+//! The kernel's side (take the lock, name its holder) is per operating
+//! system: `unix.rs`.
+
+#[cfg(unix)]
+mod unix;
+#[cfg(unix)]
+use unix as os;
 
 use std::fs::File;
-use std::io::{self, Read};
-use std::os::fd::AsRawFd;
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -28,7 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
 use crate::paths::Paths;
-use crate::process::ProcessHandle;
+use crate::process::{ProcessHandle, Signal};
 use crate::safefs::{self, Mode, Owner};
 
 /// The largest lock record read.
@@ -139,24 +146,25 @@ fn open_for_locking(path: &Path) -> Result<File> {
 }
 
 fn take(file: &File, path: &Path, home: &Path) -> Result<()> {
-    match fcntl_lock(file, libc::F_SETLK, libc::F_WRLCK as i16) {
-        Ok(_) => Ok(()),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) => {
-            let pid = holder(file).at("inspect lock file", path)?.unwrap_or(0);
-            Err(Error::AlreadyRunning {
-                pid,
-                home: home.to_path_buf(),
-            })
-        }
-        Err(e) => Err(e).at("lock", path),
+    if os::try_lock(file).at("lock", path)? {
+        return Ok(());
     }
+    let pid = os::holder(file).at("inspect lock file", path)?.unwrap_or(0);
+    Err(Error::AlreadyRunning {
+        pid,
+        home: home.to_path_buf(),
+    })
 }
 
 fn write_record(file: &File, path: &Path, info: &LockInfo) -> Result<()> {
     let mut line = serde_json::to_vec(info).expect("lock info serializes");
     line.push(b'\n');
     file.set_len(0).at("truncate lock file", path)?;
-    std::os::unix::fs::FileExt::write_all_at(file, &line, 0).at("write lock file", path)?;
+    let mut file_ref = file;
+    file_ref
+        .seek(SeekFrom::Start(0))
+        .and_then(|_| file_ref.write_all(&line))
+        .at("write lock file", path)?;
     file.sync_data().at("sync lock file", path)
 }
 
@@ -178,7 +186,7 @@ pub fn clear_stale(paths: &Paths) -> Result<bool> {
         return Ok(false);
     }
     let file = open_for_locking(&paths.lock)?;
-    if fcntl_lock(&file, libc::F_SETLK, libc::F_WRLCK as i16).is_err() {
+    if !os::try_lock(&file).unwrap_or(false) {
         return Ok(false);
     }
     let stale = file.metadata().at("inspect lock file", &paths.lock)?.len() > 0;
@@ -195,7 +203,7 @@ pub fn inspect(paths: &Paths) -> Result<LockState> {
         return Ok(LockState::Missing);
     };
     let path = &paths.lock;
-    let holder = holder(&file).at("inspect lock file", path)?;
+    let holder = os::holder(&file).at("inspect lock file", path)?;
     let mut text = String::new();
     let info = match (&mut file).take(MAX_RECORD).read_to_string(&mut text) {
         Ok(_) => serde_json::from_str(text.trim()).ok(),
@@ -214,7 +222,7 @@ pub fn inspect(paths: &Paths) -> Result<LockState> {
 /// The process is pinned with a pidfd *before* the holder is checked, so the
 /// signal goes to the very process that was verified or, if that one has
 /// exited since, to nobody.
-pub fn signal_holder(paths: &Paths, pid: i32, signal: i32) -> Result<bool> {
+pub fn signal_holder(paths: &Paths, pid: i32, signal: Signal) -> Result<bool> {
     let path = &paths.lock;
     let process = match ProcessHandle::open(pid) {
         Ok(process) => process,
@@ -224,7 +232,7 @@ pub fn signal_holder(paths: &Paths, pid: i32, signal: i32) -> Result<bool> {
     let Some(file) = open_to_inspect(paths)? else {
         return Ok(false);
     };
-    if holder(&file).at("inspect lock file", path)? != Some(pid) {
+    if os::holder(&file).at("inspect lock file", path)? != Some(pid) {
         return Ok(false);
     }
     match process.signal(signal) {
@@ -251,28 +259,5 @@ pub fn wait_released(paths: &Paths, pid: i32, timeout: Duration) -> Result<bool>
             return Ok(false);
         }
         std::thread::sleep(pause.min(deadline - now));
-    }
-}
-
-/// The pid of the process holding a conflicting lock on `file`, if any.
-fn holder(file: &File) -> io::Result<Option<i32>> {
-    let lock = fcntl_lock(file, libc::F_GETLK, libc::F_WRLCK as i16)?;
-    Ok((lock.l_type != libc::F_UNLCK as i16).then_some(lock.l_pid))
-}
-
-/// One `fcntl` record-lock call over the whole file.
-fn fcntl_lock(file: &File, cmd: i32, kind: i16) -> io::Result<libc::flock> {
-    // SAFETY: flock is plain data; all-zero is a valid value (whole file from
-    // offset 0) before we set the type.
-    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
-    lock.l_type = kind;
-    lock.l_whence = libc::SEEK_SET as i16;
-    // SAFETY: the descriptor is open for the life of `file` and `lock` is a
-    // valid flock for F_SETLK / F_GETLK.
-    let rc = unsafe { libc::fcntl(file.as_raw_fd(), cmd, &mut lock) };
-    if rc == -1 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(lock)
     }
 }

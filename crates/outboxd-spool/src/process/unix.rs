@@ -1,49 +1,48 @@
-//! Facts about other processes: whether one is alive, and a handle that
-//! names one process for its whole life (a pidfd on Linux), so that a signal
-//! cannot reach a process that reused its pid.
+//! Processes on Unix: `kill(pid, 0)` and `/proc` for the facts (Linux;
+//! where `/proc` is missing, as on macOS, a fact is unknown), a pidfd for
+//! the handle (Linux; elsewhere only the pid), signals for the asks.
 
 use std::io;
 
+use rustix::process::{Pid, Signal as Sig};
+
+use super::Signal;
+
 /// This process's effective user id.
 pub fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() }
+    rustix::process::geteuid().as_raw()
+}
+
+/// `pid` as a process id: `None` for 0 and negative numbers, which name
+/// process groups or everyone to `kill` (a forged lock record may hold
+/// them; `Pid::from_raw` would panic on a negative one).
+fn process_id(pid: i32) -> Option<Pid> {
+    (pid > 0).then(|| Pid::from_raw(pid)).flatten()
+}
+
+/// `kill(pid, 0)`: whether a process (a zombie included) has `pid`; one we
+/// may not signal exists too.
+fn answers(pid: i32) -> bool {
+    match process_id(pid) {
+        Some(pid) => match rustix::process::test_kill_process(pid) {
+            Ok(()) => true,
+            Err(e) => e == rustix::io::Errno::PERM,
+        },
+        None => false,
+    }
 }
 
 /// Whether `pid` names a live process. A zombie (exited, not yet reaped by
 /// its parent) counts as dead: this machine's init reaps late, and a zombie
 /// still answers `kill(pid, 0)`.
 pub fn alive(pid: i32) -> bool {
-    if pid <= 0 {
-        return false;
-    }
-    // SAFETY: kill with signal 0 only checks for existence and permission.
-    let exists = unsafe { libc::kill(pid, 0) } == 0
-        || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-    exists && !is_zombie(pid)
-}
-
-/// Waits up to `timeout` for `pid` to be gone (a zombie counts as gone);
-/// whether it went. Polls every millisecond: the callers wait for exits
-/// that take a few milliseconds, and a user waits on them.
-pub fn wait_gone(pid: i32, timeout: std::time::Duration) -> bool {
-    let deadline = std::time::Instant::now() + timeout;
-    while alive(pid) {
-        if std::time::Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    true
+    answers(pid) && !is_zombie(pid)
 }
 
 /// Whether any process, a zombie included, has `pid` (PostgreSQL's own
 /// checks of its lock files count a zombie as alive).
 pub fn exists(pid: i32) -> bool {
-    // SAFETY: kill with signal 0 only checks for existence and permission.
-    pid > 0
-        && (unsafe { libc::kill(pid, 0) } == 0
-            || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM))
+    answers(pid)
 }
 
 /// Whether `/proc/PID/stat` shows the process as a zombie (`Z`) or dead (`X`).
@@ -99,7 +98,7 @@ pub fn program_name(pid: i32) -> Option<String> {
 #[derive(Debug)]
 pub struct ProcessHandle {
     #[cfg(not(target_os = "linux"))]
-    pid: i32,
+    pid: Pid,
     #[cfg(target_os = "linux")]
     fd: std::os::fd::OwnedFd,
 }
@@ -107,58 +106,43 @@ pub struct ProcessHandle {
 impl ProcessHandle {
     /// Pins the process that has `pid` now. Fails with `ESRCH` when there is none.
     pub fn open(pid: i32) -> io::Result<ProcessHandle> {
-        if pid <= 0 {
-            return Err(io::Error::from_raw_os_error(libc::ESRCH));
-        }
+        let gone = || io::Error::from_raw_os_error(libc::ESRCH);
+        let pid = process_id(pid).ok_or_else(gone)?;
         #[cfg(target_os = "linux")]
         {
-            use std::os::fd::FromRawFd;
-            // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: the syscall returned a fresh descriptor that we now own.
-            let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+            let fd = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())?;
             Ok(ProcessHandle { fd })
         }
         #[cfg(not(target_os = "linux"))]
         {
-            if alive(pid) {
+            if alive(pid.as_raw_nonzero().get()) {
                 Ok(ProcessHandle { pid })
             } else {
-                Err(io::Error::from_raw_os_error(libc::ESRCH))
+                Err(gone())
             }
         }
     }
 
     /// Sends `signal` to the pinned process; `ESRCH` when it has exited.
-    pub fn signal(&self, signal: i32) -> io::Result<()> {
-        #[cfg(target_os = "linux")]
-        // SAFETY: pidfd_send_signal takes our open pidfd, a signal number, no
-        // siginfo and no flags.
-        let rc = unsafe {
-            use std::os::fd::AsRawFd;
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.fd.as_raw_fd(),
-                signal,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
+    pub fn signal(&self, signal: Signal) -> io::Result<()> {
+        let signal = match signal {
+            Signal::Interrupt => Sig::INT,
+            Signal::Quit => Sig::QUIT,
+            Signal::Terminate => Sig::TERM,
+            Signal::Kill => Sig::KILL,
+            Signal::Hangup => Sig::HUP,
+            Signal::Stop => Sig::STOP,
+            Signal::Continue => Sig::CONT,
         };
+        #[cfg(target_os = "linux")]
+        rustix::process::pidfd_send_signal(&self.fd, signal)?;
         #[cfg(not(target_os = "linux"))]
-        // SAFETY: kill takes a pid and a signal number.
-        let rc = unsafe { libc::kill(self.pid, signal) } as i64;
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        rustix::process::kill_process(self.pid, signal)?;
+        Ok(())
     }
 }
 
-/// The name of a signal, for messages.
+/// The name of a signal number the daemon received, for messages.
 pub fn signal_name(signal: i32) -> &'static str {
     match signal {
         libc::SIGTERM => "SIGTERM",
@@ -180,6 +164,11 @@ mod tests {
         assert!(alive(std::process::id() as i32));
         assert!(!alive(0));
         assert!(!alive(-1));
+        assert!(!exists(i32::MIN));
+        for pid in [0, -1, i32::MIN] {
+            let refused = ProcessHandle::open(pid).unwrap_err();
+            assert_eq!(refused.raw_os_error(), Some(libc::ESRCH), "{pid}");
+        }
     }
 
     #[test]
