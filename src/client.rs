@@ -11,11 +11,11 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use interprocess::local_socket::{GenericFilePath, Stream, ToFsName, prelude::*};
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
-use crate::paths::{Paths, SocketPath};
+use crate::endpoint::{self, Stream};
+use crate::paths::Paths;
 use crate::protocol::{self, ErrorBody, Request, Response};
 
 /// The largest response line the client reads.
@@ -85,12 +85,10 @@ pub fn connect_verified(
     timeout: Duration,
 ) -> Result<Client, ClientError> {
     let client = Client::connect(&paths.socket, timeout)?;
-    let owner = std::fs::metadata(&paths.home)
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
-        .map_err(|source| ClientError::Connect {
-            socket: paths.socket.clone(),
-            source,
-        })?;
+    let owner = endpoint::home_owner(&paths.home).map_err(|source| ClientError::Connect {
+        socket: paths.socket.clone(),
+        source,
+    })?;
     let (peer_pid, peer_uid) = client.peer();
     if peer_pid != u32::try_from(holder).ok() || peer_uid != Some(owner) {
         return Err(ClientError::Impostor {
@@ -109,20 +107,10 @@ impl Client {
     /// tools that verify by other means); every later read and write gives
     /// up after `timeout`.
     pub fn connect(socket: &Path, timeout: Duration) -> Result<Client, ClientError> {
-        let connect_error = |source| ClientError::Connect {
+        let stream = endpoint::connect(socket, timeout).map_err(|source| ClientError::Connect {
             socket: socket.to_path_buf(),
             source,
-        };
-        let address = SocketPath::new(socket).map_err(|e| connect_error(io::Error::other(e)))?;
-        let name = address
-            .address()
-            .to_fs_name::<GenericFilePath>()
-            .map_err(connect_error)?;
-        let stream = Stream::connect(name).map_err(connect_error)?;
-        stream
-            .set_recv_timeout(Some(timeout))
-            .and_then(|()| stream.set_send_timeout(Some(timeout)))
-            .map_err(connect_error)?;
+        })?;
         Ok(Client {
             stream: BufReader::new(stream),
             socket: socket.to_path_buf(),
@@ -169,13 +157,8 @@ impl Client {
 
     /// The peer's pid and effective uid, as the kernel reports them.
     pub fn peer(&self) -> (Option<u32>, Option<u32>) {
-        match self.stream.get_ref().peer_creds() {
-            Ok(creds) => (
-                creds.pid().and_then(|p| u32::try_from(p).ok()),
-                creds.euid(),
-            ),
-            Err(_) => (None, None),
-        }
+        let peer = endpoint::peer(self.stream.get_ref());
+        (peer.pid, peer.uid)
     }
 
     /// Sends `request` and decodes its result as `T`.

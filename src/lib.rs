@@ -16,6 +16,7 @@ pub use outboxd_spool::{account, error, lock, nudge, paths, process, quote, safe
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod endpoint;
 pub mod exit_code;
 pub mod metrics;
 pub mod notify;

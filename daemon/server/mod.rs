@@ -11,25 +11,20 @@
 //! never an owner's for a producer (`registry`); a peer that is neither our
 //! user nor root is told `forbidden` and closed.
 
+mod endpoint;
 mod framing;
 mod handlers;
 
-use std::fs;
-use std::io;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::Path;
+pub use endpoint::{Bound, bind, open_to_group};
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use interprocess::local_socket::tokio::{Listener, Stream, prelude::*};
-use interprocess::local_socket::{GenericFilePath, ListenerOptions};
-use interprocess::os::unix::local_socket::ListenerOptionsExt;
-use outboxd::error::{Error, IoContext, Result};
-use outboxd::paths::SocketPath;
+use interprocess::local_socket::tokio::{Stream, prelude::*};
 use outboxd::protocol::{ErrorBody, ErrorCode, MAX_LINE, Response};
 use tokio::io::BufReader;
 use tokio::task::JoinSet;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, warn};
 
 use crate::context::Context;
 use crate::registry::{self, Class, Registry};
@@ -39,25 +34,6 @@ use framing::{Budget, Frame, PRODUCER_BUDGET, PRODUCER_MAX_LINE, read_frame, wri
 /// How long shutdown waits for connections to finish the request in hand.
 const DRAIN_CONNECTIONS: Duration = Duration::from_secs(2);
 
-/// The bound control socket. Dropping it unlinks the socket file.
-pub struct Bound {
-    listener: Listener,
-    /// Keeps a `/proc/self/fd` address valid (long homes).
-    _address: SocketPath,
-    /// The socket file's device and inode, to notice it deleted or replaced.
-    identity: Option<(u64, u64)>,
-    /// The last failure to bind it again, logged once.
-    failed: Option<String>,
-}
-
-/// The device and inode of the file at `path`, if any.
-fn identity(path: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    fs::symlink_metadata(path)
-        .ok()
-        .map(|meta| (meta.dev(), meta.ino()))
-}
-
 /// Binds the control socket again when its file was deleted or replaced
 /// (a temp cleaner): the same path, mode and group, logged. The run
 /// directory is made again if it went too.
@@ -66,7 +42,7 @@ async fn ensure_bound(bound: &mut Bound, ctx: &Context) {
     let paths = &config.paths;
     let at_path = {
         let socket = paths.socket.clone();
-        tokio::task::spawn_blocking(move || identity(&socket))
+        tokio::task::spawn_blocking(move || endpoint::identity(&socket))
             .await
             .ok()
             .flatten()
@@ -95,95 +71,6 @@ async fn ensure_bound(bound: &mut Bound, ctx: &Context) {
             }
             bound.failed = Some(e);
         }
-    }
-}
-
-/// Binds the control socket (0600, in its 0700 directory), first removing a
-/// stale socket file left by a daemon that died. A socket that still answers
-/// belongs to a live process and is never taken over.
-pub fn bind(socket: &Path) -> Result<Bound> {
-    remove_stale_socket(socket)?;
-    let address = SocketPath::new(socket)?;
-    let name = address
-        .address()
-        .to_fs_name::<GenericFilePath>()
-        .at("name control socket", socket)?;
-    let listener = ListenerOptions::new()
-        .name(name)
-        .mode(0o600)
-        .reclaim_name(true)
-        .create_tokio()
-        .at("bind control socket", socket)?;
-    // The mode passed at bind is masked by the umask; make sure.
-    fs::set_permissions(socket, fs::Permissions::from_mode(0o600))
-        .at("restrict permissions of", socket)?;
-    Ok(Bound {
-        listener,
-        _address: address,
-        identity: identity(socket),
-        failed: None,
-    })
-}
-
-/// Lets members of `producer_group` reach the socket: the home and `run/`
-/// become group-traversable (0710) and the socket group-writable (0660),
-/// all with that group. The daemon's account must be a member of the group
-/// (only then may it give files to it).
-pub fn open_to_group(paths: &outboxd::paths::Paths, group: &str, gid: u32) -> Result<()> {
-    // The lock file too: a client checks who holds it before it talks.
-    for (path, mode) in [
-        (&paths.home, 0o710),
-        (&paths.run_dir, 0o710),
-        (&paths.socket, 0o660),
-        (&paths.lock, 0o640),
-    ] {
-        std::os::unix::fs::lchown(path, None, Some(gid)).map_err(|e| {
-            Error::problem(
-                "producer group for",
-                path,
-                format!("could not give it to the group {group}: {e}"),
-                format!(
-                    "add the daemon's account to the group (usermod -aG {group} {}) and restart",
-                    outboxd::account::name_of(outboxd::process::euid())
-                ),
-                e.raw_os_error().unwrap_or(libc::EPERM),
-            )
-        })?;
-        fs::set_permissions(path, fs::Permissions::from_mode(mode))
-            .at("open to the producer group", path)?;
-    }
-    Ok(())
-}
-
-fn remove_stale_socket(socket: &Path) -> Result<()> {
-    let meta = match fs::symlink_metadata(socket) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).at("inspect control socket", socket),
-    };
-    if !meta.file_type().is_socket() {
-        return Err(Error::problem(
-            "control socket",
-            socket,
-            "exists and is not a socket",
-            "move it out of the way and start again",
-            libc::EEXIST,
-        ));
-    }
-    let address = SocketPath::new(socket)?;
-    match std::os::unix::net::UnixStream::connect(address.address()) {
-        Ok(_) => Err(Error::problem(
-            "control socket",
-            socket,
-            "is answered by another live process",
-            "stop that process, or give this daemon another --home",
-            libc::EADDRINUSE,
-        )),
-        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-            info!(socket = ?socket, "removing stale control socket");
-            fs::remove_file(socket).at("remove stale control socket", socket)
-        }
-        Err(e) => Err(e).at("probe control socket", socket),
     }
 }
 
@@ -271,9 +158,9 @@ struct Peer {
 
 impl Peer {
     fn of(stream: &Stream, ctx: &Context) -> Peer {
-        let creds = stream.peer_creds().ok();
-        let uid = creds.as_ref().and_then(|creds| creds.euid());
-        let pid = creds.as_ref().and_then(|creds| creds.pid());
+        let peer = endpoint::peer(stream);
+        let uid = peer.uid;
+        let pid = peer.pid.and_then(|p| i32::try_from(p).ok());
         Peer {
             uid,
             pid,

@@ -1,8 +1,6 @@
-//! The wake-up socket: producers send an empty datagram to
-//! `run/nudge.sock` after each commit (see `outboxd::nudge`), and the drain
-//! wakes at once instead of at its next poll. Best effort both ways: a
-//! nudge that is lost only costs a poll interval. A deleted socket file is
-//! bound again within a second.
+//! The wake-up on Unix: a datagram socket at `run/nudge.sock`, which
+//! producers send an empty datagram to. A deleted socket file is bound
+//! again within a second.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};

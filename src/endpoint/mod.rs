@@ -1,0 +1,41 @@
+//! The control endpoint as a client sees it: how to reach the daemon of a
+//! home, and whom the kernel says is at the other end.
+//!
+//! The interface is this file; each operating system implements it in a
+//! file of its own (`unix.rs`: the home's Unix domain socket, `SO_PEERCRED`).
+//! The daemon's side is `daemon/server/endpoint/`.
+
+use std::io;
+use std::path::Path;
+use std::time::Duration;
+
+pub use interprocess::local_socket::Stream;
+
+#[cfg(unix)]
+mod unix;
+#[cfg(unix)]
+use unix as os;
+
+/// Who is at the other end of a connection, as the kernel reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Peer {
+    pub pid: Option<u32>,
+    pub uid: Option<u32>,
+}
+
+/// Connects to the endpoint at `socket`; every later read and write of the
+/// stream gives up after `timeout`.
+pub fn connect(socket: &Path, timeout: Duration) -> io::Result<Stream> {
+    os::connect(socket, timeout)
+}
+
+/// The process at the other end of `stream`.
+pub fn peer(stream: &Stream) -> Peer {
+    os::peer(stream)
+}
+
+/// The account that owns the home `home`: the only one whose daemon a
+/// client trusts.
+pub fn home_owner(home: &Path) -> io::Result<u32> {
+    os::home_owner(home)
+}
