@@ -78,28 +78,13 @@ impl Sink {
                 .map_err(|e| CtlError::from_spool(paths, e)),
             Sink::Socket(client) => {
                 let request = outboxd::protocol::Request::Enqueue(outboxd::protocol::Enqueue {
-                    events: events
-                        .iter()
-                        .map(|e| outboxd::protocol::WireEvent {
-                            topic: e.topic.clone(),
-                            key: e.key.clone(),
-                            id: e.id.clone(),
-                            payload: e.payload.clone(),
-                        })
-                        .collect(),
+                    events: events.to_vec(),
                     batch: true,
                 });
                 let result: outboxd::protocol::EnqueuedBatch = client
                     .call_as(&request)
                     .map_err(|e| CtlError::Failed(e.to_string()))?;
-                Ok(result
-                    .events
-                    .into_iter()
-                    .map(|e| outboxd::spool::Enqueued {
-                        seq: e.seq,
-                        duplicate: e.duplicate,
-                    })
-                    .collect())
+                Ok(result.events)
             }
         }
     }

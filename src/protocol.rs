@@ -16,9 +16,12 @@ use std::fmt;
 use std::path::PathBuf;
 
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+
+pub use crate::spool::{Enqueued, NewEvent};
+use outboxd_spool::json_text as raw_json;
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -139,29 +142,13 @@ struct ComponentField {
     component: Option<Component>,
 }
 
-/// One event as a producer sends it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WireEvent {
-    pub topic: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    /// The payload's JSON text, exactly as sent.
-    #[serde(
-        deserialize_with = "raw_json::deserialize",
-        serialize_with = "raw_json::serialize"
-    )]
-    pub payload: String,
-}
-
 /// The fields of `enqueue`: one event (`"event": {"topic", "key", "id",
 /// "payload"}`) or a batch (`"events": [...]`), which is all or nothing.
 /// (An event's `id` is its idempotency id; the request's own `id` is the
 /// echoed request id, so events never sit at the top level.)
 #[derive(Debug, Clone, PartialEq)]
 pub struct Enqueue {
-    pub events: Vec<WireEvent>,
+    pub events: Vec<NewEvent>,
     /// Whether the request used the batch form (the result then lists every
     /// event).
     pub batch: bool,
@@ -170,9 +157,9 @@ pub struct Enqueue {
 #[derive(Deserialize)]
 struct EnqueueFields {
     #[serde(default)]
-    events: Option<Vec<WireEvent>>,
+    events: Option<Vec<NewEvent>>,
     #[serde(default)]
-    event: Option<WireEvent>,
+    event: Option<NewEvent>,
 }
 
 /// The fields of `flush`.
@@ -365,9 +352,9 @@ pub fn encode_request(id: Option<u64>, request: &Request) -> Vec<u8> {
                 id: Option<u64>,
                 op: &'static str,
                 #[serde(skip_serializing_if = "Option::is_none")]
-                event: Option<&'a WireEvent>,
+                event: Option<&'a NewEvent>,
                 #[serde(skip_serializing_if = "Option::is_none")]
-                events: Option<&'a [WireEvent]>,
+                events: Option<&'a [NewEvent]>,
             }
             let batch = enqueue.batch || enqueue.events.len() != 1;
             serde_json::to_vec(&Line {
@@ -532,21 +519,6 @@ fn enqueue_from(fields: EnqueueFields) -> Result<Enqueue, ErrorBody> {
         (None, None) => Err(bad(
             "enqueue needs \"event\": {\"topic\": ..., \"payload\": ...} or \"events\": [...]",
         )),
-    }
-}
-
-/// Serde helpers that keep a JSON value as its exact text.
-mod raw_json {
-    use super::*;
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-        let raw = Box::<RawValue>::deserialize(d)?;
-        Ok(raw.get().to_string())
-    }
-
-    pub fn serialize<S: Serializer>(text: &str, s: S) -> Result<S::Ok, S::Error> {
-        let raw = RawValue::from_string(text.to_string()).map_err(serde::ser::Error::custom)?;
-        raw.serialize(s)
     }
 }
 
@@ -890,15 +862,6 @@ pub struct Reloaded {
     pub at_restart: Vec<String>,
 }
 
-/// One enqueued event in the result of `enqueue`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Enqueued {
-    pub seq: i64,
-    /// The event's idempotency id was seen before: nothing was added, and
-    /// `seq` is the earlier event's.
-    pub duplicate: bool,
-}
-
 /// The result of a batch `enqueue`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EnqueuedBatch {
@@ -992,7 +955,7 @@ mod tests {
             },
             Request::Reload,
             Request::Enqueue(Enqueue {
-                events: vec![WireEvent {
+                events: vec![NewEvent {
                     topic: "t".into(),
                     key: None,
                     id: Some("i".into()),

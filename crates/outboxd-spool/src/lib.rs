@@ -21,6 +21,7 @@
 
 pub mod account;
 pub mod error;
+pub mod json_text;
 pub mod lock;
 pub mod nudge;
 pub mod paths;

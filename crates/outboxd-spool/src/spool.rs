@@ -177,17 +177,22 @@ impl Durability {
     }
 }
 
-/// An event a producer hands to [`Spool::enqueue`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An event a producer hands to [`Spool::enqueue`], or sends to the
+/// daemon's `enqueue` op (its JSON form: `{"topic", "key", "id",
+/// "payload"}`, the payload as its exact text).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NewEvent {
     /// What the event is about; see [`TOPIC_RULE`].
     pub topic: String,
     /// Optional key for ordering and lookup (at most [`MAX_KEY`] bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
     /// Optional idempotency id (1 to [`MAX_ID`] bytes): an event whose id the
     /// spool has seen lands once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     /// The payload: JSON text (any JSON value, at most [`MAX_PAYLOAD`] bytes).
+    #[serde(with = "crate::json_text")]
     pub payload: String,
 }
 
@@ -220,8 +225,8 @@ impl NewEvent {
     }
 }
 
-/// Where an enqueued event landed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where an enqueued event landed (also the `enqueue` op's result).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Enqueued {
     /// The event's seq; for a duplicate, the seq of the event that landed.
     pub seq: i64,

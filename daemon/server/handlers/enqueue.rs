@@ -7,7 +7,7 @@
 //! learn whether an id was used. The owner's and root's ids are stored as
 //! given.
 
-use outboxd::protocol::{self, Enqueued, EnqueuedBatch, ErrorBody, ErrorCode, WireEvent};
+use outboxd::protocol::{self, EnqueuedBatch, ErrorBody, ErrorCode};
 use outboxd::spool::NewEvent;
 use serde_json::{Value, json};
 
@@ -19,7 +19,7 @@ pub async fn enqueue(
     scope: Option<u32>,
 ) -> Result<Value, ErrorBody> {
     let batch = request.batch;
-    let mut events: Vec<NewEvent> = request.events.into_iter().map(new_event).collect();
+    let mut events: Vec<NewEvent> = request.events;
     if let Some(uid) = scope {
         // Checked as given first: the errors name the id the producer sent.
         for (index, event) in events.iter().enumerate() {
@@ -50,24 +50,8 @@ pub async fn enqueue(
             }
             e => ErrorBody::new(ErrorCode::Internal, e.to_string()),
         })?;
-    let results: Vec<Enqueued> = results
-        .into_iter()
-        .map(|r| Enqueued {
-            seq: r.seq,
-            duplicate: r.duplicate,
-        })
-        .collect();
     Ok(match batch {
         true => json!(EnqueuedBatch { events: results }),
         false => json!(results[0]),
     })
-}
-
-fn new_event(wire: WireEvent) -> NewEvent {
-    NewEvent {
-        topic: wire.topic,
-        key: wire.key,
-        id: wire.id,
-        payload: wire.payload,
-    }
 }
