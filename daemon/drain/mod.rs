@@ -97,7 +97,7 @@ async fn run(
     heartbeat: Heartbeat,
 ) {
     let opened = open_spool(&config).await;
-    let (worker, source) = match opened {
+    let (worker, deleter, source) = match opened {
         Ok(opened) => opened,
         Err(why) => {
             error!(error = %why, "the spool cannot be used: the drain is stopped");
@@ -115,6 +115,7 @@ async fn run(
     let mut drain = Drain {
         config,
         worker,
+        deleter,
         source,
         connection,
         status: inbox.status.clone(),
@@ -145,11 +146,15 @@ async fn run(
     info!("the drain stopped");
 }
 
-/// Opens the spool on its thread and checks its integrity.
-async fn open_spool(config: &Config) -> outboxd::Result<(Worker, Uuid)> {
-    let (worker, source) = Worker::open(&config.paths).await?;
+/// Opens the spool on its thread, checks its integrity, and opens the
+/// deleting thread's connection.
+async fn open_spool(config: &Config) -> outboxd::Result<(Worker, Worker, Uuid)> {
+    let (worker, source) = Worker::open(&config.paths, "spool").await?;
     match worker.run(|spool| spool.integrity_check()).await? {
-        None => Ok((worker, source)),
+        None => {
+            let (deleter, _) = Worker::open(&config.paths, "spool-delete").await?;
+            Ok((worker, deleter, source))
+        }
         Some(problems) => Err(outboxd::Error::problem(
             "spool",
             &config.paths.spool,
@@ -163,6 +168,10 @@ async fn open_spool(config: &Config) -> outboxd::Result<(Worker, Uuid)> {
 struct Drain {
     config: Config,
     worker: Worker,
+    /// Deletes what PostgreSQL committed, on a connection of its own: a
+    /// delete waits for SQLite's write lock behind producers' commits, and
+    /// the next batch's read must not wait behind it.
+    deleter: Worker,
     source: Uuid,
     connection: watch::Receiver<Option<Connection>>,
     status: watch::Sender<DrainStatus>,
@@ -509,7 +518,7 @@ impl Drain {
                 self.last_busy = Instant::now();
                 self.known_cursor = Some(last);
                 drop(batch);
-                let delete = self.worker.clone();
+                let delete = self.deleter.clone();
                 tokio::spawn(async move {
                     if let Err(e) = delete.run(move |spool| spool.delete_through(last)).await {
                         warn!(error = %e, "could not delete drained events from the spool; the cursor keeps them from landing twice");

@@ -1,7 +1,7 @@
-//! The spool's own thread. SQLite runs only off the async runtime: the
-//! drain hands this thread closures (read a batch and encode it, delete
-//! what PostgreSQL committed, statistics, checkpoints) and awaits their
-//! results. One thread, one connection: its jobs run in order.
+//! The spool's own threads. SQLite runs only off the async runtime: the
+//! drain hands a thread closures (read a batch and encode it, statistics,
+//! checkpoints; on a second thread, delete what PostgreSQL committed) and
+//! awaits their results. One thread, one connection: its jobs run in order.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -26,13 +26,13 @@ impl Worker {
     /// Opens the spool on a new thread. The daemon's own writes (deletes)
     /// use `synchronous=NORMAL`: a delete lost to a power failure only
     /// brings back rows the cursor in PostgreSQL already covers.
-    pub async fn open(paths: &Paths) -> Result<(Worker, uuid::Uuid)> {
+    pub async fn open(paths: &Paths, name: &str) -> Result<(Worker, uuid::Uuid)> {
         let (jobs, receiver) = mpsc::channel::<Job>();
         let (opened_tx, opened) = oneshot::channel();
         let path = paths.spool.clone();
         let paths = paths.clone();
         thread::Builder::new()
-            .name("spool".into())
+            .name(name.into())
             .spawn(move || {
                 let options = Options {
                     durability: Durability::Normal,
