@@ -13,22 +13,26 @@
 //! and the account. `--dry-run` prints what would be done and does nothing.
 
 use std::fmt::Write as _;
-
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-
 use std::path::{Component, Path, PathBuf};
-
 use std::process::Command;
 
 use outboxd::exit_code;
-
 use outboxd::paths::{self, SYSTEM_HOME};
-
 use outboxd::quote;
-
 use serde_json::{Value, json};
 
 use crate::output::Output;
+
+mod account;
+mod plan;
+mod probe;
+mod render;
+
+use account::*;
+use plan::*;
+use probe::*;
+use render::*;
 
 /// The account a system install runs as.
 pub const ACCOUNT: &str = "outboxd";
@@ -498,16 +502,6 @@ pub fn status(target: &Target, out: &Output) -> u8 {
         exit_code::NOT_RUNNING
     }
 }
-
-mod account;
-mod plan;
-mod probe;
-mod render;
-
-use account::*;
-use plan::*;
-use probe::*;
-use render::*;
 
 #[cfg(test)]
 mod tests;

@@ -13,15 +13,11 @@
 //! that op's fields. Event payloads stay the exact JSON text the client sent.
 
 use std::fmt;
-
 use std::path::PathBuf;
 
 use serde::de::DeserializeOwned;
-
 use serde::{Deserialize, Serialize};
-
 use serde_json::value::RawValue;
-
 use serde_json::{Map, Value};
 
 pub use crate::spool::{Enqueued, NewEvent};
@@ -220,6 +216,7 @@ macro_rules! wire_enum {
     };
 }
 
+// After `wire_enum!`, which `status` uses.
 mod request;
 mod results;
 mod status;
