@@ -18,10 +18,28 @@ pub fn url(url: &str) -> String {
 }
 
 fn redacted(text: &str) -> Option<String> {
-    let mut parsed = url::Url::parse(text).ok()?;
+    // Credentials with an empty host (`postgresql://u:pw@/db?host=/socket`,
+    // what `outboxctl url --with-password` prints for a socket) are fine to
+    // libpq and tokio-postgres but not to the URL parser: parse them with a
+    // placeholder host, taken out again afterwards.
+    const PLACEHOLDER: &str = "outboxd-empty-host.invalid";
+    if let Some((scheme, rest)) = text.split_once("://") {
+        let end = rest.find(['/', '?']).unwrap_or(rest.len());
+        if rest[..end].ends_with('@') && !text.contains(PLACEHOLDER) {
+            let with_host = format!("{scheme}://{}{PLACEHOLDER}{}", &rest[..end], &rest[end..]);
+            return redacted_as(&with_host, text).map(|safe| safe.replacen(PLACEHOLDER, "", 1));
+        }
+    }
+    redacted_as(text, text)
+}
+
+/// `parse` redacted, as long as the client reads `client` (the URL as
+/// given) the same way.
+fn redacted_as(parse: &str, client: &str) -> Option<String> {
+    let mut parsed = url::Url::parse(parse).ok()?;
     // What tokio-postgres (the client that connects) takes for the password
     // must be what the parser saw, or the parser split the URL elsewhere.
-    let client = text.parse::<tokio_postgres::Config>().ok();
+    let client = client.parse::<tokio_postgres::Config>().ok();
     let client_password = client.as_ref().and_then(|c| c.get_password());
     let parser_password = parsed.password().map(percent_decode).unwrap_or_default();
     if let Some(password) = client_password
@@ -88,6 +106,8 @@ mod tests {
             "postgresql://u:sec?ret@db/x",
             "postgresql://u:s@c@db/x",
             "postgresql://u:secret@[::1]:5/x",
+            "postgresql://u:secret@/x?host=/tmp",
+            "postgresql://u:sec/ret@/x",
             "not a url secret",
         ];
         for case in cases {
@@ -111,6 +131,11 @@ mod tests {
         assert_eq!(
             url("postgresql://u@db/x?password=p&sslmode=require"),
             "postgresql://u@db/x?sslmode=require"
+        );
+        // What `outboxctl url --with-password` prints for a socket.
+        assert_eq!(
+            url("postgresql://postgres:secret@/postgres?host=%2Ftmp%2Fh%2Fpg%2Fsocket&port=5432"),
+            "postgresql://postgres@/postgres?host=%2Ftmp%2Fh%2Fpg%2Fsocket&port=5432"
         );
     }
 }

@@ -37,6 +37,10 @@ pub enum PgError {
     /// A query or connection failed.
     #[error("{0}")]
     Client(String),
+    /// The server answered, but had no connection slot free (`too many
+    /// clients`, SQLSTATE 53300): it is up, and busy.
+    #[error("{0}")]
+    Busy(String),
     /// The daemon is shutting down: the start was abandoned (and what it
     /// had started was stopped).
     #[error("start-up interrupted by {0}")]

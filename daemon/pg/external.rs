@@ -77,6 +77,13 @@ pub async fn run_external(
                 let outcome = outcome.unwrap_or_else(|_| Err(super::error::PgError::Client("no answer within 10 s".into())));
                 let before = inbox.status.borrow().state;
                 inbox.status.send_modify(|s| match outcome {
+                    // It answered: up, but every connection slot is taken
+                    // (by the drains of many hosts, say). Noted, not down.
+                    Err(super::error::PgError::Busy(why)) => {
+                        s.state = PgState::Running;
+                        s.last_failure = Some(why);
+                        s.last_failure_at = Some(outboxd::utc::unix_now());
+                    }
                     Ok(version) => {
                         if before != PgState::Running {
                             info!(version = %version, "the external PostgreSQL answers");

@@ -444,7 +444,8 @@ impl Running {
             return Err(format!("the postmaster (pid {pid}) is stopped (SIGSTOP)"));
         }
         match tokio::time::timeout(HEALTH_TIMEOUT, query_version(connection)).await {
-            Ok(Ok(_)) => Ok(()),
+            // Every slot taken (many hosts' drains): it answered.
+            Ok(Ok(_)) | Ok(Err(PgError::Busy(_))) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err(format!(
                 "no answer to a query within {} s",

@@ -83,7 +83,11 @@ impl Connection {
 
     async fn connect_unbounded(&self) -> Result<tokio_postgres::Client, PgError> {
         let failed = |e: tokio_postgres::Error| {
-            PgError::Client(format!("{} ({})", describe(&e), self.target()))
+            let why = format!("{} ({})", describe(&e), self.target());
+            match e.code() == Some(&tokio_postgres::error::SqlState::TOO_MANY_CONNECTIONS) {
+                true => PgError::Busy(why),
+                false => PgError::Client(why),
+            }
         };
         if let Some(tls) = &self.tls {
             let connector = tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone());
