@@ -70,6 +70,8 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(30);
 const QUIET_FOR: Duration = Duration::from_secs(10);
 /// Retention deletes this many rows per statement.
 const RETENTION_CHUNK: i64 = 10_000;
+/// The deleting connection's page cache, in KiB.
+const DELETER_CACHE_KIB: u32 = 128;
 /// How often the drain checks that `outbox.db` is still its open file.
 const SPOOL_CHECK_EVERY: Duration = Duration::from_secs(1);
 
@@ -153,6 +155,9 @@ async fn open_spool(config: &Config) -> outboxd::Result<(Worker, Worker, Uuid)> 
     match worker.run(|spool| spool.integrity_check()).await? {
         None => {
             let (deleter, _) = Worker::open(&config.paths, "spool-delete").await?;
+            deleter
+                .run(|spool| spool.limit_cache(DELETER_CACHE_KIB))
+                .await?;
             Ok((worker, deleter, source))
         }
         Some(problems) => Err(outboxd::Error::problem(
@@ -573,7 +578,7 @@ fn tune_allocator() {
     // SAFETY: mallopt only changes glibc's allocation parameters.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 512 << 10);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 20);
     }
 }
 

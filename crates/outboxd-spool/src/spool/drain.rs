@@ -116,6 +116,15 @@ pub(super) fn move_to_dead_letters(
 }
 
 impl Spool {
+    /// Bounds this connection's page cache to `kib` KiB (SQLite's default
+    /// is 2 MiB a connection): for the drain's deleting connection, which
+    /// touches every page it deletes from and needs none of them again.
+    pub fn limit_cache(&mut self, kib: u32) -> Result<()> {
+        self.conn
+            .pragma_update(None, "cache_size", -i64::from(kib))
+            .at("bound the page cache of", &self.paths.spool)
+    }
+
     /// The daemon's open: like [`Spool::open_with`], but the lock is not
     /// inspected (the daemon holds it), and a missing spool is made only
     /// when `create` is set. For `outboxd` itself; producers use
