@@ -93,6 +93,23 @@ fn main() {
     let daemon = Daemon::start(&home);
 
     enqueue_process(&home, owner);
+    // Latency first, on a server that has not just taken millions of rows
+    // (PostgreSQL's checkpoint and autovacuum after the drain rounds stall
+    // its commits for a few hundred milliseconds: theirs, not ours).
+    let steady = Load {
+        rate: 1000,
+        producers: 1,
+        batch: 1,
+        secs: latency_secs,
+    };
+    latency(&home, owner, steady, "p99 < 5 ms, max < 25 ms");
+    let busy = Load {
+        rate: 10_000,
+        producers: 10,
+        batch: 10,
+        secs: 10,
+    };
+    latency(&home, owner, busy, "p99 < 20 ms");
     // Alternating rounds, so that both sides see the same machine.
     let (mut raw, mut drained, mut idle_rss, mut peak_rss) = (Vec::new(), Vec::new(), 0, 0);
     for _ in 0..rounds {
@@ -110,20 +127,6 @@ fn main() {
         drain_rate / raw_rate
     );
     println!("daemon RSS: idle {idle_rss} KiB, peak during the drains {peak_rss} KiB");
-    let steady = Load {
-        rate: 1000,
-        producers: 1,
-        batch: 1,
-        secs: latency_secs,
-    };
-    latency(&home, owner, steady, "p99 < 5 ms, max < 25 ms");
-    let busy = Load {
-        rate: 10_000,
-        producers: 10,
-        batch: 10,
-        secs: 10,
-    };
-    latency(&home, owner, busy, "p99 < 20 ms");
     drop(daemon);
 }
 
