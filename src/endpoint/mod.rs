@@ -31,7 +31,14 @@ pub fn connect(socket: &Path, timeout: Duration) -> io::Result<Stream> {
 
 /// The process at the other end of `stream`.
 pub fn peer(stream: &Stream) -> Peer {
-    os::peer(stream)
+    use interprocess::local_socket::traits::StreamCommon as _;
+    peer_from(stream.peer_creds())
+}
+
+/// The process at the other end, from a connection's credentials (the
+/// daemon's async streams give the same `PeerCreds`).
+pub fn peer_from(creds: io::Result<interprocess::local_socket::PeerCreds>) -> Peer {
+    os::peer_from(creds)
 }
 
 /// The account that owns the home `home`: the only one whose daemon a

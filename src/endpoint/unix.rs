@@ -7,7 +7,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
-use interprocess::local_socket::{GenericFilePath, Stream, ToFsName, prelude::*};
+use interprocess::local_socket::{GenericFilePath, PeerCreds, Stream, ToFsName, prelude::*};
 
 use super::Peer;
 use crate::paths::SocketPath;
@@ -21,8 +21,8 @@ pub fn connect(socket: &Path, timeout: Duration) -> io::Result<Stream> {
     Ok(stream)
 }
 
-pub fn peer(stream: &Stream) -> Peer {
-    match stream.peer_creds() {
+pub fn peer_from(creds: io::Result<PeerCreds>) -> Peer {
+    match creds {
         Ok(creds) => Peer {
             pid: creds.pid().and_then(|p| u32::try_from(p).ok()),
             uid: creds.euid(),

@@ -125,11 +125,5 @@ fn remove_stale_socket(socket: &Path) -> Result<()> {
 
 /// The process at the other end of an accepted connection.
 pub fn peer(stream: &Stream) -> Peer {
-    match stream.peer_creds() {
-        Ok(creds) => Peer {
-            pid: creds.pid().and_then(|p| u32::try_from(p).ok()),
-            uid: creds.euid(),
-        },
-        Err(_) => Peer::default(),
-    }
+    outboxd::endpoint::peer_from(stream.peer_creds())
 }
