@@ -278,6 +278,10 @@ impl Embedded {
     async fn wait_ready(&self, run: &mut Running, log_start: u64) -> Result<String, PgError> {
         let deadline = Instant::now() + READY_TIMEOUT;
         let connection = self.connection();
+        let socket = self
+            .socket_address
+            .address()
+            .join(format!(".s.PGSQL.{}", self.port));
         let mut pause = Duration::from_millis(5);
         let mut last_attempt = Instant::now();
         loop {
@@ -299,7 +303,7 @@ impl Embedded {
             last_attempt = Instant::now();
             let attempt = tokio::time::timeout(
                 ATTEMPT_TIMEOUT,
-                connect_and_check(&connection, run.postmaster.pid),
+                connect_and_check(&connection, &socket, run.postmaster.pid, self.uid),
             )
             .await
             .unwrap_or_else(|_| {
@@ -366,36 +370,54 @@ enum Checked {
     Other(String),
 }
 
-/// Connects, asks the version, and checks that the backend that answered
-/// is a child of `postmaster` (so the server that answers is the one just
-/// started, not another listening on the same socket).
-async fn connect_and_check(connection: &Connection, postmaster: i32) -> Result<String, Checked> {
+/// Connects, checks that the server that listens on the socket is
+/// `postmaster` (not another server listening on the same socket), and asks
+/// the version.
+///
+/// The check reads the socket's peer credentials: for a listening Unix
+/// socket they name the process that called `listen()`, recorded by the
+/// kernel, so neither a forged answer nor a recycled backend pid can pass
+/// it (an earlier check asked the server for `pg_backend_pid()` and looked
+/// up that pid's parent after the backend had exited).
+async fn connect_and_check(
+    connection: &Connection,
+    socket: &std::path::Path,
+    postmaster: i32,
+    uid: u32,
+) -> Result<String, Checked> {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| Checked::Other(format!("could not connect to {}: {e}", socket.display())))?;
+    let creds = stream.peer_cred().map_err(|e| {
+        Checked::Other(format!(
+            "could not read the peer of {}: {e}",
+            socket.display()
+        ))
+    })?;
+    let listener_is_ours = match creds.pid() {
+        Some(pid) => pid == postmaster,
+        None => creds.uid() == uid,
+    };
+    if !listener_is_ours {
+        return Err(Checked::Impostor);
+    }
     let (client, conn) = connection
         .config
-        .connect(tokio_postgres::NoTls)
+        .connect_raw(stream, tokio_postgres::NoTls)
         .await
         .map_err(|e| match is_auth_failure(&e) {
             true => Checked::Auth(describe(&e)),
             false => Checked::Other(describe(&e)),
         })?;
     let conn = tokio::spawn(conn);
-    let row = client
-        .query_one(
-            "SELECT current_setting('server_version'), pg_backend_pid()",
-            &[],
-        )
+    let version = client
+        .query_one("SELECT current_setting('server_version')", &[])
         .await
+        .map(|row| row.get(0))
         .map_err(|e| Checked::Other(describe(&e)));
     drop(client);
     let _ = conn.await;
-    let row = row?;
-    let backend: i32 = row.get(1);
-    if cfg!(target_os = "linux")
-        && outboxd::process::parent_of(backend).is_some_and(|parent| parent != postmaster)
-    {
-        return Err(Checked::Impostor);
-    }
-    Ok(row.get(0))
+    version
 }
 
 impl Running {
@@ -557,5 +579,35 @@ fn human_bytes(bytes: u64) -> String {
     match unit {
         0 => format!("{bytes} bytes"),
         _ => format!("{value:.1} {}", UNITS[unit]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A real listening socket whose listener is this test process: the
+    /// check passes only when told that this process is the postmaster.
+    #[tokio::test]
+    async fn only_the_postmaster_that_listens_passes_the_socket_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join(".s.PGSQL.5432");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        tokio::spawn(async move {
+            // Accept and hang up: no PostgreSQL protocol behind it.
+            while let Ok((stream, _)) = listener.accept().await {
+                drop(stream);
+            }
+        });
+        let connection = Connection {
+            config: tokio_postgres::Config::new(),
+            tls: None,
+        };
+        let me = std::process::id() as i32;
+        let uid = outboxd::process::euid();
+        let other = connect_and_check(&connection, &socket, me + 1, uid).await;
+        assert!(matches!(other, Err(Checked::Impostor)));
+        let ours = connect_and_check(&connection, &socket, me, uid).await;
+        assert!(matches!(ours, Err(Checked::Other(_))), "the listener passed");
     }
 }
