@@ -608,6 +608,9 @@ mod tests {
         let other = connect_and_check(&connection, &socket, me + 1, uid).await;
         assert!(matches!(other, Err(Checked::Impostor)));
         let ours = connect_and_check(&connection, &socket, me, uid).await;
-        assert!(matches!(ours, Err(Checked::Other(_))), "the listener passed");
+        assert!(
+            matches!(ours, Err(Checked::Other(_))),
+            "the listener passed"
+        );
     }
 }
