@@ -101,7 +101,7 @@ impl CtlError {
             err if err.is_permission_denied() => CtlError::from_lib(paths, err),
             outboxd::Error::Problem {
                 what: "home directory",
-                errno: libc::ENOENT,
+                errno: outboxd::errno::ENOENT,
                 ..
             } => CtlError::NoProducerHome {
                 home: paths.home.clone(),

@@ -191,7 +191,7 @@ fn launch(paths: &Paths, deadline: Instant, out: &Output) -> Result<Started, Ctl
                             launched: true,
                         });
                 }
-                Event::Errno(libc::EEXIST) => {
+                Event::Errno(outboxd::errno::EEXIST) => {
                     let _ = child.wait();
                     return wait_ready(paths, deadline)
                         .map_err(Waited::into_error)

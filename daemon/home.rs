@@ -39,7 +39,7 @@ pub fn prepare(paths: &Paths) -> Result<Paths> {
             ),
             "run outboxd as the home's owner (or as root, which becomes the owner), or choose \
              another --home",
-            libc::EACCES,
+            outboxd::errno::EACCES,
         ));
     }
     let me = Owner::Is(euid);
@@ -97,7 +97,7 @@ fn check_is_a_home(paths: &Paths) -> Result<()> {
                 name
             ),
             "choose a new or empty directory for --home",
-            libc::ENOTEMPTY,
+            outboxd::errno::ENOTEMPTY,
         )),
     }
 }

@@ -8,13 +8,16 @@ use outboxd::error::Result;
 use outboxd::paths::Paths;
 use outboxd::spool::{Options, Spool};
 
+/// The spool file's identity ([`Spool::file_identity`]).
+type FileIdentity = Option<(u64, u64)>;
+
 #[derive(Clone)]
 pub struct Producer {
     paths: Paths,
     spool: Arc<Mutex<Option<Spool>>>,
     /// The device and inode of the first spool file opened: the one the
     /// drain opened at start, unless it was replaced before.
-    first: Arc<Mutex<Option<(u64, u64)>>>,
+    first: Arc<Mutex<Option<FileIdentity>>>,
 }
 
 impl Producer {

@@ -172,7 +172,7 @@ async fn run_inner(
             &paths.home,
             format!("stopped after a panic: {message}"),
             "this is a bug: please report it with the log; start the daemon again",
-            libc::EIO,
+            outboxd::errno::EIO,
         )),
         (outcome, _) => outcome,
     };
@@ -219,7 +219,7 @@ fn startup_error(config: &Config, e: PgError) -> Error {
             &config.paths.pg_data,
             format!("could not start: {e}"),
             format!("see {}", config.paths.pg_log.display()),
-            libc::EIO,
+            outboxd::errno::EIO,
         ),
     }
 }

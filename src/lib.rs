@@ -11,7 +11,7 @@
 //! ([`client`]), readiness notification ([`notify`]), the configuration
 //! ([`config`]), metrics, the run record ([`runs`]). See `ARCHITECTURE.md`.
 
-pub use outboxd_spool::{account, error, lock, nudge, paths, process, quote, safefs, spool};
+pub use outboxd_spool::{account, errno, error, lock, nudge, paths, process, quote, safefs, spool};
 
 pub mod cli;
 pub mod client;

@@ -90,7 +90,7 @@ pub fn stop_orphan(data: &Path, account_uid: u32, grace: Duration) -> Result<Opt
                 postmaster.parent
             ),
             "stop that daemon first; two homes must not share one data directory",
-            libc::EBUSY,
+            crate::errno::EBUSY,
         ));
     }
     let how = postmaster.stop(grace).map_err(|e| {
@@ -99,7 +99,7 @@ pub fn stop_orphan(data: &Path, account_uid: u32, grace: Duration) -> Result<Opt
             data,
             format!("could not stop pid {pid}: {e}"),
             "stop it by hand (kill -INT, then kill -QUIT)",
-            e.raw_os_error().unwrap_or(libc::EIO),
+            e.raw_os_error().unwrap_or(crate::errno::EIO),
         )
     })?;
     Ok(Some(Stopped { pid, how }))
@@ -118,7 +118,7 @@ pub fn inspect(data: &Path, account_uid: u32) -> Result<PidFile> {
             data,
             "is not a directory (a symbolic link or a file)",
             "the cluster must live in the home itself: move the link away and restore the data              directory there",
-            libc::ENOTDIR,
+            crate::errno::ENOTDIR,
         ));
     }
     let pid_file = data.join("postmaster.pid");
@@ -131,7 +131,7 @@ pub fn inspect(data: &Path, account_uid: u32) -> Result<PidFile> {
                 data,
                 "cannot be read (permission denied)",
                 "give it back to the home's account with mode 0700 (chmod 700)",
-                libc::EACCES,
+                crate::errno::EACCES,
             ));
         }
         Err(e) => return Err(e),
@@ -203,7 +203,9 @@ impl Postmaster {
         for (signal, wait) in steps {
             match self.handle.signal(signal) {
                 Ok(()) => {}
-                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok("already gone"),
+                Err(e) if e.raw_os_error() == Some(crate::errno::ESRCH) => {
+                    return Ok("already gone");
+                }
                 Err(e) => return Err(e),
             }
             if process::wait_gone(self.pid, wait) {

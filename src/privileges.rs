@@ -75,7 +75,7 @@ pub fn settle(
                     home,
                     "keeps changing hands while outboxd decides whose it is",
                     "try again; if it goes on, stop what else works on this directory",
-                    libc::EAGAIN,
+                    crate::errno::EAGAIN,
                 ));
             }
         }
@@ -194,7 +194,7 @@ pub fn not_a_directory(home: &Path, meta: &fs::Metadata) -> Error {
         home,
         format!("is {what}, not a directory"),
         "pass --home a directory (it is created if missing)",
-        libc::ENOTDIR,
+        crate::errno::ENOTDIR,
     )
 }
 
@@ -232,7 +232,7 @@ fn root_config_user(home: &Path, dir: &OwnedFd) -> Result<Option<String>> {
                  its account yourself (chown -R outboxd: {})",
                 quote::shell(home)
             ),
-            libc::EPERM,
+            crate::errno::EPERM,
         )),
     }
 }
@@ -299,7 +299,8 @@ fn create_home(home: &Path, account: &Account) -> Result<()> {
         Err(e) => return Err(e).at("create home directory", home),
     }
     let Some((dir, meta)) = open_home(home)? else {
-        return Err(io::Error::from_raw_os_error(libc::ENOENT)).at("create home directory", home);
+        return Err(io::Error::from_raw_os_error(crate::errno::ENOENT))
+            .at("create home directory", home);
     };
     match meta.uid() {
         0 => {
@@ -347,7 +348,7 @@ fn check_reachable(home: &Path, account: &Account) -> Result<()> {
             ),
             "let that account traverse every parent directory (chmod o+x on each) or choose \
              another --home",
-            libc::EACCES,
+            crate::errno::EACCES,
         ));
     }
     if !access(home, libc::R_OK | libc::W_OK) {
@@ -356,7 +357,7 @@ fn check_reachable(home: &Path, account: &Account) -> Result<()> {
             home,
             format!("cannot be read and written by its owner {}", account.name),
             format!("run `chmod u+rwx {}`", quote::shell(home)),
-            libc::EACCES,
+            crate::errno::EACCES,
         ));
     }
     Ok(())

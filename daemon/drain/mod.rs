@@ -165,7 +165,7 @@ async fn open_spool(config: &Config) -> outboxd::Result<(Worker, Worker, Uuid)> 
             &config.paths.spool,
             format!("failed its integrity check ({problems}); it was left untouched"),
             "copy it aside and see the README's \"A damaged spool\"",
-            libc::EIO,
+            outboxd::errno::EIO,
         )),
     }
 }

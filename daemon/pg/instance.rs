@@ -170,7 +170,7 @@ impl Embedded {
                 ),
                 "two homes must not share one data directory: stop that daemon, or give this \
                  home its own pg/data",
-                libc::EBUSY,
+                outboxd::errno::EBUSY,
             )));
         }
         let connection = self.connection();

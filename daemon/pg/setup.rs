@@ -139,7 +139,7 @@ fn find_binaries(config: &Config) -> Result<Option<(PathBuf, String)>, Error> {
                     }
                     _ => "point --pg-bin at the bin directory of a PostgreSQL installation",
                 },
-                libc::ENOENT,
+                outboxd::errno::ENOENT,
             )),
         };
     }
@@ -279,7 +279,7 @@ async fn download(paths: &Paths) -> Result<PathBuf, PgError> {
         &paths.pg_install,
         format!("{SEARCHED}, and this build of outboxd cannot download them (built without the download feature)"),
         "install PostgreSQL (for example apt install postgresql) or pass --pg-bin DIR",
-        libc::ENOENT,
+        outboxd::errno::ENOENT,
     )
     .into())
 }
@@ -300,7 +300,7 @@ async fn download(paths: &Paths) -> Result<PathBuf, PgError> {
             &paths.pg_install,
             format!("{SEARCHED}, and the download failed: {e}"),
             "install PostgreSQL (for example apt install postgresql) or pass --pg-bin DIR",
-            libc::ENOENT,
+            outboxd::errno::ENOENT,
         )
     })?;
     Ok(pg.settings().binary_dir())
@@ -326,7 +326,7 @@ fn check_cluster(paths: &Paths) -> Result<bool, Error> {
             "is not a directory (a symbolic link or a file)",
             "the cluster must live in the home itself: move the link away and restore the data \
              directory there",
-            libc::ENOTDIR,
+            outboxd::errno::ENOTDIR,
         ));
     }
     if data.join("PG_VERSION").is_file() && data.join("global/pg_control").is_file() {
@@ -346,7 +346,7 @@ fn check_cluster(paths: &Paths) -> Result<bool, Error> {
         "is not a PostgreSQL cluster (it has no PG_VERSION or global/pg_control) but is not empty",
         "outboxd never deletes it: move it away to let outboxd create a new cluster, or restore \
          the cluster's missing files",
-        libc::EEXIST,
+        outboxd::errno::EEXIST,
     ))
 }
 
@@ -370,7 +370,7 @@ async fn init_cluster(
                 bin_dir,
                 "is not a directory named bin",
                 "point --pg-bin at the bin directory of a PostgreSQL installation",
-                libc::EINVAL,
+                outboxd::errno::EINVAL,
             )
             .into());
         }
@@ -388,7 +388,7 @@ async fn init_cluster(
             &fresh,
             format!("initdb failed: {e}"),
             "check the messages above and the free space of the disk",
-            libc::EIO,
+            outboxd::errno::EIO,
         )
     })?;
     drop(pg);

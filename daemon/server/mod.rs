@@ -98,7 +98,7 @@ pub async fn serve(mut bound: Bound, ctx: Arc<Context>, heartbeat: Heartbeat) ->
                         connections.spawn(serve_connection(stream, ctx.clone(), slot, peer));
                     }
                 }
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                Err(e) if matches!(e.raw_os_error(), Some(outboxd::errno::EMFILE | outboxd::errno::ENFILE)) => {
                     // Out of descriptors: make room by closing the oldest
                     // connection, then accept again.
                     if registry.evict_oldest() {

@@ -102,24 +102,24 @@ impl Error {
     /// The OS error number behind this error, for `ERRNO=` in readiness messages.
     pub fn errno(&self) -> i32 {
         match self {
-            Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            Error::Io { source, .. } => source.raw_os_error().unwrap_or(crate::errno::EIO),
             Error::Sqlite { source, .. } => match source.sqlite_error_code() {
-                Some(rusqlite::ErrorCode::DiskFull) => libc::ENOSPC,
+                Some(rusqlite::ErrorCode::DiskFull) => crate::errno::ENOSPC,
                 Some(rusqlite::ErrorCode::PermissionDenied | rusqlite::ErrorCode::ReadOnly) => {
-                    libc::EACCES
+                    crate::errno::EACCES
                 }
-                _ => libc::EIO,
+                _ => crate::errno::EIO,
             },
             Error::Problem { errno, .. } => *errno,
-            Error::Account { .. } => libc::EPERM,
-            Error::AlreadyRunning { .. } => libc::EEXIST,
-            Error::Invalid { .. } | Error::Config { .. } | Error::NoHome(_) => libc::EINVAL,
+            Error::Account { .. } => crate::errno::EPERM,
+            Error::AlreadyRunning { .. } => crate::errno::EEXIST,
+            Error::Invalid { .. } | Error::Config { .. } | Error::NoHome(_) => crate::errno::EINVAL,
         }
     }
 
     /// Whether the cause is a permission the caller lacks.
     pub fn is_permission_denied(&self) -> bool {
-        self.errno() == libc::EACCES || self.errno() == libc::EPERM
+        self.errno() == crate::errno::EACCES || self.errno() == crate::errno::EPERM
     }
 }
 

@@ -20,6 +20,7 @@
 //! the `drain` feature, which only outboxd turns on. See `ARCHITECTURE.md`.
 
 pub mod account;
+pub mod errno;
 pub mod error;
 pub mod json_text;
 pub mod lock;
@@ -29,6 +30,8 @@ pub mod process;
 pub mod quote;
 pub mod safefs;
 pub mod spool;
+#[cfg(windows)]
+pub mod win32;
 
 pub use error::{Error, Result};
 pub use spool::{NewEvent, Spool};

@@ -82,7 +82,7 @@ pub fn open_to_group(paths: &outboxd::paths::Paths, group: &str, gid: u32) -> Re
                     "add the daemon's account to the group (usermod -aG {group} {}) and restart",
                     outboxd::account::name_of(outboxd::process::euid())
                 ),
-                e.raw_os_error().unwrap_or(libc::EPERM),
+                e.raw_os_error().unwrap_or(outboxd::errno::EPERM),
             )
         })?;
         fs::set_permissions(path, fs::Permissions::from_mode(mode))
@@ -103,7 +103,7 @@ fn remove_stale_socket(socket: &Path) -> Result<()> {
             socket,
             "exists and is not a socket",
             "move it out of the way and start again",
-            libc::EEXIST,
+            outboxd::errno::EEXIST,
         ));
     }
     let address = SocketPath::new(socket)?;
@@ -113,7 +113,7 @@ fn remove_stale_socket(socket: &Path) -> Result<()> {
             socket,
             "is answered by another live process",
             "stop that process, or give this daemon another --home",
-            libc::EADDRINUSE,
+            outboxd::errno::EADDRINUSE,
         )),
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
             info!(socket = ?socket, "removing stale control socket");

@@ -2,7 +2,7 @@
 //!
 //! This is the only module that reads the account databases or changes the
 //! process's credentials. The interface is this file; each operating
-//! system implements it in a file of its own (`unix.rs`).
+//! system implements it in a file of its own (`unix.rs`, `windows.rs`).
 
 use std::path::PathBuf;
 
@@ -10,6 +10,10 @@ use std::path::PathBuf;
 mod unix;
 #[cfg(unix)]
 use unix as os;
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+use windows as os;
 
 pub use os::{become_account, by_name, by_uid, group_id, name_of, process_in_group};
 

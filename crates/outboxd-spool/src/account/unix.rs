@@ -65,7 +65,7 @@ where
         let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
         let mut result: *mut libc::passwd = std::ptr::null_mut();
         let rc = call(&mut pwd, buf.as_mut_ptr(), buf.len(), &mut result);
-        if rc == libc::ERANGE && size < 1 << 20 {
+        if rc == crate::errno::ERANGE && size < 1 << 20 {
             size *= 4;
             continue;
         }
@@ -115,7 +115,7 @@ pub fn group_id(name: &str) -> Result<Option<u32>> {
                 &mut result,
             )
         };
-        if rc == libc::ERANGE && size < 1 << 20 {
+        if rc == crate::errno::ERANGE && size < 1 << 20 {
             size *= 4;
             continue;
         }

@@ -17,17 +17,22 @@
 //! owned by the home's owner: a planted symlink, FIFO or foreign file is
 //! refused, never written through.
 //!
-//! The kernel's side (take the lock, name its holder) is per operating
-//! system: `unix.rs`.
+//! The kernel's side (take the lock, name its holder, deliver an ask to
+//! it) is per operating system: `unix.rs` (a POSIX record lock, signals),
+//! `windows.rs` (`LockFileEx` on a byte far past the record, the holder's
+//! pid from the record, the home's named stop event, `TerminateProcess`).
 
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]
 use unix as os;
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+use windows as os;
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -105,14 +110,17 @@ impl PidLock {
     /// still find this daemon. Returns whether it had to.
     pub fn ensure_in_place(&mut self) -> Result<bool> {
         let at_path = match std::fs::symlink_metadata(&self.path) {
-            Ok(meta) => Some((meta.dev(), meta.ino())),
+            Ok(meta) => match safefs::identity(&meta) {
+                Some(identity) => Some(identity),
+                None => return Ok(false),
+            },
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(e).at("inspect lock file", &self.path),
         };
         let ours = std::iter::once(&self.file)
             .chain(&self.replacements)
             .filter_map(|file| file.metadata().ok())
-            .any(|meta| Some((meta.dev(), meta.ino())) == at_path);
+            .any(|meta| safefs::identity(&meta) == at_path);
         if ours {
             return Ok(false);
         }
@@ -171,9 +179,9 @@ fn write_record(file: &File, path: &Path, info: &LockInfo) -> Result<()> {
 /// Opens the lock file of a home for inspection: it must be a regular file
 /// owned by the home's owner (or by this user). `Ok(None)` when missing.
 fn open_to_inspect(paths: &Paths) -> Result<Option<File>> {
-    let home_owner = std::fs::metadata(&paths.home)
-        .at("inspect home directory", &paths.home)?
-        .uid();
+    let home_owner = safefs::owner_of(
+        &std::fs::metadata(&paths.home).at("inspect home directory", &paths.home)?,
+    );
     safefs::open(&paths.lock, Mode::Read, Owner::Is(home_owner))
 }
 
@@ -226,7 +234,7 @@ pub fn signal_holder(paths: &Paths, pid: i32, signal: Signal) -> Result<bool> {
     let path = &paths.lock;
     let process = match ProcessHandle::open(pid) {
         Ok(process) => process,
-        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(false),
+        Err(e) if e.raw_os_error() == Some(crate::errno::ESRCH) => return Ok(false),
         Err(e) => return Err(e).at("pin process of lock holder", path),
     };
     let Some(file) = open_to_inspect(paths)? else {
@@ -235,9 +243,9 @@ pub fn signal_holder(paths: &Paths, pid: i32, signal: Signal) -> Result<bool> {
     if os::holder(&file).at("inspect lock file", path)? != Some(pid) {
         return Ok(false);
     }
-    match process.signal(signal) {
+    match os::deliver(paths, &process, signal) {
         Ok(()) => Ok(true),
-        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(false),
+        Err(e) if e.raw_os_error() == Some(crate::errno::ESRCH) => Ok(false),
         Err(e) => Err(e).at("signal the lock holder of", path),
     }
 }

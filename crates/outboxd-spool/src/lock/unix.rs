@@ -8,6 +8,9 @@ use rustix::fs::{FlockOperation, fcntl_lock};
 use rustix::io::Errno;
 use rustix::process::{Flock, FlockType, fcntl_getlk};
 
+use crate::paths::Paths;
+use crate::process::{ProcessHandle, Signal};
+
 /// Takes the lock without waiting; `Ok(false)` when another process holds
 /// it.
 pub fn try_lock(file: &File) -> io::Result<bool> {
@@ -23,4 +26,9 @@ pub fn try_lock(file: &File) -> io::Result<bool> {
 pub fn holder(file: &File) -> io::Result<Option<i32>> {
     let held = fcntl_getlk(file, &Flock::from(FlockType::WriteLock))?;
     Ok(held.map(|lock| lock.pid.map_or(0, |pid| pid.as_raw_nonzero().get())))
+}
+
+/// Sends `signal` to the verified holder.
+pub fn deliver(_paths: &Paths, process: &ProcessHandle, signal: Signal) -> io::Result<()> {
+    process.signal(signal)
 }

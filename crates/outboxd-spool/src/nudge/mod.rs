@@ -13,6 +13,10 @@ use crate::paths::Paths;
 mod unix;
 #[cfg(unix)]
 use unix as os;
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+use windows as os;
 
 /// Wakes the drain of the daemon of `paths`, if one listens. Never blocks
 /// and never fails.

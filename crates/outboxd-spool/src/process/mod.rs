@@ -4,12 +4,16 @@
 //! that reused its pid.
 //!
 //! The interface is this file; each operating system implements it in a
-//! file of its own (`unix.rs`).
+//! file of its own (`unix.rs`, `windows.rs`).
 
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]
 use unix as os;
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+use windows as os;
 
 pub use os::{
     ProcessHandle, alive, euid, exists, is_stopped, is_zombie, parent_of, program_name,

@@ -106,7 +106,7 @@ pub struct ProcessHandle {
 impl ProcessHandle {
     /// Pins the process that has `pid` now. Fails with `ESRCH` when there is none.
     pub fn open(pid: i32) -> io::Result<ProcessHandle> {
-        let gone = || io::Error::from_raw_os_error(libc::ESRCH);
+        let gone = || io::Error::from_raw_os_error(crate::errno::ESRCH);
         let pid = process_id(pid).ok_or_else(gone)?;
         #[cfg(target_os = "linux")]
         {
@@ -167,7 +167,7 @@ mod tests {
         assert!(!exists(i32::MIN));
         for pid in [0, -1, i32::MIN] {
             let refused = ProcessHandle::open(pid).unwrap_err();
-            assert_eq!(refused.raw_os_error(), Some(libc::ESRCH), "{pid}");
+            assert_eq!(refused.raw_os_error(), Some(crate::errno::ESRCH), "{pid}");
         }
     }
 

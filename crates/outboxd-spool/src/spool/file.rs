@@ -22,7 +22,7 @@ pub(super) fn resolve_home(paths: &Paths, create: bool) -> Result<Paths> {
                       with `Options { create_home: true }` (`outboxctl enqueue \
                       --create-home`)"
                     .into(),
-                errno: libc::ENOENT,
+                errno: crate::errno::ENOENT,
             });
         }
     }
@@ -56,7 +56,6 @@ pub fn create_if_missing(paths: &Paths) -> Result<()> {
 /// refuses while a daemon holds the home's lock: the spool that daemon
 /// drains was moved or deleted under it.
 pub(super) fn create_spool_file(paths: &Paths, opener: Opener) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     let path = &paths.spool;
     let missing = |problem: String| Error::Problem {
         what: "spool",
@@ -67,7 +66,7 @@ pub(super) fn create_spool_file(paths: &Paths, opener: Opener) -> Result<()> {
              enqueue again; move a spool aside only while the daemon is stopped",
             crate::quote::ctl(&paths.home, "restart")
         ),
-        errno: libc::ENOENT,
+        errno: crate::errno::ENOENT,
     };
     match opener {
         Opener::Daemon { create: false } => {
@@ -91,12 +90,7 @@ pub(super) fn create_spool_file(paths: &Paths, opener: Opener) -> Result<()> {
     // already made waits until its maker has closed it.
     static CREATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _creating = CREATING.lock().unwrap_or_else(|e| e.into_inner());
-    let created = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path);
+    let created = crate::safefs::create_new(path, 0o600);
     match created {
         Ok(file) => {
             drop(file);
@@ -112,16 +106,16 @@ pub(super) fn create_spool_file(paths: &Paths, opener: Opener) -> Result<()> {
 /// every producer's events. The file is this user's regular file (checked
 /// with `lstat` first); it is not opened, so no SQLite lock is dropped.
 pub(super) fn make_private(path: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
     let meta = match fs::symlink_metadata(path) {
         Ok(meta) => meta,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(error) => return Err(error).at("inspect", path),
     };
-    if !meta.is_file() || meta.uid() != crate::process::euid() || meta.mode() & 0o077 == 0 {
+    if !meta.is_file() || crate::safefs::owner_of(&meta) != crate::process::euid() {
         return Ok(());
     }
-    fs::set_permissions(path, fs::Permissions::from_mode(meta.mode() & 0o700))
+    crate::safefs::make_owner_only(path, &meta)
+        .map(drop)
         .at("make private (chmod go-rwx)", path)
 }
 
@@ -139,7 +133,7 @@ pub(super) fn check_spool_file(path: &Path) -> Result<Option<()>> {
         path: path.to_path_buf(),
         problem,
         fix,
-        errno: libc::EINVAL,
+        errno: crate::errno::EINVAL,
     };
     if meta.file_type().is_symlink() {
         return Err(problem(
@@ -156,21 +150,20 @@ pub(super) fn check_spool_file(path: &Path) -> Result<Option<()>> {
         ));
     }
     let euid = crate::process::euid();
-    if meta.uid() != euid {
+    let owner = crate::safefs::owner_of(&meta);
+    if owner != euid {
         return Err(problem(
-            format!("belongs to uid {}, you are uid {euid}", meta.uid()),
-            format!(
-                "run as uid {}, or enqueue through the control socket",
-                meta.uid()
-            ),
+            format!("belongs to uid {owner}, you are uid {euid}"),
+            format!("run as uid {owner}, or enqueue through the control socket"),
         ));
     }
-    if meta.nlink() != 1 {
+    let links = crate::safefs::link_count(&meta);
+    if links != 1 {
         return Err(problem(
             format!(
                 "has {} hard links: another name (perhaps another home's spool) shares this \
                  file, and two daemons would hand out the same seqs under one source id",
-                meta.nlink()
+                links
             ),
             "give each home its own spool: find the other name (`find / -xdev -samefile \
              PATH`), and remove the link that does not belong to this home, or copy the \
@@ -193,7 +186,7 @@ pub(super) fn first_read_error(source: rusqlite::Error, op: &'static str, path: 
             fix: "it was left untouched: move it aside (keep it if it may hold events) \
                   and a new spool is created in its place"
                 .into(),
-            errno: libc::EILSEQ,
+            errno: crate::errno::EILSEQ,
         },
         _ => Error::Sqlite {
             op,

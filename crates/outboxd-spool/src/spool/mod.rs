@@ -54,7 +54,6 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -249,7 +248,7 @@ pub struct Spool {
     paths: Paths,
     source_id: Uuid,
     /// The device and inode of `outbox.db` when it was opened.
-    identity: (u64, u64),
+    identity: Option<(u64, u64)>,
     /// When an enqueue last checked that `outbox.db` is still that file.
     checked_at: Instant,
 }
@@ -291,7 +290,7 @@ impl Spool {
                 fix: "run as the account that owns the home (`outboxctl enqueue` \
                       switches to it by itself), or use the control socket's `enqueue` op"
                     .into(),
-                errno: libc::EPERM,
+                errno: crate::errno::EPERM,
             });
         }
         Spool::open_unchecked(paths, options, opener)
@@ -300,6 +299,10 @@ impl Spool {
     /// [`Spool::open_with`] without the root refusal, for tests (which run
     /// as root in CI).
     fn open_unchecked(paths: &Paths, options: Options, opener: Opener) -> Result<Spool> {
+        Spool::open_once(paths, options, opener)
+    }
+
+    fn open_once(paths: &Paths, options: Options, opener: Opener) -> Result<Spool> {
         let paths = resolve_home(paths, options.create_home)?;
         let path = paths.spool.as_path();
         if check_spool_file(path)?.is_none() {
@@ -331,13 +334,14 @@ impl Spool {
             conn,
             paths,
             source_id,
-            identity: (meta.dev(), meta.ino()),
+            identity: crate::safefs::identity(&meta),
             checked_at: Instant::now(),
         })
     }
 
-    /// The device and inode of `outbox.db` when this spool opened it.
-    pub fn file_identity(&self) -> (u64, u64) {
+    /// The device and inode of `outbox.db` when this spool opened it
+    /// (`None` on Windows, which gives nothing comparable).
+    pub fn file_identity(&self) -> Option<(u64, u64)> {
         self.identity
     }
 
@@ -346,7 +350,7 @@ impl Spool {
     /// replaced since. Uses `lstat`, which opens nothing.
     pub fn is_at_path(&self) -> Result<bool> {
         match fs::symlink_metadata(&self.paths.spool) {
-            Ok(meta) => Ok((meta.dev(), meta.ino()) == self.identity),
+            Ok(meta) => Ok(crate::safefs::identity(&meta) == self.identity),
             Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(error) => Err(error).at("inspect", &self.paths.spool),
         }
@@ -415,7 +419,7 @@ impl Spool {
                     fix: "open the spool again (nothing was written); the daemon drains the \
                           file at this path"
                         .into(),
-                    errno: libc::ESTALE,
+                    errno: crate::errno::ESTALE,
                 });
             }
             self.checked_at = Instant::now();

@@ -94,7 +94,7 @@ pub(super) fn known_version(version: i64, path: &Path) -> Result<usize> {
                  {SCHEMA_VERSION}: it was written by a newer outboxd"
             ),
             fix: "use the newer outboxd and outboxctl; the spool was left untouched".into(),
-            errno: libc::EPROTO,
+            errno: crate::errno::EPROTO,
         }),
     }
 }
@@ -145,7 +145,7 @@ pub(super) fn enable_wal(conn: &Connection, path: &Path) -> Result<()> {
                     path: path.to_path_buf(),
                     problem: format!("cannot use write-ahead logging (journal mode stayed {mode})"),
                     fix: "put the home on a local filesystem".into(),
-                    errno: libc::EINVAL,
+                    errno: crate::errno::EINVAL,
                 });
             }
             Err(error)
@@ -182,7 +182,7 @@ pub(super) fn refuse_foreign(conn: &Connection, path: &Path) -> Result<()> {
                   schema version)"
             .into(),
         fix: "it was left untouched: move it aside, or use another home".into(),
-        errno: libc::EINVAL,
+        errno: crate::errno::EINVAL,
     })
 }
 
@@ -203,6 +203,6 @@ pub(super) fn read_source_id(conn: &Connection, path: &Path) -> Result<Uuid> {
             path: path.to_path_buf(),
             problem: format!("has no valid source id (meta.source_id is {value:?})"),
             fix: "it was left untouched: restore it from a backup, or move it aside".into(),
-            errno: libc::EILSEQ,
+            errno: crate::errno::EILSEQ,
         })
 }

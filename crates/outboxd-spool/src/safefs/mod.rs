@@ -5,21 +5,31 @@
 //! device such as `/dev/zero` that never ends, a file of another owner. Every
 //! file the daemon or `outboxctl` opens in a home goes through here:
 //!
-//! - the last component is opened with `O_NOFOLLOW` (a symlink is refused)
-//!   and `O_NONBLOCK` (a FIFO cannot block the open), relative to a
-//!   directory descriptor where a directory could be swapped;
-//! - the opened descriptor is checked with `fstat`, not the path: it must be
-//!   a regular file (or a directory, for directories) owned by an expected
-//!   uid;
+//! - the last component is opened without following it (a symlink is
+//!   refused) and without blocking (a FIFO cannot block the open);
+//! - the opened file is checked, not the path: it must be a regular file
+//!   (or a directory, for directories) owned by an expected uid;
 //! - reads are capped.
+//!
+//! The neutral checks are this file; how a file is opened and what its
+//! owner and mode are is each operating system's (`unix.rs`: `O_NOFOLLOW |
+//! O_NONBLOCK` and `fstat`; `windows.rs`: `FILE_FLAG_OPEN_REPARSE_POINT`,
+//! a reparse point refused, and owners and modes left to the home's ACL).
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::OwnedFd;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use crate::error::{Error, IoContext, Result};
+
+#[cfg(unix)]
+mod unix;
+#[cfg(unix)]
+use unix as os;
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+use windows as os;
 
 /// How a file is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,28 +74,27 @@ impl Owner {
 /// component), anything but a regular file, and another owner. `Ok(None)`
 /// when it does not exist and `mode` does not create it.
 pub fn open(path: &Path, mode: Mode, owner: Owner) -> Result<Option<File>> {
-    let fd = match open_raw(None, path, mode) {
-        Ok(fd) => fd,
+    let file = match os::open_nofollow(path, mode) {
+        Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound && mode == Mode::Read => return Ok(None),
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+        Err(e) if os::is_link_refused(&e) => {
             return Err(Error::problem(
                 "file",
                 path,
                 "is a symbolic link",
                 "outboxd never follows links inside its home: replace the link with the file itself",
-                libc::ELOOP,
+                crate::errno::ELOOP,
             ));
         }
         Err(e) => return Err(e).at(verb(mode), path),
     };
-    let file = File::from(fd);
     check_file(&file, path, owner)?;
     if matches!(
         mode,
         Mode::Read | Mode::ReadWrite { .. } | Mode::Append { .. }
     ) {
         // Regular files never block: back to ordinary blocking I/O.
-        set_blocking(&file).at("configure", path)?;
+        os::set_blocking(&file).at("configure", path)?;
     }
     Ok(Some(file))
 }
@@ -106,7 +115,7 @@ pub fn read_capped(path: &Path, cap: u64, owner: Owner) -> Result<Option<Vec<u8>
             path,
             format!("is larger than {cap} bytes"),
             "this cannot be the file outboxd wrote: move it away",
-            libc::EFBIG,
+            crate::errno::EFBIG,
         ));
     }
     Ok(Some(bytes))
@@ -119,23 +128,23 @@ pub fn check_file(file: &File, path: &Path, owner: Owner) -> Result<()> {
         return Err(Error::problem(
             "file",
             path,
-            format!("is not a regular file (it is a {})", kind(&meta)),
+            format!("is not a regular file (it is a {})", os::kind(&meta)),
             "move it away; outboxd only reads and writes regular files in its home",
-            libc::EINVAL,
+            crate::errno::EINVAL,
         ));
     }
-    if !owner.accepts(meta.uid()) {
+    if !owner.accepts(os::owner(&meta)) {
         return Err(Error::problem(
             "file",
             path,
             format!(
                 "is owned by {}, not by {}",
-                crate::account::name_of(meta.uid()),
+                crate::account::name_of(os::owner(&meta)),
                 owner.describe()
             ),
             "remove it or give it back to the home's owner (chown); outboxd never uses files \
              another account could have planted",
-            libc::EPERM,
+            crate::errno::EPERM,
         ));
     }
     Ok(())
@@ -151,29 +160,29 @@ pub fn check_private_dir(path: &Path, owner: Owner) -> Result<()> {
             path,
             "is a symbolic link",
             "outboxd never follows links inside its home: replace it with a real directory",
-            libc::ELOOP,
+            crate::errno::ELOOP,
         ));
     }
     if !meta.is_dir() {
         return Err(Error::problem(
             "directory",
             path,
-            format!("is not a directory (it is a {})", kind(&meta)),
+            format!("is not a directory (it is a {})", os::kind(&meta)),
             "move it away",
-            libc::ENOTDIR,
+            crate::errno::ENOTDIR,
         ));
     }
-    if !owner.accepts(meta.uid()) {
+    if !owner.accepts(os::owner(&meta)) {
         return Err(Error::problem(
             "directory",
             path,
             format!(
                 "is owned by {}, not by {}",
-                crate::account::name_of(meta.uid()),
+                crate::account::name_of(os::owner(&meta)),
                 owner.describe()
             ),
             "give it back to the home's owner (chown) or remove it",
-            libc::EPERM,
+            crate::errno::EPERM,
         ));
     }
     check_not_writable_by_others(path, &meta)
@@ -182,17 +191,45 @@ pub fn check_private_dir(path: &Path, owner: Owner) -> Result<()> {
 /// Refuses a directory that its group or everyone may write to: anyone who
 /// can write there can replace what the daemon trusts.
 pub fn check_not_writable_by_others(path: &Path, meta: &std::fs::Metadata) -> Result<()> {
-    let mode = meta.mode() & 0o7777;
-    if mode & 0o022 != 0 {
+    if let Some(mode) = os::writable_by_others(meta) {
         return Err(Error::problem(
             "directory",
             path,
             format!("can be written by other users (mode {mode:04o})"),
             format!("run `chmod go-w {}`", crate::quote::shell(path)),
-            libc::EPERM,
+            crate::errno::EPERM,
         ));
     }
     Ok(())
+}
+
+/// The uid that owns a file, as the owner checks see it.
+pub fn owner_of(meta: &std::fs::Metadata) -> u32 {
+    os::owner(meta)
+}
+
+/// What names a file while it exists (device and inode on Unix); `None`
+/// where the system gives nothing comparable (Windows).
+pub fn identity(meta: &std::fs::Metadata) -> Option<(u64, u64)> {
+    os::identity(meta)
+}
+
+/// How many names (hard links) a file has (1 where unknown).
+pub fn link_count(meta: &std::fs::Metadata) -> u64 {
+    os::link_count(meta)
+}
+
+/// Creates the new file `path` with `mode` (Unix), never through a link;
+/// fails if it exists.
+pub fn create_new(path: &Path, mode: u32) -> io::Result<File> {
+    os::open_nofollow(path, Mode::CreateNew { mode })
+}
+
+/// Takes group and other permissions away from the regular file `path`
+/// described by `meta` (Unix; a no-op where ACLs decide). Returns whether
+/// anything changed.
+pub fn make_owner_only(path: &Path, meta: &std::fs::Metadata) -> io::Result<bool> {
+    os::make_owner_only(path, meta)
 }
 
 fn verb(mode: Mode) -> &'static str {
@@ -200,99 +237,5 @@ fn verb(mode: Mode) -> &'static str {
         Mode::Read => "open",
         Mode::ReadWrite { .. } | Mode::Append { .. } => "open or create",
         Mode::CreateNew { .. } => "create",
-    }
-}
-
-fn kind(meta: &std::fs::Metadata) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    let t = meta.file_type();
-    if t.is_dir() {
-        "directory"
-    } else if t.is_symlink() {
-        "symbolic link"
-    } else if t.is_fifo() {
-        "FIFO"
-    } else if t.is_socket() {
-        "socket"
-    } else if t.is_char_device() || t.is_block_device() {
-        "device"
-    } else {
-        "regular file"
-    }
-}
-
-/// `openat(dir or AT_FDCWD, path, flags | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)`.
-fn open_raw(dir: Option<&OwnedFd>, path: &Path, mode: Mode) -> io::Result<OwnedFd> {
-    use rustix::fs::{CWD, Mode as Perm, OFlags};
-    let (flags, create_mode) = match mode {
-        Mode::Read => (OFlags::RDONLY, 0),
-        Mode::ReadWrite { mode } => (OFlags::RDWR | OFlags::CREATE, mode),
-        Mode::Append { mode } => (OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE, mode),
-        Mode::CreateNew { mode } => (OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL, mode),
-    };
-    let flags = flags | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
-    let create_mode = Perm::from_raw_mode(create_mode as _);
-    Ok(match dir {
-        Some(dir) => rustix::fs::openat(dir, path, flags, create_mode)?,
-        None => rustix::fs::openat(CWD, path, flags, create_mode)?,
-    })
-}
-
-fn set_blocking(file: &File) -> io::Result<()> {
-    let flags = rustix::fs::fcntl_getfl(file)?;
-    rustix::fs::fcntl_setfl(file, flags - rustix::fs::OFlags::NONBLOCK)?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::process::euid;
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-
-    #[test]
-    fn symlinks_fifos_devices_and_big_files_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let me = Owner::Is(euid());
-        let target = dir.path().join("target");
-        std::fs::write(&target, "secret").unwrap();
-        let link = dir.path().join("link");
-        std::os::unix::fs::symlink(&target, &link).unwrap();
-        let err = read_capped(&link, 100, me).unwrap_err().to_string();
-        assert!(err.contains("symbolic link"), "{err}");
-        assert!(open(&link, Mode::Append { mode: 0o600 }, me).is_err());
-        assert_eq!(std::fs::read_to_string(&target).unwrap(), "secret");
-
-        let fifo = dir.path().join("fifo");
-        let c = CString::new(fifo.as_os_str().as_bytes()).unwrap();
-        // SAFETY: a valid C string.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        let err = read_capped(&fifo, 100, me).unwrap_err().to_string();
-        assert!(err.contains("FIFO"), "{err}");
-
-        let err = read_capped(Path::new("/dev/zero"), 100, Owner::IsOrRoot(euid()))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("device"), "{err}");
-
-        let big = dir.path().join("big");
-        std::fs::write(&big, vec![b'x'; 101]).unwrap();
-        assert!(read_capped(&big, 100, me).is_err());
-        assert_eq!(read_capped(&target, 100, me).unwrap().unwrap(), b"secret");
-        assert_eq!(
-            read_capped(&dir.path().join("none"), 100, me).unwrap(),
-            None
-        );
-    }
-
-    #[test]
-    fn another_owner_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("f");
-        std::fs::write(&file, "x").unwrap();
-        let other = Owner::Is(euid().wrapping_add(1));
-        let err = read_capped(&file, 10, other).unwrap_err().to_string();
-        assert!(err.contains("owned by"), "{err}");
     }
 }

@@ -1,8 +1,5 @@
-//! Where every file of a home lives, and how a home is found.
-//!
-//! This module is the only place that knows the layout of a home directory
-//! (design.md, "Home directory"); every binary and test derives its paths
-//! from [`Paths`].
+//! The Unix side of the home's layout: the default homes, private
+//! directories (mode 0700), and socket addresses for long paths.
 
 use std::fs;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -15,89 +12,6 @@ use crate::error::{Error, IoContext, Result};
 /// and 104 on macOS, including the terminating NUL; a longer path is reached
 /// through a directory descriptor instead (see [`SocketPath`]).
 pub const MAX_SOCKET_PATH: usize = 100;
-
-/// The files and directories of one home.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Paths {
-    /// The home directory itself, absolute.
-    pub home: PathBuf,
-    /// `outboxd.lock`: the PID lock, never unlinked.
-    pub lock: PathBuf,
-    /// `run/` (0700): the control socket and the nudge socket.
-    pub run_dir: PathBuf,
-    /// `run/outboxd.sock` (0600): the control socket.
-    pub socket: PathBuf,
-    /// `log/`: the daemon's log directory.
-    pub log_dir: PathBuf,
-    /// `log/outboxd.log`: the daemon's log when it runs in the background.
-    pub log_file: PathBuf,
-    /// `config.toml`: optional configuration.
-    pub config_file: PathBuf,
-    /// `outbox.db`: the SQLite spool (WAL; `-wal` and `-shm` beside it).
-    pub spool: PathBuf,
-    /// `run/nudge.sock`: a datagram socket the daemon binds; producers send
-    /// it an empty datagram after each commit so the drain wakes at once.
-    pub nudge_socket: PathBuf,
-    /// `pg/`: everything of the embedded PostgreSQL.
-    pub pg_dir: PathBuf,
-    /// `pg/data/`: the PostgreSQL cluster (0700).
-    pub pg_data: PathBuf,
-    /// `pg/secret`: the generated PostgreSQL password (0600).
-    pub pg_secret: PathBuf,
-    /// `pg/socket/`: PostgreSQL's Unix socket directory.
-    pub pg_socket_dir: PathBuf,
-    /// `pg/install/`: PostgreSQL binaries downloaded when none are installed.
-    pub pg_install: PathBuf,
-    /// `log/postgres.log`: PostgreSQL's own log.
-    pub pg_log: PathBuf,
-}
-
-impl Paths {
-    /// Paths for the home given on the command line (or `OUTBOXD_HOME`, which
-    /// clap folds into the same option), else the per-user default.
-    pub fn resolve(home: Option<&Path>) -> Result<Paths> {
-        let home = match home {
-            Some(home) => home.to_path_buf(),
-            None => default_home()?,
-        };
-        Ok(Paths::for_home(&absolute(&home)?))
-    }
-
-    /// Paths for an absolute home directory.
-    pub fn for_home(home: &Path) -> Paths {
-        let run_dir = home.join("run");
-        let pg_dir = home.join("pg");
-        let log_dir = home.join("log");
-        Paths {
-            home: home.to_path_buf(),
-            lock: home.join("outboxd.lock"),
-            socket: run_dir.join("outboxd.sock"),
-            nudge_socket: run_dir.join("nudge.sock"),
-            run_dir,
-            log_file: log_dir.join("outboxd.log"),
-            pg_log: log_dir.join("postgres.log"),
-            log_dir,
-            config_file: home.join("config.toml"),
-            spool: home.join("outbox.db"),
-            pg_data: pg_dir.join("data"),
-            pg_secret: pg_dir.join("secret"),
-            pg_install: pg_dir.join("install"),
-            pg_socket_dir: pg_dir.join("socket"),
-            pg_dir,
-        }
-    }
-
-    /// The directories the daemon keeps in its home, in creation order.
-    pub fn dirs(&self) -> [&Path; 5] {
-        [
-            &self.log_dir,
-            &self.run_dir,
-            &self.pg_dir,
-            &self.pg_socket_dir,
-            &self.home,
-        ]
-    }
-}
 
 /// The home of root's daemon (and of the system service).
 pub const SYSTEM_HOME: &str = "/var/lib/outboxd";
@@ -134,14 +48,6 @@ pub fn user_home() -> Result<PathBuf> {
         _ => Err(Error::NoHome(
             "HOME is not set and the user has no home directory in the password database".into(),
         )),
-    }
-}
-
-/// The canonical path when it exists, else the path made absolute.
-fn absolute(path: &Path) -> Result<PathBuf> {
-    match fs::canonicalize(path) {
-        Ok(path) => Ok(path),
-        Err(_) => std::path::absolute(path).at("resolve home directory", path),
     }
 }
 
@@ -182,7 +88,7 @@ impl SocketPath {
                 real,
                 "has no directory",
                 "choose another --home",
-                libc::EINVAL,
+                crate::errno::EINVAL,
             ));
         };
         let fd = open_dir_path(dir)?;
@@ -201,7 +107,7 @@ impl SocketPath {
                 real.as_os_str().len()
             ),
             "choose a shorter --home",
-            libc::ENAMETOOLONG,
+            crate::errno::ENAMETOOLONG,
         ))
     }
 
@@ -251,14 +157,6 @@ fn open_dir_path(dir: &Path) -> Result<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn layout_is_fixed() {
-        let paths = Paths::for_home(Path::new("/srv/outboxd"));
-        assert_eq!(paths.socket, Path::new("/srv/outboxd/run/outboxd.sock"));
-        assert_eq!(paths.pg_socket_dir, Path::new("/srv/outboxd/pg/socket"));
-        assert_eq!(paths.spool, Path::new("/srv/outboxd/outbox.db"));
-    }
 
     #[test]
     fn a_long_socket_path_is_reached_through_its_directory() {

@@ -1,0 +1,33 @@
+//! The Windows side of the home's layout: the default home is
+//! `%LOCALAPPDATA%\outboxd`, whose ACL (inherited from the user's profile)
+//! already keeps other users out.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, IoContext, Result};
+
+/// The home of the system service (the `LocalSystem` account's daemon).
+pub const SYSTEM_HOME: &str = r"C:\ProgramData\outboxd";
+
+/// `%LOCALAPPDATA%\outboxd`.
+pub fn default_home() -> Result<PathBuf> {
+    match std::env::var_os("LOCALAPPDATA").filter(|d| !d.is_empty()) {
+        Some(dir) => Ok(PathBuf::from(dir).join("outboxd")),
+        None => Ok(user_home()?.join(r"AppData\Local\outboxd")),
+    }
+}
+
+/// `%USERPROFILE%`.
+pub fn user_home() -> Result<PathBuf> {
+    std::env::var_os("USERPROFILE")
+        .filter(|h| !h.is_empty())
+        .map(PathBuf::from)
+        .ok_or_else(|| Error::NoHome("USERPROFILE is not set".into()))
+}
+
+/// Creates a directory (and its parents) if it is missing. It inherits the
+/// ACL of its parent: under `%LOCALAPPDATA%`, the user's, SYSTEM's and
+/// Administrators' only.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).at("create directory", dir)
+}

@@ -1,0 +1,86 @@
+//! The few Win32 helpers the Windows files of the OS layer share: wide
+//! strings, owned handles, a process's account, the home's named objects.
+
+use std::io;
+use std::os::windows::io::{FromRawHandle, OwnedHandle};
+use std::path::Path;
+
+use windows_sys::Win32::Foundation::HANDLE;
+use windows_sys::Win32::Security::{
+    GetSidSubAuthority, GetSidSubAuthorityCount, GetTokenInformation, TOKEN_QUERY, TOKEN_USER,
+    TokenUser,
+};
+use windows_sys::Win32::System::Threading::OpenProcessToken;
+
+/// `s` as a NUL-terminated UTF-16 string.
+pub fn wide(s: &str) -> Vec<u16> {
+    s.encode_utf16().chain(std::iter::once(0)).collect()
+}
+
+/// Takes ownership of a handle a call returned; the last OS error when it
+/// is null or invalid.
+pub fn owned(handle: HANDLE) -> io::Result<OwnedHandle> {
+    if handle.is_null() || handle == windows_sys::Win32::Foundation::INVALID_HANDLE_VALUE {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a valid handle the caller just received and owns.
+    Ok(unsafe { OwnedHandle::from_raw_handle(handle) })
+}
+
+/// The relative id (the last part of the user SID) of the account that
+/// runs the process behind `process`: the "uid" the OS-neutral code
+/// compares (unique among the machine's local accounts).
+pub fn account_rid(process: HANDLE) -> io::Result<u32> {
+    let mut token: HANDLE = std::ptr::null_mut();
+    // SAFETY: `token` receives a handle that `owned` takes over.
+    if unsafe { OpenProcessToken(process, TOKEN_QUERY, &mut token) } == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let token = owned(token)?;
+    let mut buffer = vec![0u64; 128];
+    let mut len = 0u32;
+    // SAFETY: the buffer is valid and 8-byte aligned for the size given.
+    let ok = unsafe {
+        GetTokenInformation(
+            std::os::windows::io::AsRawHandle::as_raw_handle(&token),
+            TokenUser,
+            buffer.as_mut_ptr().cast(),
+            (buffer.len() * 8) as u32,
+            &mut len,
+        )
+    };
+    if ok == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: GetTokenInformation filled a TOKEN_USER at the buffer's start,
+    // whose SID points into the same buffer.
+    unsafe {
+        let user = &*(buffer.as_ptr() as *const TOKEN_USER);
+        let sid = user.User.Sid;
+        let count = *GetSidSubAuthorityCount(sid);
+        if count == 0 {
+            return Ok(0);
+        }
+        Ok(*GetSidSubAuthority(sid, u32::from(count) - 1))
+    }
+}
+
+/// The name of the home's kernel objects: `outboxd-` and a hash of its
+/// absolute path (case folded, as Windows paths are), as design.md's pipe
+/// name `\\.\pipe\outboxd-<hash>` asks.
+pub fn object_name(home: &Path) -> String {
+    let text = home.to_string_lossy().to_lowercase();
+    // FNV-1a, 64 bits: stable across builds and releases.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("outboxd-{hash:016x}")
+}
+
+/// The name of one of the home's named events (`Local\outboxd-<hash>-stop`,
+/// `-nudge`): session-local, like the user's daemon.
+pub fn event_name(home: &Path, purpose: &str) -> String {
+    format!(r"Local\{}-{purpose}", object_name(home))
+}
