@@ -11,6 +11,8 @@
 //! ([`client`]), readiness notification ([`notify`]), the configuration
 //! ([`config`]), metrics, the run record ([`runs`]). See `ARCHITECTURE.md`.
 
+#[cfg(windows)]
+pub use outboxd_spool::win32;
 pub use outboxd_spool::{account, errno, error, lock, nudge, paths, process, quote, safefs, spool};
 
 pub mod cli;

@@ -14,7 +14,6 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -175,7 +174,7 @@ fn runs_in(pid: i32, data: &fs::Metadata) -> bool {
         return true;
     }
     match fs::metadata(format!("/proc/{pid}/cwd")) {
-        Ok(cwd) => cwd.dev() == data.dev() && cwd.ino() == data.ino(),
+        Ok(cwd) => crate::safefs::identity(&cwd) == crate::safefs::identity(data),
         Err(_) => false,
     }
 }

@@ -2,7 +2,9 @@
 //! home, and whom the kernel says is at the other end.
 //!
 //! The interface is this file; each operating system implements it in a
-//! file of its own (`unix.rs`: the home's Unix domain socket, `SO_PEERCRED`).
+//! file of its own (`unix.rs`: the home's Unix domain socket, `SO_PEERCRED`;
+//! `windows.rs`: the home's named pipe, the pid at the other end and its
+//! account).
 //! The daemon's side is `daemon/server/endpoint/`.
 
 use std::io;
@@ -15,6 +17,10 @@ pub use interprocess::local_socket::Stream;
 mod unix;
 #[cfg(unix)]
 use unix as os;
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+use windows as os;
 
 /// Who is at the other end of a connection, as the kernel reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -6,11 +6,23 @@
 //! daemon. A message is a datagram of `KEY=VALUE` lines: `STATUS=` (progress),
 //! `READY=1`, `STOPPING=1`, `ERRNO=` (a fatal error, after a `STATUS=` that
 //! says what failed) and `MAINPID=` (the daemon's pid after it forked).
+//!
+//! The transport is each operating system's: a datagram socket on Unix
+//! (`unix.rs`, systemd's own), a named pipe on Windows (`windows.rs`: one
+//! connection, messages ended by NUL).
 
 use std::io;
-use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
+
+#[cfg(unix)]
+mod unix;
+#[cfg(unix)]
+use unix as os;
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+use windows as os;
 
 /// The variable that names the notify socket.
 pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
@@ -24,7 +36,7 @@ pub const NOTIFY_SOCKET: &str = "NOTIFY_SOCKET";
 /// child (PostgreSQL speaks this protocol too) inherits it.
 #[derive(Debug, Default)]
 pub struct Notifier {
-    socket: Option<UnixDatagram>,
+    socket: Option<os::Sender>,
 }
 
 impl Notifier {
@@ -39,7 +51,7 @@ impl Notifier {
     /// `sd_notify`.
     pub fn connect(target: &Path) -> Notifier {
         Notifier {
-            socket: connect(target).ok(),
+            socket: os::connect(target).ok(),
         }
     }
 
@@ -82,23 +94,6 @@ impl Notifier {
     }
 }
 
-/// Connects a datagram socket to a path, or to an abstract name (`@name`).
-fn connect(target: &Path) -> io::Result<UnixDatagram> {
-    let socket = UnixDatagram::unbound()?;
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::linux::net::SocketAddrExt;
-        use std::os::unix::ffi::OsStrExt;
-        if let Some(name) = target.as_os_str().as_bytes().strip_prefix(b"@") {
-            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
-            socket.connect_addr(&addr)?;
-            return Ok(socket);
-        }
-    }
-    socket.connect(target)?;
-    Ok(socket)
-}
-
 fn one_line(text: &str) -> String {
     text.replace('\n', " ")
 }
@@ -133,78 +128,28 @@ pub fn parse(message: &[u8]) -> Vec<Event> {
         .collect()
 }
 
-/// The listening end, as `outboxctl start` uses it. On Linux an abstract
-/// socket (`@outboxctl-<random>`): nothing in the filesystem, so nothing is
-/// left behind when `outboxctl` is killed, and no temporary directory is
-/// needed. Elsewhere a socket in a fresh private temporary directory,
-/// removed when the listener is dropped.
+/// The listening end, as `outboxctl start` uses it: where the daemon it
+/// spawns reports its progress (see the OS files for the transport).
 ///
 /// Anyone on the machine could send to it; the messages are only progress
 /// hints: `outboxctl start` believes the daemon ready only when the
 /// verified daemon answers `status`.
-pub struct NotifyListener {
-    socket: UnixDatagram,
-    path: PathBuf,
-    _dir: Option<tempfile::TempDir>,
-}
+pub struct NotifyListener(os::Listener);
 
 impl NotifyListener {
-    /// Binds a new notify socket.
+    /// Binds a new notify endpoint.
     pub fn bind() -> io::Result<NotifyListener> {
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::linux::net::SocketAddrExt;
-            let name = format!("outboxctl-{}", uuid::Uuid::new_v4().simple());
-            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
-            let socket = UnixDatagram::bind_addr(&addr)?;
-            Ok(NotifyListener {
-                socket,
-                path: PathBuf::from(format!("@{name}")),
-                _dir: None,
-            })
-        }
-        #[cfg(not(target_os = "linux"))]
-        {
-            let dir = tempfile::Builder::new()
-                .prefix("outboxctl-")
-                .tempdir()
-                .or_else(|_| {
-                    tempfile::Builder::new()
-                        .prefix("outboxctl-")
-                        .tempdir_in("/tmp")
-                })?;
-            let path = dir.path().join("notify");
-            let socket = UnixDatagram::bind(&path)?;
-            Ok(NotifyListener {
-                socket,
-                path,
-                _dir: Some(dir),
-            })
-        }
+        os::Listener::bind().map(NotifyListener)
     }
 
     /// The value to put in the child's `NOTIFY_SOCKET`.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.0.path()
     }
 
     /// Waits up to `timeout` for one message; `Ok(None)` when none came.
     pub fn recv(&self, timeout: Duration) -> io::Result<Option<Vec<Event>>> {
-        self.socket
-            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
-        let mut buf = [0u8; 4096];
-        match self.socket.recv(&mut buf) {
-            Ok(n) => Ok(Some(parse(&buf[..n]))),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
+        Ok(self.0.recv(timeout)?.map(|message| parse(&message)))
     }
 }
 
@@ -216,7 +161,7 @@ mod tests {
     fn messages_round_trip_through_a_listener() {
         let listener = NotifyListener::bind().unwrap();
         let notifier = Notifier {
-            socket: Some(connect(listener.path()).unwrap()),
+            socket: Some(os::connect(listener.path()).unwrap()),
         };
         notifier.status("starting\nnow");
         notifier.ready("running");

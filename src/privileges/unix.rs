@@ -1,23 +1,5 @@
-//! What a process started as root does before it touches a home: decide the
-//! account the home belongs to, and become it. The daemon, `outboxctl` and
-//! producers all go through [`settle`], so root never opens, reads, writes,
-//! chowns or runs anything inside a home as root.
-//!
-//! The decision, made from the home directory's own owner (read through a
-//! descriptor opened without following a link), never from a file inside it:
-//!
-//! - A home owned by an ordinary user runs as that user. Naming another
-//!   account is refused; nothing in the home can choose one.
-//! - A new home is created (parents 0755, so the account can reach it; the
-//!   home 0700) and given to the named account, else `outboxd`, else
-//!   `postgres`. Only the directory itself changes hands.
-//! - An existing root-owned home is treated the same way only while it is
-//!   empty (or holds only root's own `config.toml`, whose `user` key is
-//!   honoured): nothing that already exists is ever chowned.
-//! - Anything else (a root-owned directory with contents, a file) is refused.
-//!
-//! Then `initgroups`, `setgid`, `setuid`, and a check that root cannot be
-//! regained. Call it while the process has one thread.
+//! Dropping root on Unix: the decision and `become_account` (see the
+//! module above).
 
 use std::ffi::CString;
 use std::fs;
@@ -27,23 +9,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 
+use super::{DEFAULT_ACCOUNTS, Intent, not_a_directory};
 use crate::account::{self, Account};
 use crate::error::{Error, IoContext, Result};
 use crate::quote;
 use crate::safefs::{self, Owner};
-
-/// The accounts tried, in order, for a new home when none is named.
-pub const DEFAULT_ACCOUNTS: &[&str] = &["outboxd", "postgres"];
-
-/// What the caller is about to do with the home.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Intent {
-    /// Run in it, creating it if needed (the daemon, producers).
-    Create,
-    /// Only look at it (`status`, `stop`): a missing or root-owned home is
-    /// looked at as root, since there is nothing of an account's in it.
-    Inspect,
-}
 
 /// As root, decides the account of `home` and becomes it; returns it. Does
 /// nothing (and returns `None`) for an ordinary user, or for
@@ -180,22 +150,6 @@ fn open_home(home: &Path) -> Result<Option<(OwnedFd, fs::Metadata)>> {
         .metadata()
         .at("inspect home directory", home)?;
     Ok(Some((fd, meta)))
-}
-
-/// The error for a home path that names something other than a directory.
-pub fn not_a_directory(home: &Path, meta: &fs::Metadata) -> Error {
-    let what = if meta.file_type().is_symlink() {
-        "a symbolic link"
-    } else {
-        "a file"
-    };
-    Error::problem(
-        "home",
-        home,
-        format!("is {what}, not a directory"),
-        "pass --home a directory (it is created if missing)",
-        crate::errno::ENOTDIR,
-    )
 }
 
 /// For a root-owned home: `Ok(Some(user))` from root's own `config.toml`
