@@ -128,8 +128,7 @@ impl CtlError {
 
 /// What to do about a permission denied in `home`.
 fn denied_hint(home: &Path) -> String {
-    use std::os::unix::fs::MetadataExt;
-    match std::fs::metadata(home).map(|m| m.uid()) {
+    match outboxd::endpoint::home_owner(home) {
         Ok(owner) if owner == outboxd::process::euid() => {
             "you own the home: give its files back their owner's permissions (chmod u+rw)".into()
         }
@@ -280,8 +279,7 @@ fn socket_answers(paths: &Paths) -> Option<u32> {
 
 /// The postmaster still running on the home's data directory, if any.
 pub fn orphan_postmaster(paths: &Paths) -> Option<i32> {
-    use std::os::unix::fs::MetadataExt;
-    let owner = std::fs::metadata(&paths.home).ok()?.uid();
+    let owner = outboxd::endpoint::home_owner(&paths.home).ok()?;
     postmaster::find(&paths.pg_data, owner)
         .ok()
         .flatten()

@@ -52,8 +52,7 @@ enum Sink {
 
 impl Sink {
     fn open(paths: &Paths, args: &Args) -> Result<Sink, CtlError> {
-        use std::os::unix::fs::MetadataExt;
-        let owner = std::fs::metadata(&paths.home).map(|m| m.uid()).ok();
+        let owner = outboxd::endpoint::home_owner(&paths.home).ok();
         if owner.is_some_and(|owner| owner != outboxd::process::euid()) {
             let (client, _) = crate::daemon::connect(paths, std::time::Duration::from_secs(60))?;
             return Ok(Sink::Socket(client));

@@ -5,12 +5,12 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
 use outboxd::exit_code;
 use outboxd::paths::Paths;
+use outboxd::safefs;
 
 use crate::output::Output;
 
@@ -103,7 +103,7 @@ fn tail(log: &Path, lines: usize, follow: bool) -> io::Result<()> {
     if !follow {
         return Ok(());
     }
-    let mut inode = file.metadata()?.ino();
+    let mut inode = safefs::identity(&file.metadata()?);
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = file.read(&mut buf)?;
@@ -116,9 +116,9 @@ fn tail(log: &Path, lines: usize, follow: bool) -> io::Result<()> {
         // Rotated (a new file at the path) or truncated: start over on it.
         if let Ok(meta) = std::fs::metadata(log) {
             let position = file.stream_position()?;
-            if meta.ino() != inode || meta.len() < position {
+            if safefs::identity(&meta) != inode || meta.len() < position {
                 file = File::open(log)?;
-                inode = file.metadata()?.ino();
+                inode = safefs::identity(&file.metadata()?);
             }
         }
     }

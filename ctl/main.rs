@@ -15,8 +15,15 @@ mod flush;
 mod logs;
 mod man;
 mod metrics;
+mod os;
 mod output;
 mod retarget;
+// The service manager's side is per operating system: systemd and launchd
+// (`service/`), the Windows service control manager (`service_windows.rs`).
+#[cfg(unix)]
+mod service;
+#[cfg(windows)]
+#[path = "service_windows.rs"]
 mod service;
 mod start;
 mod status;
@@ -607,7 +614,6 @@ fn check_restart(paths: &Paths) -> Result<(), CtlError> {
 }
 
 fn is_executable(path: &std::path::Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
     let found = match path.components().count() {
         1 => std::env::var_os("PATH").and_then(|dirs| {
             std::env::split_paths(&dirs)
@@ -618,7 +624,7 @@ fn is_executable(path: &std::path::Path) -> bool {
     };
     found
         .and_then(|path| std::fs::metadata(path).ok())
-        .is_some_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+        .is_some_and(|meta| outboxd::safefs::is_executable(&meta))
 }
 
 fn fail(out: &Output, err: CtlError) -> ExitCode {

@@ -6,13 +6,12 @@
 //! by the timeout is stopped again: `start` either leaves a ready daemon or
 //! none of its own.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use outboxd::exit_code;
-use outboxd::notify::{Event, NOTIFY_SOCKET, NotifyListener};
+use outboxd::notify::{Event, NotifyListener};
 use outboxd::paths::Paths;
 use outboxd::process;
 use outboxd::protocol::{DaemonState, Status};
@@ -109,33 +108,18 @@ fn launch(paths: &Paths, deadline: Instant, out: &Output) -> Result<Started, Ctl
         .map_err(|e| CtlError::Failed(format!("could not create a notify socket: {e}")))?;
     let log_start = std::fs::metadata(&paths.log_file).map_or(0, |m| m.len());
     let exe = daemon_exe();
-    let mut child = Command::new(&exe)
-        .arg("--daemonize")
-        .arg("--home")
-        .arg(&paths.home)
-        .env(NOTIFY_SOCKET, listener.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            CtlError::Failed(format!(
-                "could not run {}: {e}; install outboxd next to outboxctl or on PATH",
-                exe.display()
-            ))
-        })?;
-    // What the daemon says before it detaches (its errors then) goes to
-    // this pipe; afterwards to its log.
-    let stderr = child.stderr.take().expect("piped");
-    let said = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = std::io::BufReader::new(stderr).read_to_string(&mut text);
-        text
-    });
+    let launched = crate::os::spawn_daemon(&exe, paths, listener.path()).map_err(|e| {
+        CtlError::Failed(format!(
+            "could not run {}: {e}; install outboxd next to outboxctl or on PATH",
+            exe.display()
+        ))
+    })?;
+    let mut child = launched.launcher;
+    let said = launched.said;
     // A failed start returns once the daemon is gone, so that nothing of
     // it is left running when the command says it failed.
-    let failed = |why: String, child: &mut Child, main_pid: Option<i32>| {
-        let _ = child.wait();
+    let failed = |why: String, child: &mut Option<Child>, main_pid: Option<i32>| {
+        wait_launcher(child);
         let mut text = explain(
             why,
             &said_before_detaching(said),
@@ -152,7 +136,7 @@ fn launch(paths: &Paths, deadline: Instant, out: &Output) -> Result<Started, Ctl
         }
         CtlError::Failed(text)
     };
-    let mut main_pid = None;
+    let mut main_pid = launched.main_pid;
     let mut last_status = String::from("no word from the daemon yet");
     loop {
         if Instant::now() >= deadline {
@@ -183,7 +167,7 @@ fn launch(paths: &Paths, deadline: Instant, out: &Output) -> Result<Started, Ctl
                 Event::MainPid(pid) => main_pid = Some(pid),
                 Event::Watchdog => {}
                 Event::Ready => {
-                    let _ = child.wait();
+                    wait_launcher(&mut child);
                     return wait_ready(paths, deadline)
                         .map_err(Waited::into_error)
                         .map(|status| Started {
@@ -192,7 +176,7 @@ fn launch(paths: &Paths, deadline: Instant, out: &Output) -> Result<Started, Ctl
                         });
                 }
                 Event::Errno(outboxd::errno::EEXIST) => {
-                    let _ = child.wait();
+                    wait_launcher(&mut child);
                     return wait_ready(paths, deadline)
                         .map_err(Waited::into_error)
                         .map(|status| Started {
@@ -263,8 +247,15 @@ fn explain(why: String, said: &str, log: &Path, log_start: u64) -> String {
 
 /// Fails when the spawned process exited with an error, or when the daemon
 /// it forked has died without a word.
-fn check_alive(child: &mut Child, main_pid: Option<i32>) -> Result<(), String> {
-    if let Ok(Some(exit)) = child.try_wait()
+/// Reaps the process that launched the daemon, if there is one.
+fn wait_launcher(launcher: &mut Option<Child>) {
+    if let Some(launcher) = launcher {
+        let _ = launcher.wait();
+    }
+}
+
+fn check_alive(child: &mut Option<Child>, main_pid: Option<i32>) -> Result<(), String> {
+    if let Some(Ok(Some(exit))) = child.as_mut().map(Child::try_wait)
         && !exit.success()
     {
         return Err(format!("outboxd exited with {exit} before it detached"));
@@ -321,7 +312,7 @@ pub fn wait_ready(paths: &Paths, deadline: Instant) -> Result<Status, Waited> {
 pub fn daemon_exe() -> PathBuf {
     std::env::current_exe()
         .ok()
-        .map(|exe| exe.with_file_name("outboxd"))
+        .map(|exe| exe.with_file_name(format!("outboxd{}", std::env::consts::EXE_SUFFIX)))
         .filter(|exe| exe.is_file())
         .unwrap_or_else(|| PathBuf::from("outboxd"))
 }

@@ -210,14 +210,12 @@ fn escalate(
 /// Stops a postmaster still running on this home's data directory (a
 /// killed daemon cannot stop its PostgreSQL).
 fn stop_orphan(paths: &Paths) -> Result<Option<postmaster::Stopped>, outboxd::Error> {
-    use std::os::unix::fs::MetadataExt;
-    let owner = std::fs::metadata(&paths.home)
-        .map_err(|source| outboxd::Error::Io {
+    let owner =
+        outboxd::endpoint::home_owner(&paths.home).map_err(|source| outboxd::Error::Io {
             op: "inspect home directory",
             path: paths.home.clone(),
             source,
-        })?
-        .uid();
+        })?;
     postmaster::stop_orphan(&paths.pg_data, owner, ORPHAN_GRACE)
 }
 

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use outboxd::exit_code;
-use outboxd::paths::{Paths, SocketPath};
+use outboxd::paths::Paths;
+use outboxd::pgreach::Reach;
 use outboxd::protocol::{Request, Status};
 use outboxd::safefs::{self, Owner};
 use serde_json::json;
@@ -203,7 +204,7 @@ fn print_row(row: &Row, out: &Output) {
 fn connection_config(
     paths: &Paths,
     url: Option<&str>,
-) -> Result<(tokio_postgres::Config, Option<SocketPath>), CtlError> {
+) -> Result<(tokio_postgres::Config, Option<Reach>), CtlError> {
     let url = match url {
         Some(url) => Some(url.to_string()),
         None => outboxd::config::read_file(paths)
@@ -223,33 +224,22 @@ fn connection_config(
     let pg = status
         .postgres
         .ok_or_else(|| CtlError::Failed("this daemon reports no PostgreSQL".into()))?;
-    let dir = pg.socket_dir.ok_or_else(|| {
-        CtlError::Failed(
-            "the daemon's PostgreSQL is external: pass --database-url (or set \
-             OUTBOXD_DATABASE_URL)"
-                .into(),
-        )
+    let reach = Reach::embedded(&pg).map_err(CtlError::Failed)?;
+    let owner = outboxd::endpoint::home_owner(&paths.home).map_err(|e| {
+        CtlError::Failed(format!("could not inspect {}: {e}", paths.home.display()))
     })?;
-    use std::os::unix::fs::MetadataExt;
-    let owner = std::fs::metadata(&paths.home)
-        .map(|m| m.uid())
-        .map_err(|e| {
-            CtlError::Failed(format!("could not inspect {}: {e}", paths.home.display()))
-        })?;
     let secret = safefs::read_capped(&paths.pg_secret, 4096, Owner::Is(owner))
         .map_err(|e| CtlError::from_lib(paths, e))?
         .ok_or_else(|| CtlError::Failed(format!("{} is missing", paths.pg_secret.display())))?;
-    let address = SocketPath::dir(&dir).map_err(|e| CtlError::Failed(e.to_string()))?;
     let mut config = tokio_postgres::Config::new();
+    reach.configure(&mut config);
     config
-        .host_path(address.address())
-        .port(pg.port.unwrap_or(5432))
         .user("postgres")
         .dbname("postgres")
         .password(String::from_utf8_lossy(&secret).trim())
         .application_name("outboxctl tail")
         .connect_timeout(Duration::from_secs(5));
-    Ok((config, Some(address)))
+    Ok((config, Some(reach)))
 }
 
 /// `2026-11-22T05:46:25.498Z` for microseconds since the Unix epoch (UTC).

@@ -4,12 +4,12 @@
 //! is read, as the home's account, only from a regular file of that account
 //! (never through a link), and only after the daemon was verified.
 
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 
 use outboxd::exit_code;
-use outboxd::paths::{Paths, SocketPath};
+use outboxd::paths::Paths;
+use outboxd::pgreach::{self, Reach};
 use outboxd::protocol::{PgMode, PostgresStatus, Request, Status};
 use outboxd::safefs::{self, Owner};
 use serde_json::json;
@@ -67,27 +67,23 @@ pub fn psql(paths: &Paths, args: &[String], out: &Output) -> u8 {
         .filter(|psql| psql.is_file())
         .unwrap_or_else(|| PathBuf::from("psql"));
     let mut command = Command::new(&program);
-    // A socket directory too long for an address is reached through a
-    // descriptor psql inherits (see `SocketPath`).
-    let _socket_dir;
-    match (&pg.socket_dir, pg.mode) {
-        (Some(dir), PgMode::Embedded) => {
-            _socket_dir = SocketPath::dir(dir).ok();
-            let address = _socket_dir
-                .as_ref()
-                .map_or_else(|| dir.clone(), |a| a.address().to_path_buf());
-            if let Some(fd) = _socket_dir.as_ref().and_then(|a| a.dir_fd()) {
-                // SAFETY: clears FD_CLOEXEC on a descriptor we own, so psql
-                // inherits it.
-                unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
-            }
+    // Alive until psql replaces this process (or, on Windows, ends).
+    let _reach;
+    match pg.mode {
+        PgMode::Embedded => {
+            _reach = match Reach::embedded(&pg) {
+                Ok(reach) => reach,
+                Err(message) => {
+                    out.error(message);
+                    return exit_code::FAILURE;
+                }
+            };
+            _reach.psql(&mut command);
             command
-                .env("PGHOST", address)
-                .env("PGPORT", pg.port.unwrap_or(5432).to_string())
                 .env("PGUSER", "postgres")
                 .env("PGDATABASE", "postgres");
         }
-        _ => {
+        PgMode::External | PgMode::Unknown => {
             command.arg(&pg.url);
         }
     }
@@ -95,7 +91,10 @@ pub fn psql(paths: &Paths, args: &[String], out: &Output) -> u8 {
     if let Some(password) = password {
         command.env("PGPASSWORD", password);
     }
-    let err = command.exec();
+    let err = match pgreach::run_in_place(command) {
+        Ok(code) => return code,
+        Err(err) => err,
+    };
     out.error(format!(
         "could not run {}: {err}; install the PostgreSQL client (for example apt install \
          postgresql-client)",
@@ -132,12 +131,9 @@ fn connection(
 }
 
 fn read_secret(paths: &Paths) -> Result<String, CtlError> {
-    use std::os::unix::fs::MetadataExt;
-    let owner = std::fs::metadata(&paths.home)
-        .map(|m| m.uid())
-        .map_err(|e| {
-            CtlError::Failed(format!("could not inspect {}: {e}", paths.home.display()))
-        })?;
+    let owner = outboxd::endpoint::home_owner(&paths.home).map_err(|e| {
+        CtlError::Failed(format!("could not inspect {}: {e}", paths.home.display()))
+    })?;
     match safefs::read_capped(&paths.pg_secret, MAX_SECRET, Owner::Is(owner)) {
         Ok(Some(bytes)) => Ok(String::from_utf8_lossy(&bytes).trim().to_string()),
         Ok(None) => Err(CtlError::Failed(format!(

@@ -3,7 +3,6 @@
 //! else can write to), and its private directories made and checked.
 
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 
 use outboxd::error::{Error, IoContext, Result};
 use outboxd::paths::{self, Paths};
@@ -25,9 +24,7 @@ pub fn prepare(paths: &Paths) -> Result<Paths> {
     let home = fs::canonicalize(&paths.home).at("resolve home directory", &paths.home)?;
     let paths = Paths::for_home(&home);
     let euid = outboxd::process::euid();
-    let owner = fs::symlink_metadata(&home)
-        .at("inspect home directory", &home)?
-        .uid();
+    let owner = safefs::owner_of(&fs::symlink_metadata(&home).at("inspect home directory", &home)?);
     if owner != euid {
         return Err(Error::problem(
             "home",
@@ -51,11 +48,7 @@ pub fn prepare(paths: &Paths) -> Result<Paths> {
         &paths.pg_dir,
         &paths.pg_socket_dir,
     ] {
-        match fs::DirBuilder::new().mode(0o700).create(dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e).at("create directory", dir),
-        }
+        paths::create_private_dir(dir)?;
         safefs::check_private_dir(dir, me)?;
     }
     // The spool exists before the lock is taken: a producer that finds it

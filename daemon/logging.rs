@@ -65,7 +65,7 @@ struct Rotation {
 /// Installs the global subscriber, in `format` until [`set_format`].
 pub fn init(initial: LogFormat) {
     set_format(initial);
-    TIMESTAMPS.store(!stderr_is_journal(), Ordering::Relaxed);
+    TIMESTAMPS.store(!crate::os::stderr_is_journal(), Ordering::Relaxed);
     let filter =
         EnvFilter::try_from_env(LOG_ENV).unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     tracing_subscriber::fmt()
@@ -86,21 +86,6 @@ pub fn init(initial: LogFormat) {
 /// Switches between text and JSON lines.
 pub fn set_format(format: LogFormat) {
     JSON.store(format == LogFormat::Json, Ordering::Relaxed);
-}
-
-/// Whether standard error is the stream journald gave us
-/// (`JOURNAL_STREAM=<dev>:<ino>`).
-fn stderr_is_journal() -> bool {
-    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
-        return false;
-    };
-    let Some((dev, ino)) = stream.to_str().and_then(|s| s.split_once(':')) else {
-        return false;
-    };
-    let Ok(stat) = rustix::fs::fstat(io::stderr()) else {
-        return false;
-    };
-    dev.parse() == Ok(stat.st_dev) && ino.parse() == Ok(stat.st_ino)
 }
 
 /// Text (timed or not) or JSON, as switched.
@@ -233,6 +218,7 @@ pub fn open(path: &Path) -> Result<std::fs::File> {
     .expect("Append creates the file"))
 }
 
+#[cfg(unix)] // SIGHUP's; Windows has no log reopening signal
 /// Points standard output and standard error at a fresh open of `path`
 /// (after an outside rotation).
 pub fn reopen(path: &Path) -> Result<()> {
@@ -246,12 +232,10 @@ pub fn reopen(path: &Path) -> Result<()> {
 /// Points standard output and standard error at a fresh open of `path`.
 fn redirect(path: &Path) -> Result<std::fs::File> {
     let file = open(path)?;
-    rustix::stdio::dup2_stdout(&file)
-        .and_then(|()| rustix::stdio::dup2_stderr(&file))
-        .map_err(|e| outboxd::Error::Io {
-            op: "redirect standard error to",
-            path: path.to_path_buf(),
-            source: e.into(),
-        })?;
+    crate::os::redirect_output(&file).map_err(|e| outboxd::Error::Io {
+        op: "redirect standard error to",
+        path: path.to_path_buf(),
+        source: e,
+    })?;
     Ok(file)
 }

@@ -15,6 +15,7 @@ mod context;
 mod drain;
 mod home;
 mod logging;
+mod os;
 mod pg;
 mod postmortem;
 mod producer;
@@ -27,8 +28,6 @@ mod signals;
 mod state;
 mod watchdog;
 
-use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -118,7 +117,7 @@ fn start(
     watchdog: Option<std::time::Duration>,
 ) -> Result<(), Failure> {
     // Everything the daemon creates is private to its account.
-    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    os::restrict_new_files();
     let paths = Paths::resolve(args.home.as_deref())?;
     Config::check_flags(&paths, flags)?;
     notifier.status("preparing the home directory");
@@ -141,9 +140,12 @@ fn start(
 
     let mut reporter = None;
     if args.daemonize {
-        match detach(&config.paths)? {
-            Detached::Parent(outcome) => return outcome,
-            Detached::Child(report) => reporter = Some(report),
+        match os::detach(&config.paths)? {
+            os::Detached::Parent(outcome) => {
+                return outcome
+                    .map_err(|code| Failure::Reported(code.unwrap_or(exit_code::FAILURE)));
+            }
+            os::Detached::Child(report) => reporter = Some(report),
         }
         logging::end_tee();
         logging::rotate_at(
@@ -161,18 +163,23 @@ fn start(
             // Told to the process that started us, not to the running
             // daemon's log, where it would look like a failure of that daemon.
             notifier.failed(err.errno(), &err.to_string());
-            report(reporter.take(), &format!("{err}"));
+            os::report(reporter.take(), &format!("{err}"));
             return Err(Failure::Reported(exit_code::ALREADY_RUNNING));
         }
         Err(err) => return Err(err.into()),
     };
-    report(reporter.take(), "locked");
+    os::report(reporter.take(), "locked");
 
     let shutdown = Shutdown::new();
     let log_file = args.daemonize.then(|| config.paths.log_file.clone());
     let reload = Arc::new(Notify::new());
-    let signals = signals::spawn(shutdown.clone(), log_file.clone(), reload.clone())
-        .at("install signal handlers for", &config.paths.home)?;
+    let signals = signals::spawn(
+        &config.paths.home,
+        shutdown.clone(),
+        log_file.clone(),
+        reload.clone(),
+    )
+    .at("install signal handlers for", &config.paths.home)?;
     registry::open_files_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -194,69 +201,4 @@ fn start(
     drop(runtime);
     signals.stop();
     result.map_err(Failure::Logged)
-}
-
-enum Detached {
-    /// The original process, with how it should exit once the daemon took
-    /// (or failed to take) the lock.
-    Parent(Result<(), Failure>),
-    /// The daemon, detached from the terminal and session, with the pipe on
-    /// which it tells the original process whether it took the lock.
-    Child(OwnedFd),
-}
-
-/// Forks into the background (daemonize: fork, setsid, fork), with standard
-/// output and error appended to the log file and the working directory `/`.
-/// The original process waits until the daemon says whether it took the
-/// lock, so `outboxd --daemonize` on a home already running exits 3 with
-/// the reason on its own standard error.
-fn detach(paths: &Paths) -> Result<Detached> {
-    let log = logging::open(&paths.log_file)?;
-    let log_err = log.try_clone().at("open log file", &paths.log_file)?;
-    let (read_end, write_end) = pipe().at("create a pipe for", &paths.log_file)?;
-    let daemon = daemonize::Daemonize::new()
-        .working_directory("/")
-        .umask(0o077)
-        .stdout(log)
-        .stderr(log_err);
-    match daemon.execute() {
-        daemonize::Outcome::Parent(Ok(_)) => {
-            drop(write_end);
-            let mut answer = String::new();
-            let _ = std::fs::File::from(read_end).read_to_string(&mut answer);
-            Ok(Detached::Parent(match answer.as_str() {
-                "locked" => Ok(()),
-                "" => {
-                    eprintln!(
-                        "outboxd: the daemon exited before it took the lock; see {}",
-                        paths.log_file.display()
-                    );
-                    Err(Failure::Reported(exit_code::FAILURE))
-                }
-                refusal => {
-                    eprintln!("outboxd: {refusal}");
-                    Err(Failure::Reported(exit_code::ALREADY_RUNNING))
-                }
-            }))
-        }
-        daemonize::Outcome::Child(Ok(_)) => {
-            drop(read_end);
-            Ok(Detached::Child(write_end))
-        }
-        daemonize::Outcome::Parent(Err(e)) | daemonize::Outcome::Child(Err(e)) => {
-            Err(std::io::Error::other(e.to_string())).at("daemonize with log", &paths.log_file)
-        }
-    }
-}
-
-/// Tells the original process (after `--daemonize`) how locking went.
-fn report(pipe: Option<OwnedFd>, message: &str) {
-    if let Some(pipe) = pipe {
-        let _ = std::fs::File::from(pipe).write_all(message.as_bytes());
-    }
-}
-
-/// A pipe whose ends close on exec (PostgreSQL must not inherit them).
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    Ok(rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?)
 }

@@ -185,28 +185,7 @@ static OPEN_FILES: OnceLock<usize> = OnceLock::new();
 
 /// The soft limit on open files, as raised at start.
 pub fn open_files_limit() -> usize {
-    *OPEN_FILES.get_or_init(raise_open_files_limit)
-}
-
-/// Raises the soft limit on open files to the hard limit (at most 65536),
-/// so that a burst of control connections meets the connection cap before
-/// it meets EMFILE; returns the limit in force.
-fn raise_open_files_limit() -> usize {
-    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
-    let mut limit = getrlimit(Resource::Nofile);
-    let hard = limit.maximum.map_or(65_536, |max| max.min(65_536));
-    if limit.current.is_some_and(|current| current < hard) {
-        let raised = Rlimit {
-            current: Some(hard),
-            maximum: limit.maximum,
-        };
-        if setrlimit(Resource::Nofile, raised).is_ok() {
-            limit = raised;
-        }
-    }
-    limit
-        .current
-        .map_or(65_536, |current| usize::try_from(current).unwrap_or(65_536))
+    *OPEN_FILES.get_or_init(crate::os::raise_open_files_limit)
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ pub mod endpoint;
 pub mod exit_code;
 pub mod metrics;
 pub mod notify;
+pub mod pgreach;
 pub mod pgurl;
 pub mod postmaster;
 pub mod privileges;

@@ -151,7 +151,7 @@ pub fn inspect(data: &Path, account_uid: u32) -> Result<PidFile> {
     if !process::alive(pid) {
         return Ok(PidFile::Absent);
     }
-    let args = command_line(pid);
+    let args = process::command_line(pid);
     let ours = is_postgres(&args)
         && process::uid_of(pid).is_none_or(|uid| uid == account_uid)
         && runs_in(pid, &meta);
@@ -218,17 +218,6 @@ impl Postmaster {
     }
 }
 
-fn command_line(pid: i32) -> Vec<String> {
-    fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|raw| {
-            raw.split(|b| *b == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 fn is_postgres(args: &[String]) -> bool {
     args.first()
         .map(|a| {
@@ -238,5 +227,5 @@ fn is_postgres(args: &[String]) -> bool {
                 .to_string_lossy()
                 .into_owned()
         })
-        .is_some_and(|name| name == "postgres" || name == "postmaster")
+        .is_some_and(|name| matches!(name.as_str(), "postgres" | "postmaster" | "postgres.exe"))
 }

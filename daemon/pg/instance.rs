@@ -5,15 +5,14 @@
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use outboxd::paths::SocketPath;
 use outboxd::postmaster::{self, PidFile, Postmaster};
 use outboxd::safefs::{self, Mode, Owner};
 use tracing::{info, warn};
 
-use super::error::{PgError, describe, is_auth_failure};
+use super::error::{PgError, describe};
+use super::platform::{self, Address, Checked};
 use super::{Connection, DATABASE, SUPERUSER};
 use crate::shutdown::Shutdown;
 
@@ -35,10 +34,10 @@ pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Embedded {
     pub bin_dir: PathBuf,
     pub data: PathBuf,
-    /// The socket directory, and the address that reaches it (a
-    /// `/proc/self/fd` path for very long homes; see [`SocketPath`]).
+    /// The socket directory (Unix), and how clients reach the server (see
+    /// [`Address`]).
     pub socket_dir: PathBuf,
-    pub socket_address: SocketPath,
+    pub address: Address,
     pub port: u16,
     pub tcp: bool,
     pub password: String,
@@ -70,27 +69,27 @@ impl Running {
 impl Embedded {
     /// The postmaster's command line, exactly as this daemon runs it.
     fn command_line(&self) -> Vec<String> {
-        let listen = if self.tcp { "127.0.0.1" } else { "" };
-        vec![
-            self.bin_dir.join("postgres").to_string_lossy().into_owned(),
+        let mut args = vec![
+            self.bin_dir
+                .join(platform::POSTGRES)
+                .to_string_lossy()
+                .into_owned(),
             "-D".into(),
             self.data.to_string_lossy().into_owned(),
             "-p".into(),
             self.port.to_string(),
-            "-k".into(),
-            self.socket_address.address().to_string_lossy().into_owned(),
-            "-c".into(),
-            format!("listen_addresses={listen}"),
-            "-c".into(),
-            "fsync=on".into(),
-        ]
+        ];
+        args.extend(self.address.listen_args(self.tcp));
+        args.extend(["-c".into(), "fsync=on".into()]);
+        args
     }
 
-    /// Where clients connect: the Unix socket, with the password.
+    /// Where clients connect (the Unix socket; 127.0.0.1 on Windows), with
+    /// the password.
     pub fn connection(&self) -> Connection {
         let mut config = tokio_postgres::Config::new();
+        self.address.set_host(&mut config);
         config
-            .host_path(self.socket_address.address())
             .port(self.port)
             .user(SUPERUSER)
             .password(&self.password)
@@ -175,7 +174,7 @@ impl Embedded {
         }
         let connection = self.connection();
         let answers = tokio::time::timeout(HEALTH_TIMEOUT, query_version(&connection));
-        if orphan.args == self.command_line()
+        if platform::runs_as_asked(&orphan.args, &self.command_line())
             && let Ok(Ok(version)) = answers.await
         {
             info!(pid, "adopted the postmaster left by a previous daemon");
@@ -214,44 +213,15 @@ impl Embedded {
             source,
         })?;
         let args = self.command_line();
-        let mut command = tokio::process::Command::new(&args[0]);
-        command
-            .args(&args[1..])
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            // Its own process group: a Ctrl-C at the daemon's terminal reaches
-            // only the daemon, which then stops PostgreSQL in order.
-            .process_group(0);
-        if let Some(fd) = self.socket_address.dir_fd() {
-            // SAFETY: fcntl is async-signal-safe; it only clears FD_CLOEXEC
-            // on the socket directory's descriptor so the postmaster
-            // inherits it (its `-k` names /proc/self/fd/<fd>).
-            unsafe {
-                command.pre_exec(move || {
-                    if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                    Ok(())
-                });
-            }
-        }
-        let child = command.spawn().map_err(|source| PgError::Spawn {
-            program: PathBuf::from(&args[0]),
-            source,
-        })?;
-        let pid = child.id().ok_or_else(|| PgError::ExitedAtStart {
-            status: "at once".into(),
-            said: String::new(),
-        })? as i32;
-        let postmaster = Postmaster::pin(pid, args).map_err(|source| PgError::Spawn {
-            program: self.bin_dir.join("postgres"),
+        let spawned = platform::spawn(self, &args, log, log_err).await?;
+        let postmaster = Postmaster::pin(spawned.pid, args).map_err(|source| PgError::Spawn {
+            program: self.bin_dir.join(platform::POSTGRES),
             source,
         })?;
         let mut started = Running {
             postmaster,
             version: String::new(),
-            child: Some(child),
+            child: spawned.child,
             since: Instant::now(),
         };
         let outcome = tokio::select! {
@@ -278,16 +248,12 @@ impl Embedded {
     async fn wait_ready(&self, run: &mut Running, log_start: u64) -> Result<String, PgError> {
         let deadline = Instant::now() + READY_TIMEOUT;
         let connection = self.connection();
-        let socket = self
-            .socket_address
-            .address()
-            .join(format!(".s.PGSQL.{}", self.port));
         let mut pause = Duration::from_millis(5);
         let mut last_attempt = Instant::now();
         loop {
-            if let Some(exit) = run.exit_status() {
+            if let Some(status) = run.exited_now() {
                 return Err(PgError::ExitedAtStart {
-                    status: describe_exit(exit),
+                    status,
                     said: said_since(&self.log, log_start, &self.data),
                 });
             }
@@ -303,7 +269,13 @@ impl Embedded {
             last_attempt = Instant::now();
             let attempt = tokio::time::timeout(
                 ATTEMPT_TIMEOUT,
-                connect_and_check(&connection, &socket, run.postmaster.pid, self.uid),
+                platform::connect_and_check(
+                    &connection,
+                    &self.address,
+                    self.port,
+                    run.postmaster.pid,
+                    self.uid,
+                ),
             )
             .await
             .unwrap_or_else(|_| {
@@ -363,74 +335,22 @@ fn says_ready(data: &std::path::Path, pid: i32) -> bool {
         && lines.nth(6).map(str::trim) == Some("ready")
 }
 
-/// Why a readiness check failed.
-enum Checked {
-    Auth(String),
-    Impostor,
-    Other(String),
-}
-
-/// Connects, checks that the server that listens on the socket is
-/// `postmaster` (not another server listening on the same socket), and asks
-/// the version.
-///
-/// The check reads the socket's peer credentials: for a listening Unix
-/// socket they name the process that called `listen()`, recorded by the
-/// kernel, so neither a forged answer nor a recycled backend pid can pass
-/// it (an earlier check asked the server for `pg_backend_pid()` and looked
-/// up that pid's parent after the backend had exited).
-async fn connect_and_check(
-    connection: &Connection,
-    socket: &std::path::Path,
-    postmaster: i32,
-    uid: u32,
-) -> Result<String, Checked> {
-    let stream = tokio::net::UnixStream::connect(socket)
-        .await
-        .map_err(|e| Checked::Other(format!("could not connect to {}: {e}", socket.display())))?;
-    let creds = stream.peer_cred().map_err(|e| {
-        Checked::Other(format!(
-            "could not read the peer of {}: {e}",
-            socket.display()
-        ))
-    })?;
-    let listener_is_ours = match creds.pid() {
-        Some(pid) => pid == postmaster,
-        None => creds.uid() == uid,
-    };
-    if !listener_is_ours {
-        return Err(Checked::Impostor);
-    }
-    let (client, conn) = connection
-        .config
-        .connect_raw(stream, tokio_postgres::NoTls)
-        .await
-        .map_err(|e| match is_auth_failure(&e) {
-            true => Checked::Auth(describe(&e)),
-            false => Checked::Other(describe(&e)),
-        })?;
-    let conn = tokio::spawn(conn);
-    let version = client
-        .query_one("SELECT current_setting('server_version')", &[])
-        .await
-        .map(|row| row.get(0))
-        .map_err(|e| Checked::Other(describe(&e)));
-    drop(client);
-    let _ = conn.await;
-    version
-}
-
 impl Running {
-    /// The child's exit status, once it has exited.
-    fn exit_status(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut()?.try_wait().ok().flatten()
+    /// How the postmaster exited, once it has: the child's exit status,
+    /// or, for one not our child, that its process is gone.
+    fn exited_now(&mut self) -> Option<String> {
+        match &mut self.child {
+            Some(child) => child.try_wait().ok().flatten().map(platform::describe_exit),
+            None => (!outboxd::process::alive(self.postmaster.pid))
+                .then(|| "the postmaster exited".to_string()),
+        }
     }
 
     /// Resolves when the postmaster exits, with a description.
     pub async fn exited(&mut self) -> String {
         match &mut self.child {
             Some(child) => match child.wait().await {
-                Ok(status) => describe_exit(status),
+                Ok(status) => platform::describe_exit(status),
                 Err(e) => format!("could not wait for postgres: {e}"),
             },
             None => loop {
@@ -477,14 +397,6 @@ impl Running {
     }
 }
 
-fn describe_exit(status: ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match status.signal() {
-        Some(signal) => format!("postgres was killed by signal {signal}"),
-        None => format!("postgres exited with {status}"),
-    }
-}
-
 /// Connects and asks the server's version.
 pub async fn query_version(connection: &Connection) -> Result<String, PgError> {
     let client = connection.connect().await?;
@@ -520,7 +432,7 @@ fn said_since(log: &std::path::Path, start: u64, data: &std::path::Path) -> Stri
     if !said.is_empty() {
         return said;
     }
-    let space = match free_space(data) {
+    let space = match platform::free_space(data) {
         Some((free, total)) => format!(
             "{} free of {} on the file system of {}",
             human_bytes(free),
@@ -560,14 +472,6 @@ fn log_since(path: &std::path::Path, start: u64) -> String {
     lines[lines.len().saturating_sub(12)..].join("\n")
 }
 
-/// The bytes available to this account and the size of the file system of
-/// `path`.
-fn free_space(path: &std::path::Path) -> Option<(u64, u64)> {
-    let stat = rustix::fs::statvfs(path).ok()?;
-    let block = stat.f_frsize;
-    Some((stat.f_bavail * block, stat.f_blocks * block))
-}
-
 fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
     let mut value = bytes as f64;
@@ -579,38 +483,5 @@ fn human_bytes(bytes: u64) -> String {
     match unit {
         0 => format!("{bytes} bytes"),
         _ => format!("{value:.1} {}", UNITS[unit]),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A real listening socket whose listener is this test process: the
-    /// check passes only when told that this process is the postmaster.
-    #[tokio::test]
-    async fn only_the_postmaster_that_listens_passes_the_socket_check() {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join(".s.PGSQL.5432");
-        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
-        tokio::spawn(async move {
-            // Accept and hang up: no PostgreSQL protocol behind it.
-            while let Ok((stream, _)) = listener.accept().await {
-                drop(stream);
-            }
-        });
-        let connection = Connection {
-            config: tokio_postgres::Config::new(),
-            tls: None,
-        };
-        let me = std::process::id() as i32;
-        let uid = outboxd::process::euid();
-        let other = connect_and_check(&connection, &socket, me + 1, uid).await;
-        assert!(matches!(other, Err(Checked::Impostor)));
-        let ours = connect_and_check(&connection, &socket, me, uid).await;
-        assert!(
-            matches!(ours, Err(Checked::Other(_))),
-            "the listener passed"
-        );
     }
 }

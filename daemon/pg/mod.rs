@@ -29,6 +29,7 @@
 mod error;
 mod external;
 mod instance;
+mod platform;
 mod setup;
 mod supervisor;
 
@@ -120,6 +121,7 @@ impl Connection {
                 let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
                 match host {
                     tokio_postgres::config::Host::Tcp(name) => format!("{name}:{port}"),
+                    #[cfg(unix)]
                     tokio_postgres::config::Host::Unix(dir) => {
                         format!("socket {} port {port}", dir.display())
                     }

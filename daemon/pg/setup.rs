@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use outboxd::config::Config;
 use outboxd::error::{Error, IoContext, Origin};
 use outboxd::notify::Notifier;
-use outboxd::paths::{Paths, SocketPath};
+use outboxd::paths::Paths;
 use outboxd::safefs::{self, Mode, Owner};
 use postgresql_embedded::{PostgreSQL, Settings, VersionReq};
 use tokio::sync::watch;
@@ -21,6 +21,7 @@ use tracing::{info, warn};
 use super::SUPERUSER;
 use super::error::PgError;
 use super::instance::{Embedded, blocking};
+use super::platform::Address;
 use outboxd::protocol::PostgresStatus;
 
 /// The largest secret read.
@@ -67,12 +68,14 @@ pub async fn prepare(
         notifier.status("initializing the PostgreSQL cluster (initdb)");
         init_cluster(paths, &bin_dir, &password, config.pg_port()).await?;
     }
+    let address = Address::new(paths, config.pg_port)?;
+    let port = address.port(config.pg_port());
     Ok(Embedded {
         bin_dir,
         data: paths.pg_data.clone(),
-        socket_address: SocketPath::dir(&paths.pg_socket_dir)?,
+        address,
         socket_dir: paths.pg_socket_dir.clone(),
-        port: config.pg_port(),
+        port,
         tcp: config.pg_port.is_some(),
         password,
         secret: paths.pg_secret.clone(),
@@ -88,15 +91,8 @@ fn ensure_secret(path: &Path, uid: u32) -> Result<String, Error> {
     if let Some(bytes) = safefs::read_capped(path, MAX_SECRET, Owner::Is(uid))? {
         let text = String::from_utf8_lossy(&bytes).trim().to_string();
         if !text.is_empty() {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = fs::symlink_metadata(path)
-                .at("inspect", path)?
-                .permissions()
-                .mode();
-            if mode & 0o077 != 0 {
-                fs::set_permissions(path, fs::Permissions::from_mode(0o600))
-                    .at("restrict permissions of", path)?;
-            }
+            let meta = fs::symlink_metadata(path).at("inspect", path)?;
+            safefs::make_owner_only(path, &meta).at("restrict permissions of", path)?;
             return Ok(text);
         }
         fs::remove_file(path).at("remove empty secret", path)?;
@@ -113,8 +109,7 @@ fn ensure_secret(path: &Path, uid: u32) -> Result<String, Error> {
 }
 
 fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
-    use std::io::Read;
-    fs::File::open("/dev/urandom")?.read_exact(buf)
+    getrandom::fill(buf).map_err(|e| std::io::Error::other(e.to_string()))
 }
 
 /// The binary directory: the one asked for, else the first installed one

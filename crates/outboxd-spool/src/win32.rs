@@ -2,15 +2,16 @@
 //! strings, owned handles, a process's account, the home's named objects.
 
 use std::io;
-use std::os::windows::io::{FromRawHandle, OwnedHandle};
+use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle};
 use std::path::Path;
 
-use windows_sys::Win32::Foundation::HANDLE;
+use windows_sys::Win32::Foundation::{HANDLE, LocalFree};
+use windows_sys::Win32::Security::Authorization::ConvertSidToStringSidW;
 use windows_sys::Win32::Security::{
-    GetSidSubAuthority, GetSidSubAuthorityCount, GetTokenInformation, TOKEN_QUERY, TOKEN_USER,
-    TokenUser,
+    GetSidSubAuthority, GetSidSubAuthorityCount, GetTokenInformation, PSID, TOKEN_QUERY,
+    TOKEN_USER, TokenUser,
 };
-use windows_sys::Win32::System::Threading::OpenProcessToken;
+use windows_sys::Win32::System::Threading::{GetCurrentProcess, OpenProcessToken};
 
 /// `s` as a NUL-terminated UTF-16 string.
 pub fn wide(s: &str) -> Vec<u16> {
@@ -27,10 +28,9 @@ pub fn owned(handle: HANDLE) -> io::Result<OwnedHandle> {
     Ok(unsafe { OwnedHandle::from_raw_handle(handle) })
 }
 
-/// The relative id (the last part of the user SID) of the account that
-/// runs the process behind `process`: the "uid" the OS-neutral code
-/// compares (unique among the machine's local accounts).
-pub fn account_rid(process: HANDLE) -> io::Result<u32> {
+/// Calls `f` with the user SID of the token of the process behind
+/// `process`.
+fn with_user_sid<T>(process: HANDLE, f: impl FnOnce(PSID) -> io::Result<T>) -> io::Result<T> {
     let mut token: HANDLE = std::ptr::null_mut();
     // SAFETY: `token` receives a handle that `owned` takes over.
     if unsafe { OpenProcessToken(process, TOKEN_QUERY, &mut token) } == 0 {
@@ -42,7 +42,7 @@ pub fn account_rid(process: HANDLE) -> io::Result<u32> {
     // SAFETY: the buffer is valid and 8-byte aligned for the size given.
     let ok = unsafe {
         GetTokenInformation(
-            std::os::windows::io::AsRawHandle::as_raw_handle(&token),
+            token.as_raw_handle(),
             TokenUser,
             buffer.as_mut_ptr().cast(),
             (buffer.len() * 8) as u32,
@@ -53,16 +53,45 @@ pub fn account_rid(process: HANDLE) -> io::Result<u32> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: GetTokenInformation filled a TOKEN_USER at the buffer's start,
-    // whose SID points into the same buffer.
-    unsafe {
-        let user = &*(buffer.as_ptr() as *const TOKEN_USER);
-        let sid = user.User.Sid;
-        let count = *GetSidSubAuthorityCount(sid);
-        if count == 0 {
-            return Ok(0);
+    // whose SID points into the same buffer, alive during `f`.
+    let sid = unsafe { (*(buffer.as_ptr() as *const TOKEN_USER)).User.Sid };
+    f(sid)
+}
+
+/// The relative id (the last part of the user SID) of the account that
+/// runs the process behind `process`: the "uid" the OS-neutral code
+/// compares (unique among the machine's local accounts).
+pub fn account_rid(process: HANDLE) -> io::Result<u32> {
+    with_user_sid(process, |sid| {
+        // SAFETY: a valid SID from the token.
+        unsafe {
+            let count = *GetSidSubAuthorityCount(sid);
+            if count == 0 {
+                return Ok(0);
+            }
+            Ok(*GetSidSubAuthority(sid, u32::from(count) - 1))
         }
-        Ok(*GetSidSubAuthority(sid, u32::from(count) - 1))
-    }
+    })
+}
+
+/// The user SID of this process, as a string (`S-1-5-21-…`), for
+/// security descriptors.
+pub fn current_user_sid() -> io::Result<String> {
+    // SAFETY: the pseudo handle of the current process needs no closing.
+    with_user_sid(unsafe { GetCurrentProcess() }, |sid| {
+        let mut text: *mut u16 = std::ptr::null_mut();
+        // SAFETY: a valid SID; `text` receives a LocalAlloc'ed string.
+        if unsafe { ConvertSidToStringSidW(sid, &mut text) } == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a NUL-terminated string that ConvertSidToStringSidW made.
+        let len = (0..).take_while(|&i| unsafe { *text.add(i) } != 0).count();
+        // SAFETY: `len` units are valid; the string is freed once copied.
+        let sid = String::from_utf16_lossy(unsafe { std::slice::from_raw_parts(text, len) });
+        // SAFETY: frees what ConvertSidToStringSidW allocated.
+        unsafe { LocalFree(text.cast()) };
+        Ok(sid)
+    })
 }
 
 /// The name of the home's kernel objects: `outboxd-` and a hash of its

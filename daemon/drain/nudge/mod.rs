@@ -4,9 +4,14 @@
 //! interval.
 //!
 //! The interface is this file; each operating system implements it in a
-//! file of its own (`unix.rs`).
+//! file of its own (`unix.rs`: a datagram socket; `windows.rs`: the home's
+//! named event).
 
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]
 pub use unix::listen;
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+pub use windows::listen;

@@ -16,8 +16,8 @@ mod windows;
 use windows as os;
 
 pub use os::{
-    ProcessHandle, alive, euid, exists, is_stopped, is_zombie, parent_of, program_name,
-    signal_name, uid_of,
+    ProcessHandle, alive, command_line, euid, exists, is_stopped, is_zombie, parent_of,
+    program_name, signal_name, uid_of,
 };
 
 use std::time::{Duration, Instant};

@@ -93,6 +93,19 @@ pub fn program_name(pid: i32) -> Option<String> {
     Some(exe.file_name()?.to_string_lossy().into_owned())
 }
 
+/// The command line of `pid`, from `/proc/PID/cmdline` (empty where
+/// unknown).
+pub fn command_line(pid: i32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|raw| {
+            raw.split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// One process, pinned: on Linux a pidfd, which keeps naming the same process
 /// even after it exits and its pid is reused; elsewhere only the pid.
 #[derive(Debug)]

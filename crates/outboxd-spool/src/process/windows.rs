@@ -1,13 +1,23 @@
-//! Processes on Windows: a process handle (`OpenProcess`) answers every
-//! question and is the pin: it keeps naming the same process after it
+//! Processes on Windows: a process handle (`OpenProcess`) answers most
+//! questions and is the pin: it keeps naming the same process after it
 //! exits, so `TerminateProcess` cannot reach one that reused its pid.
-//! Only [`Signal::Kill`] is delivered to a process; the graceful asks go
-//! through the home's named stop event (see `lock`).
+//!
+//! Windows has no signals. [`Signal::Kill`] is `TerminateProcess`. The
+//! other asks are delivered the way PostgreSQL's Windows port receives
+//! them: one byte, the signal's number, written to the pipe
+//! `\\.\pipe\pgsignal_<pid>` that every PostgreSQL process serves (what
+//! `pg_ctl kill` does); a process without that pipe cannot be asked. The
+//! daemon's own graceful stop goes through its home's named stop event
+//! instead (see `lock`).
 
 use std::io;
 use std::os::windows::io::{AsRawHandle, OwnedHandle};
 
 use windows_sys::Win32::Foundation::STILL_ACTIVE;
+use windows_sys::Win32::System::Diagnostics::ToolHelp::{
+    CreateToolhelp32Snapshot, PROCESSENTRY32W, Process32FirstW, Process32NextW, TH32CS_SNAPPROCESS,
+};
+use windows_sys::Win32::System::Pipes::CallNamedPipeW;
 use windows_sys::Win32::System::Threading::{
     GetCurrentProcess, GetExitCodeProcess, OpenProcess, PROCESS_NAME_WIN32,
     PROCESS_QUERY_LIMITED_INFORMATION, PROCESS_SYNCHRONIZE, PROCESS_TERMINATE,
@@ -60,9 +70,23 @@ pub fn is_stopped(_pid: i32) -> bool {
     false
 }
 
-/// Not asked on Windows (the embedded server is checked by its port and
-/// its `postmaster.pid`).
-pub fn parent_of(_pid: i32) -> Option<i32> {
+/// The parent's pid, from a process snapshot (Toolhelp).
+pub fn parent_of(pid: i32) -> Option<i32> {
+    let pid = u32::try_from(pid).ok()?;
+    // SAFETY: a snapshot of all processes; `owned` checks the result.
+    let snapshot = win32::owned(unsafe { CreateToolhelp32Snapshot(TH32CS_SNAPPROCESS, 0) }).ok()?;
+    // SAFETY: PROCESSENTRY32W is plain data; dwSize is set as required.
+    let mut entry: PROCESSENTRY32W = unsafe { std::mem::zeroed() };
+    entry.dwSize = std::mem::size_of::<PROCESSENTRY32W>() as u32;
+    // SAFETY: a valid snapshot handle and entry.
+    let mut more = unsafe { Process32FirstW(snapshot.as_raw_handle(), &mut entry) } != 0;
+    while more {
+        if entry.th32ProcessID == pid {
+            return i32::try_from(entry.th32ParentProcessID).ok();
+        }
+        // SAFETY: as above.
+        more = unsafe { Process32NextW(snapshot.as_raw_handle(), &mut entry) } != 0;
+    }
     None
 }
 
@@ -89,10 +113,17 @@ pub fn program_name(pid: i32) -> Option<String> {
     (ok != 0).then(|| String::from_utf16_lossy(&buffer[..len as usize]))
 }
 
+/// What is known of the command line of `pid`: its program only (another
+/// process's arguments are not readable without reading its memory).
+pub fn command_line(pid: i32) -> Vec<String> {
+    program_name(pid).into_iter().collect()
+}
+
 /// One process, pinned by a handle opened once.
 #[derive(Debug)]
 pub struct ProcessHandle {
     handle: OwnedHandle,
+    pid: u32,
 }
 
 impl ProcessHandle {
@@ -104,25 +135,55 @@ impl ProcessHandle {
         if !still_active(&handle) {
             return Err(io::Error::from_raw_os_error(crate::errno::ESRCH));
         }
-        Ok(ProcessHandle { handle })
+        Ok(ProcessHandle {
+            handle,
+            pid: pid as u32,
+        })
     }
 
     /// [`Signal::Kill`] ends the pinned process (`TerminateProcess`); the
-    /// other asks have no per-process form on Windows and are refused.
+    /// other asks go to its PostgreSQL signal pipe (see the module).
     pub fn signal(&self, signal: Signal) -> io::Result<()> {
         if !still_active(&self.handle) {
             return Err(io::Error::from_raw_os_error(crate::errno::ESRCH));
         }
-        match signal {
+        // PostgreSQL's numbering (its win32_port.h).
+        let number: u8 = match signal {
             // SAFETY: a valid process handle opened with PROCESS_TERMINATE.
             Signal::Kill => match unsafe { TerminateProcess(self.handle.as_raw_handle(), 1) } {
-                0 => Err(io::Error::last_os_error()),
-                _ => Ok(()),
+                0 => return Err(io::Error::last_os_error()),
+                _ => return Ok(()),
             },
-            other => Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!("{} has no Windows equivalent for one process", other.name()),
-            )),
+            Signal::Hangup => 1,
+            Signal::Interrupt => 2,
+            Signal::Quit => 3,
+            Signal::Terminate => 15,
+            Signal::Stop | Signal::Continue => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("{} has no Windows form", signal.name()),
+                ));
+            }
+        };
+        let pipe = win32::wide(&format!(r"\\.\pipe\pgsignal_{}", self.pid));
+        let mut answer = 0u8;
+        let mut read = 0u32;
+        // SAFETY: one byte in, one byte out, a NUL-terminated name; waits
+        // at most 1 s for a free pipe instance.
+        let ok = unsafe {
+            CallNamedPipeW(
+                pipe.as_ptr(),
+                (&number as *const u8).cast(),
+                1,
+                (&mut answer as *mut u8).cast(),
+                1,
+                &mut read,
+                1000,
+            )
+        };
+        match ok {
+            0 => Err(io::Error::last_os_error()),
+            _ => Ok(()),
         }
     }
 }

@@ -214,6 +214,12 @@ pub fn identity(meta: &std::fs::Metadata) -> Option<(u64, u64)> {
     os::identity(meta)
 }
 
+/// Whether a file is a program one may run (a regular file with an
+/// execute bit on Unix).
+pub fn is_executable(meta: &std::fs::Metadata) -> bool {
+    meta.is_file() && os::executable_bits(meta)
+}
+
 /// How many names (hard links) a file has (1 where unknown).
 pub fn link_count(meta: &std::fs::Metadata) -> u64 {
     os::link_count(meta)

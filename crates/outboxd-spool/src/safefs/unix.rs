@@ -50,6 +50,11 @@ pub fn identity(meta: &std::fs::Metadata) -> Option<(u64, u64)> {
     Some((meta.dev(), meta.ino()))
 }
 
+/// Whether any execute bit is set.
+pub fn executable_bits(meta: &std::fs::Metadata) -> bool {
+    meta.mode() & 0o111 != 0
+}
+
 /// The number of hard links.
 pub fn link_count(meta: &std::fs::Metadata) -> u64 {
     meta.nlink()

@@ -54,6 +54,11 @@ pub fn identity(_meta: &std::fs::Metadata) -> Option<(u64, u64)> {
     None
 }
 
+/// Windows has no execute bits: every file counts.
+pub fn executable_bits(_meta: &std::fs::Metadata) -> bool {
+    true
+}
+
 /// Not known without unstable std.
 pub fn link_count(_meta: &std::fs::Metadata) -> u64 {
     1

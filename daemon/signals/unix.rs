@@ -1,6 +1,6 @@
-//! Signal handling on a dedicated thread (signal-hook): SIGTERM and SIGINT
-//! trigger a graceful shutdown; SIGHUP reopens the log file and asks for the
-//! configuration to be reloaded.
+//! Signals on Unix, on a dedicated thread (signal-hook): SIGTERM and
+//! SIGINT trigger a graceful shutdown; SIGHUP reopens the log file and asks
+//! for the configuration to be reloaded.
 //!
 //! The three signals are blocked first thing in `main` ([`block`]), so one
 //! that arrives during start-up waits for the handlers instead of killing
@@ -8,7 +8,7 @@
 //! installs the handlers and then unblocks them.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread;
 
@@ -52,6 +52,7 @@ pub struct SignalThread {
 /// to reopen on SIGHUP, when the daemon logs to one; `reload` is notified
 /// on SIGHUP.
 pub fn spawn(
+    _home: &Path,
     shutdown: Shutdown,
     log_file: Option<PathBuf>,
     reload: Arc<Notify>,

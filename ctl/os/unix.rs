@@ -1,0 +1,35 @@
+//! Launching on Unix: `outboxd --daemonize`, whose first process exits
+//! once the daemon has forked away and taken the lock; what it says before
+//! that comes through a pipe.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use outboxd::notify::NOTIFY_SOCKET;
+use outboxd::paths::Paths;
+
+use super::Launched;
+
+pub fn spawn_daemon(exe: &Path, paths: &Paths, notify: &Path) -> std::io::Result<Launched> {
+    let mut child = Command::new(exe)
+        .arg("--daemonize")
+        .arg("--home")
+        .arg(&paths.home)
+        .env(NOTIFY_SOCKET, notify)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().expect("piped");
+    let said = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::BufReader::new(stderr).read_to_string(&mut text);
+        text
+    });
+    Ok(Launched {
+        launcher: Some(child),
+        main_pid: None,
+        said,
+    })
+}

@@ -1,0 +1,34 @@
+//! Launching on Windows: the daemon itself is created detached from this
+//! console (`DETACHED_PROCESS | CREATE_NEW_PROCESS_GROUP |
+//! CREATE_NO_WINDOW`), and its `--daemonize` only points its output at its
+//! log. Its early errors come through the notify pipe.
+
+use std::os::windows::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use outboxd::notify::NOTIFY_SOCKET;
+use outboxd::paths::Paths;
+use windows_sys::Win32::System::Threading::{
+    CREATE_NEW_PROCESS_GROUP, CREATE_NO_WINDOW, DETACHED_PROCESS,
+};
+
+use super::Launched;
+
+pub fn spawn_daemon(exe: &Path, paths: &Paths, notify: &Path) -> std::io::Result<Launched> {
+    let child = Command::new(exe)
+        .arg("--daemonize")
+        .arg("--home")
+        .arg(&paths.home)
+        .env(NOTIFY_SOCKET, notify)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .creation_flags(DETACHED_PROCESS | CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW)
+        .spawn()?;
+    Ok(Launched {
+        launcher: None,
+        main_pid: Some(child.id() as i32),
+        said: std::thread::spawn(String::new),
+    })
+}
