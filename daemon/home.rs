@@ -21,7 +21,7 @@ pub fn prepare(paths: &Paths) -> Result<Paths> {
         }
         Err(e) => return Err(e).at("inspect home directory", &paths.home),
     }
-    let home = fs::canonicalize(&paths.home).at("resolve home directory", &paths.home)?;
+    let home = paths::canonical(&paths.home).at("resolve home directory", &paths.home)?;
     let paths = Paths::for_home(&home);
     let euid = outboxd::process::euid();
     let owner = safefs::owner_of(&fs::symlink_metadata(&home).at("inspect home directory", &home)?);

@@ -21,7 +21,7 @@ use tracing::{info, warn};
 use super::SUPERUSER;
 use super::error::PgError;
 use super::instance::{Embedded, blocking};
-use super::platform::Address;
+use super::platform::{self, Address, Initdb};
 use outboxd::protocol::PostgresStatus;
 
 /// The largest secret read.
@@ -223,7 +223,10 @@ fn missing_binaries(dir: &Path) -> Option<String> {
     }
     let missing: Vec<&str> = ["postgres", "initdb", "pg_ctl"]
         .into_iter()
-        .filter(|name| !dir.join(name).is_file())
+        .filter(|name| {
+            !dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
+                .is_file()
+        })
         .collect();
     (!missing.is_empty()).then(|| format!("lacks {}", missing.join(", ")))
 }
@@ -374,10 +377,7 @@ async fn init_cluster(
         .pg_dir
         .join(format!("data.initdb-{}", std::process::id()));
     let started = Instant::now();
-    let mut settings = settings(installation_dir, true, paths, password, port);
-    settings.data_dir = fresh.clone();
-    let mut pg = PostgreSQL::new(settings);
-    pg.setup().await.map_err(|e| {
+    let failed = |e: String| {
         Error::problem(
             "PostgreSQL cluster",
             &fresh,
@@ -385,8 +385,35 @@ async fn init_cluster(
             "check the messages above and the free space of the disk",
             outboxd::errno::EIO,
         )
-    })?;
-    drop(pg);
+    };
+    match platform::INITDB {
+        Initdb::Embedded => {
+            let mut settings = settings(installation_dir, true, paths, password, port);
+            settings.data_dir = fresh.clone();
+            let mut pg = PostgreSQL::new(settings);
+            pg.setup().await.map_err(|e| failed(e.to_string()))?;
+        }
+        Initdb::Direct(extra) => {
+            let out = tokio::process::Command::new(bin_dir.join("initdb"))
+                .arg("-D")
+                .arg(&fresh)
+                .args(["-U", SUPERUSER, "-A", "password", "-E", "UTF8", "--pwfile"])
+                .arg(&paths.pg_secret)
+                .args(extra)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            if !out.status.success() {
+                return Err(failed(format!(
+                    "{}; it said: {}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+                .into());
+            }
+        }
+    }
     let data = paths.pg_data.clone();
     let pg_dir = paths.pg_dir.clone();
     blocking(move || {
@@ -400,9 +427,7 @@ async fn init_cluster(
         )
         .at("write", &hba)?;
         fs::rename(&fresh, &data).at("move the new cluster into", &data)?;
-        fs::File::open(&pg_dir)
-            .and_then(|dir| dir.sync_all())
-            .at("sync", &pg_dir)?;
+        safefs::sync_dir(&pg_dir).at("sync", &pg_dir)?;
         Ok(())
     })
     .await?;

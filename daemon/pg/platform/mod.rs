@@ -22,3 +22,13 @@ pub enum Checked {
     Impostor,
     Other(String),
 }
+
+/// How a new cluster is made.
+pub enum Initdb {
+    /// Through postgresql_embedded, with the environment's locale.
+    #[cfg_attr(windows, expect(dead_code, reason = "Windows runs initdb itself"))]
+    Embedded,
+    /// `initdb` run directly, with these extra arguments.
+    #[cfg_attr(unix, expect(dead_code, reason = "Unix uses postgresql_embedded"))]
+    Direct(&'static [&'static str]),
+}

@@ -16,6 +16,9 @@ use crate::pg::instance::Embedded;
 /// The server program's file name.
 pub const POSTGRES: &str = "postgres";
 
+/// A new cluster is made through postgresql_embedded.
+pub const INITDB: super::Initdb = super::Initdb::Embedded;
+
 /// How clients reach the server: the socket directory's address (a
 /// `/proc/self/fd` path for very long homes; see [`SocketPath`]).
 #[derive(Debug)]

@@ -34,6 +34,12 @@ pub const POSTGRES: &str = "postgres.exe";
 /// may take.
 const SPAWN_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// A new cluster is made by `initdb.exe` itself, in the C locale: the
+/// locale initdb finds on its own may not give a usable collation (under
+/// Wine it fails outright), and the C locale sorts bytes, which is all the
+/// outbox needs.
+pub const INITDB: super::Initdb = super::Initdb::Direct(&["--no-locale"]);
+
 /// How clients reach the server: 127.0.0.1 and a port.
 #[derive(Debug)]
 pub struct Address {
@@ -110,6 +116,19 @@ pub async fn spawn(
     log: File,
     log_err: File,
 ) -> Result<Spawned, PgError> {
+    // pg_ctl has the server's output appended to the log by cmd.exe, which
+    // cannot share it with a handle open for writing: pg_ctl's own words
+    // go to a file of their own, read when it fails.
+    drop((log, log_err));
+    let said_file = embedded.data.with_file_name("pg_ctl.out");
+    let said = File::create(&said_file).map_err(|source| PgError::Spawn {
+        program: said_file.clone(),
+        source,
+    })?;
+    let said_err = said.try_clone().map_err(|source| PgError::Spawn {
+        program: said_file.clone(),
+        source,
+    })?;
     let pg_ctl = embedded.bin_dir.join("pg_ctl.exe");
     // `postgres -D <data>` is pg_ctl's own -D; the rest goes through -o.
     let options = args[3..].join(" ");
@@ -127,8 +146,8 @@ pub async fn spawn(
         .arg("-o")
         .arg(&options)
         .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log_err)
+        .stdout(said)
+        .stderr(said_err)
         .creation_flags(windows_sys::Win32::System::Threading::CREATE_NO_WINDOW);
     let spawn_error = |source| PgError::Spawn {
         program: pg_ctl.clone(),
@@ -144,7 +163,7 @@ pub async fn spawn(
     if !status.success() {
         return Err(PgError::ExitedAtStart {
             status: describe_exit(status),
-            said: String::new(),
+            said: std::fs::read_to_string(&said_file).unwrap_or_default(),
         });
     }
     let deadline = Instant::now() + SPAWN_TIMEOUT;

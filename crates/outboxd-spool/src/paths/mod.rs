@@ -111,10 +111,17 @@ impl Paths {
 
 /// The canonical path when it exists, else the path made absolute.
 fn absolute(path: &Path) -> Result<PathBuf> {
-    match fs::canonicalize(path) {
+    match canonical(path) {
         Ok(path) => Ok(path),
         Err(_) => std::path::absolute(path).at("resolve home directory", path),
     }
+}
+
+/// The canonical form of an existing path, as users write it (Windows's
+/// `\\?\` verbatim prefix is dropped, so the path of a home is the
+/// same before and after it exists).
+pub fn canonical(path: &Path) -> std::io::Result<PathBuf> {
+    fs::canonicalize(path).map(|path| os::plain(&path))
 }
 
 #[cfg(test)]

@@ -51,6 +51,11 @@ pub fn user_home() -> Result<PathBuf> {
     }
 }
 
+/// Paths are used as they are.
+pub fn plain(path: &Path) -> PathBuf {
+    path.to_path_buf()
+}
+
 /// Creates a directory (and its parents) with mode 0700 if it is missing.
 pub fn create_private_dir(dir: &Path) -> Result<()> {
     fs::DirBuilder::new()

@@ -31,3 +31,16 @@ pub fn user_home() -> Result<PathBuf> {
 pub fn create_private_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).at("create directory", dir)
 }
+
+/// `path` without the verbatim prefix `canonicalize` gives
+/// (`\\?\C:\x` is `C:\x`, `\\?\UNC\host\share` is `\\host\share`).
+pub fn plain(path: &Path) -> PathBuf {
+    let text = path.to_string_lossy();
+    if let Some(rest) = text.strip_prefix(r"\\?\UNC\") {
+        return PathBuf::from(format!(r"\\{rest}"));
+    }
+    match text.strip_prefix(r"\\?\") {
+        Some(rest) if rest.as_bytes().get(1) == Some(&b':') => PathBuf::from(rest),
+        _ => path.to_path_buf(),
+    }
+}

@@ -220,6 +220,12 @@ pub fn is_executable(meta: &std::fs::Metadata) -> bool {
     meta.is_file() && os::executable_bits(meta)
 }
 
+/// Makes the entries of directory `dir` durable (a rename into it), where
+/// the system needs that asked (Unix: `fsync` of the directory).
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    os::sync_dir(dir)
+}
+
 /// How many names (hard links) a file has (1 where unknown).
 pub fn link_count(meta: &std::fs::Metadata) -> u64 {
     os::link_count(meta)

@@ -50,6 +50,11 @@ pub fn identity(meta: &std::fs::Metadata) -> Option<(u64, u64)> {
     Some((meta.dev(), meta.ino()))
 }
 
+/// `fsync` of the directory.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
 /// Whether any execute bit is set.
 pub fn executable_bits(meta: &std::fs::Metadata) -> bool {
     meta.mode() & 0o111 != 0

@@ -54,6 +54,11 @@ pub fn identity(_meta: &std::fs::Metadata) -> Option<(u64, u64)> {
     None
 }
 
+/// NTFS journals its directories: nothing to ask.
+pub fn sync_dir(_dir: &Path) -> io::Result<()> {
+    Ok(())
+}
+
 /// Windows has no execute bits: every file counts.
 pub fn executable_bits(_meta: &std::fs::Metadata) -> bool {
     true

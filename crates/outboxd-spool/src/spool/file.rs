@@ -27,7 +27,7 @@ pub(super) fn resolve_home(paths: &Paths, create: bool) -> Result<Paths> {
         }
     }
     paths::create_private_dir(&paths.home)?;
-    let home = fs::canonicalize(&paths.home).at("resolve home directory", &paths.home)?;
+    let home = crate::paths::canonical(&paths.home).at("resolve home directory", &paths.home)?;
     if home == paths.home {
         Ok(paths.clone())
     } else {
