@@ -70,6 +70,7 @@ pub async fn prepare(
     }
     let address = Address::new(paths, config.pg_port)?;
     let port = address.port(config.pg_port());
+    status.send_modify(|s| address.publish(s, port));
     Ok(Embedded {
         bin_dir,
         data: paths.pg_data.clone(),

@@ -47,6 +47,11 @@ pub fn peer_from(creds: io::Result<interprocess::local_socket::PeerCreds>) -> Pe
     os::peer_from(creds)
 }
 
+/// The name of a Windows control pipe in its namespace (see
+/// `Paths::socket`).
+#[cfg(windows)]
+pub use windows::pipe_name;
+
 /// The account that owns the home `home`: the only one whose daemon a
 /// client trusts.
 pub fn home_owner(home: &Path) -> io::Result<u32> {

@@ -15,11 +15,12 @@ use interprocess::local_socket::{GenericNamespaced, PeerCreds, Stream, prelude::
 
 use super::Peer;
 
-/// The pipe's name for the home whose control socket path is `socket`
-/// (`<home>/run/outboxd.sock`): the home is its grandparent.
+/// The pipe's name in its namespace: the last part of `\\.\pipe\<name>`
+/// (see `Paths::socket`).
 pub fn pipe_name(socket: &Path) -> String {
-    let home = socket.parent().and_then(Path::parent).unwrap_or(socket);
-    crate::win32::object_name(home)
+    socket
+        .file_name()
+        .map_or_else(String::new, |name| name.to_string_lossy().into_owned())
 }
 
 pub fn connect(socket: &Path, _timeout: Duration) -> io::Result<Stream> {

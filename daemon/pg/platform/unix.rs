@@ -51,6 +51,10 @@ impl Address {
         ]
     }
 
+    /// What the status says of where the server listens: already known
+    /// before the start (the socket directory and the configured port).
+    pub fn publish(&self, _status: &mut outboxd::protocol::PostgresStatus, _port: u16) {}
+
     /// Points a client configuration at the socket directory.
     pub fn set_host(&self, config: &mut tokio_postgres::Config) {
         config.host_path(self.socket.address());

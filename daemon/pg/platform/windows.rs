@@ -78,6 +78,17 @@ impl Address {
         self.port
     }
 
+    /// What the status says of where the server listens: 127.0.0.1 and
+    /// the port chosen, no socket directory.
+    pub fn publish(&self, status: &mut outboxd::protocol::PostgresStatus, port: u16) {
+        let url = crate::pg::tcp_url(port);
+        status.socket_dir = None;
+        status.port = Some(port);
+        status.tcp = true;
+        status.url = url.clone();
+        status.tcp_url = Some(url);
+    }
+
     /// 127.0.0.1 only.
     pub fn listen_args(&self, _tcp: bool) -> Vec<String> {
         vec!["-c".into(), "listen_addresses=127.0.0.1".into()]

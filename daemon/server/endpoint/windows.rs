@@ -33,27 +33,25 @@ pub fn identity(_path: &Path) -> Option<(u64, u64)> {
     Some((0, 0))
 }
 
-/// Creates the home's pipe (the home is the socket path's grandparent).
+/// Creates the home's pipe, `socket` (`\\.\pipe\outboxd-<hash>`).
 pub fn bind(socket: &Path) -> Result<Bound> {
-    let home = socket.parent().and_then(Path::parent).unwrap_or(socket);
-    let name = outboxd::win32::object_name(home);
-    let user = outboxd::win32::current_user_sid().at("read the account of", home)?;
+    let name = outboxd::endpoint::pipe_name(socket);
+    let user = outboxd::win32::current_user_sid().at("read the account of", socket)?;
     let sddl = format!("D:P(A;;GA;;;{user})(A;;GA;;;SY)(A;;GA;;;BA)");
     let sddl = widestring::U16CString::from_str(&sddl).expect("an SDDL string has no NUL");
-    let descriptor =
-        SecurityDescriptor::deserialize(&sddl).at("build the pipe's DACL for", home)?;
+    let descriptor = SecurityDescriptor::deserialize(&sddl).at("build the DACL of", socket)?;
     let listener = ListenerOptions::new()
         .name(
             name.clone()
                 .to_ns_name::<GenericNamespaced>()
-                .at("name control pipe", home)?,
+                .at("name control pipe", socket)?,
         )
         .security_descriptor(descriptor)
         .create_tokio()
         .map_err(|e| {
             Error::problem(
                 "control pipe",
-                Path::new(&format!(r"\\.\pipe\{name}")),
+                socket,
                 format!("could not be created ({e}): another process may own the name"),
                 "stop whatever holds that pipe (another outboxd of this home, or an impostor), \
                  then start again",

@@ -35,7 +35,8 @@ pub struct Paths {
     pub lock: PathBuf,
     /// `run/` (0700): the control socket and the nudge socket.
     pub run_dir: PathBuf,
-    /// `run/outboxd.sock` (0600): the control socket.
+    /// `run/outboxd.sock` (0600): the control socket; on Windows the home's
+    /// named pipe, `\\.\pipe\outboxd-<hash of the home's path>`.
     pub socket: PathBuf,
     /// `log/`: the daemon's log directory.
     pub log_dir: PathBuf,
@@ -81,7 +82,7 @@ impl Paths {
         Paths {
             home: home.to_path_buf(),
             lock: home.join("outboxd.lock"),
-            socket: run_dir.join("outboxd.sock"),
+            socket: os::control_socket(home, &run_dir),
             nudge_socket: run_dir.join("nudge.sock"),
             run_dir,
             log_file: log_dir.join("outboxd.log"),

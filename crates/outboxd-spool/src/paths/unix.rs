@@ -51,6 +51,11 @@ pub fn user_home() -> Result<PathBuf> {
     }
 }
 
+/// The control socket: `run/outboxd.sock`.
+pub fn control_socket(_home: &Path, run_dir: &Path) -> PathBuf {
+    run_dir.join("outboxd.sock")
+}
+
 /// Paths are used as they are.
 pub fn plain(path: &Path) -> PathBuf {
     path.to_path_buf()

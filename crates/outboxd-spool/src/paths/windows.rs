@@ -9,6 +9,11 @@ use crate::error::{Error, IoContext, Result};
 /// The home of the system service (the `LocalSystem` account's daemon).
 pub const SYSTEM_HOME: &str = r"C:\ProgramData\outboxd";
 
+/// The control endpoint: the home's named pipe.
+pub fn control_socket(home: &Path, _run_dir: &Path) -> PathBuf {
+    PathBuf::from(format!(r"\\.\pipe\{}", crate::win32::object_name(home)))
+}
+
 /// `%LOCALAPPDATA%\outboxd`.
 pub fn default_home() -> Result<PathBuf> {
     match std::env::var_os("LOCALAPPDATA").filter(|d| !d.is_empty()) {
