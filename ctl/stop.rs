@@ -35,7 +35,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct Report {
     /// The daemon's pid, when one was running.
     pid: Option<i32>,
-    /// How it ended: `stopped`, `stopped after SIGTERM`, `killed with SIGKILL`.
+    /// How it ended: `stopped`, `stopped after SIGTERM`, `killed with SIGKILL`
+    /// (on Windows: the stop event, TerminateProcess).
     how: Option<String>,
     /// Everything tried, in order.
     steps: Vec<String>,
@@ -176,9 +177,10 @@ fn escalate(
                 paths,
                 pid,
                 &format!(
-                    "killed (SIGKILL) by outboxctl stop: it was still running {} s after the \
-                     stop request and SIGTERM",
-                    grace.as_secs_f64()
+                    "killed ({name}) by outboxctl stop: it was still running {} s after the \
+                     stop request and {}",
+                    grace.as_secs_f64(),
+                    Signal::Terminate.name()
                 ),
             );
         }
@@ -191,8 +193,8 @@ fn escalate(
         }
         if released(wait)? {
             let how = match signal {
-                Signal::Kill => "killed with SIGKILL",
-                _ => "stopped after SIGTERM",
+                Signal::Kill => format!("killed with {name}"),
+                _ => format!("stopped after {name}"),
             };
             return Ok(format!("{how} ({})", steps.join("; ")));
         }
@@ -202,8 +204,9 @@ fn escalate(
         ));
     }
     Err(CtlError::Failed(format!(
-        "outboxd (pid {pid}) still holds {} after SIGKILL",
-        paths.lock.display()
+        "outboxd (pid {pid}) still holds {} after {}",
+        paths.lock.display(),
+        Signal::Kill.name()
     )))
 }
 

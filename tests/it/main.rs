@@ -16,6 +16,10 @@
 //!
 //! The soak test is ignored by default: `cargo test --test it soak --
 //! --ignored` (`OUTBOXD_SOAK_SECS`, default 60, sets its length).
+//!
+//! Unix only (signals, /proc, accounts, systemd); Windows has its own suite
+//! in `tests/windows`.
+#![cfg(unix)]
 
 mod bounds;
 mod common;

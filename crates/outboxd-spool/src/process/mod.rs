@@ -42,17 +42,10 @@ pub enum Signal {
 }
 
 impl Signal {
-    /// Its name, for messages (the Unix signal's).
+    /// Its name, for messages: the Unix signal's; on Windows what stands
+    /// for it (the stop event, `TerminateProcess`).
     pub fn name(self) -> &'static str {
-        match self {
-            Signal::Interrupt => "SIGINT",
-            Signal::Quit => "SIGQUIT",
-            Signal::Terminate => "SIGTERM",
-            Signal::Kill => "SIGKILL",
-            Signal::Hangup => "SIGHUP",
-            Signal::Stop => "SIGSTOP",
-            Signal::Continue => "SIGCONT",
-        }
+        os::signal_label(self)
     }
 }
 

@@ -155,6 +155,19 @@ impl ProcessHandle {
     }
 }
 
+/// The Unix signal's name.
+pub fn signal_label(signal: Signal) -> &'static str {
+    match signal {
+        Signal::Interrupt => "SIGINT",
+        Signal::Quit => "SIGQUIT",
+        Signal::Terminate => "SIGTERM",
+        Signal::Kill => "SIGKILL",
+        Signal::Hangup => "SIGHUP",
+        Signal::Stop => "SIGSTOP",
+        Signal::Continue => "SIGCONT",
+    }
+}
+
 /// The name of a signal number the daemon received, for messages.
 pub fn signal_name(signal: i32) -> &'static str {
     match signal {

@@ -188,6 +188,19 @@ impl ProcessHandle {
     }
 }
 
+/// What stands for a signal on Windows.
+pub fn signal_label(signal: Signal) -> &'static str {
+    match signal {
+        Signal::Interrupt => "SIGINT (pgsignal)",
+        Signal::Quit => "SIGQUIT (pgsignal)",
+        Signal::Terminate => "the stop event",
+        Signal::Kill => "TerminateProcess",
+        Signal::Hangup => "SIGHUP (pgsignal)",
+        Signal::Stop => "suspend",
+        Signal::Continue => "resume",
+    }
+}
+
 /// The daemon receives no numbered signals on Windows.
 pub fn signal_name(_signal: i32) -> &'static str {
     "signal"
