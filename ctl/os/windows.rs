@@ -2,6 +2,12 @@
 //! console (`DETACHED_PROCESS | CREATE_NEW_PROCESS_GROUP |
 //! CREATE_NO_WINDOW`), and its `--daemonize` only points its output at its
 //! log. Its early errors come through the notify pipe.
+//!
+//! Windows hands a child every inheritable handle of its parent, and a
+//! console program's standard handles are inheritable: a daemon spawned
+//! as is would hold `outboxctl`'s output open for its whole life, and
+//! `outboxctl start | more` (or any caller reading to the end) would never
+//! finish. Our standard handles stop being inheritable first.
 
 use std::os::windows::process::CommandExt;
 use std::path::Path;
@@ -16,6 +22,7 @@ use windows_sys::Win32::System::Threading::{
 use super::Launched;
 
 pub fn spawn_daemon(exe: &Path, paths: &Paths, notify: &Path) -> std::io::Result<Launched> {
+    outboxd::win32::keep_std_handles_private();
     let child = Command::new(exe)
         .arg("--daemonize")
         .arg("--home")

@@ -11,8 +11,6 @@ use std::io;
 use std::path::Path;
 use std::time::Duration;
 
-pub use interprocess::local_socket::Stream;
-
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]
@@ -21,6 +19,8 @@ use unix as os;
 mod windows;
 #[cfg(windows)]
 use windows as os;
+
+pub use os::Stream;
 
 /// Who is at the other end of a connection, as the kernel reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -37,8 +37,7 @@ pub fn connect(socket: &Path, timeout: Duration) -> io::Result<Stream> {
 
 /// The process at the other end of `stream`.
 pub fn peer(stream: &Stream) -> Peer {
-    use interprocess::local_socket::traits::StreamCommon as _;
-    peer_from(stream.peer_creds())
+    peer_from(os::peer_creds(stream))
 }
 
 /// The process at the other end, from a connection's credentials (the

@@ -7,7 +7,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
-use interprocess::local_socket::{GenericFilePath, PeerCreds, Stream, ToFsName, prelude::*};
+pub use interprocess::local_socket::Stream;
+use interprocess::local_socket::{GenericFilePath, PeerCreds, ToFsName, prelude::*};
 
 use super::Peer;
 use crate::paths::SocketPath;
@@ -19,6 +20,10 @@ pub fn connect(socket: &Path, timeout: Duration) -> io::Result<Stream> {
     stream.set_recv_timeout(Some(timeout))?;
     stream.set_send_timeout(Some(timeout))?;
     Ok(stream)
+}
+
+pub fn peer_creds(stream: &Stream) -> io::Result<PeerCreds> {
+    stream.peer_creds()
 }
 
 pub fn peer_from(creds: io::Result<PeerCreds>) -> Peer {

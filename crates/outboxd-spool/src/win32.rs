@@ -113,3 +113,21 @@ pub fn object_name(home: &Path) -> String {
 pub fn event_name(home: &Path, purpose: &str) -> String {
     format!(r"Local\{}-{purpose}", object_name(home))
 }
+
+/// Makes this process's standard handles non-inheritable. Windows hands a
+/// child every inheritable handle of its parent, and a console program's
+/// standard handles are inheritable: a long-lived child (the daemon,
+/// PostgreSQL) would otherwise hold its parent's output open for its whole
+/// life, and whoever reads that output to its end would wait for ever.
+/// The child's own standard handles are given to it explicitly.
+pub fn keep_std_handles_private() {
+    use windows_sys::Win32::Foundation::{HANDLE_FLAG_INHERIT, SetHandleInformation};
+    use windows_sys::Win32::System::Console::{
+        GetStdHandle, STD_ERROR_HANDLE, STD_INPUT_HANDLE, STD_OUTPUT_HANDLE,
+    };
+    for which in [STD_INPUT_HANDLE, STD_OUTPUT_HANDLE, STD_ERROR_HANDLE] {
+        // SAFETY: reads this process's standard handle; clearing its
+        // inherit flag changes nothing else (a null one just fails).
+        unsafe { SetHandleInformation(GetStdHandle(which), HANDLE_FLAG_INHERIT, 0) };
+    }
+}

@@ -131,6 +131,7 @@ pub async fn spawn(
     // cannot share it with a handle open for writing: pg_ctl's own words
     // go to a file of their own, read when it fails.
     drop((log, log_err));
+    outboxd::win32::keep_std_handles_private();
     let said_file = embedded.data.with_file_name("pg_ctl.out");
     let said = File::create(&said_file).map_err(|source| PgError::Spawn {
         program: said_file.clone(),

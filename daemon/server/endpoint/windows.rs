@@ -40,6 +40,13 @@ pub fn bind(socket: &Path) -> Result<Bound> {
     let sddl = format!("D:P(A;;GA;;;{user})(A;;GA;;;SY)(A;;GA;;;BA)");
     let sddl = widestring::U16CString::from_str(&sddl).expect("an SDDL string has no NUL");
     let descriptor = SecurityDescriptor::deserialize(&sddl).at("build the DACL of", socket)?;
+    // FILE_FLAG_FIRST_PIPE_INSTANCE refuses a name another process serves
+    // already; Wine does not enforce it, so the name is also probed first
+    // (the flag still closes the window between probe and creation on
+    // Windows).
+    if let Some(holder) = served_by(socket) {
+        return Err(squatted(socket, &format!("pid {holder} serves it already")));
+    }
     let listener = ListenerOptions::new()
         .name(
             name.clone()
@@ -48,21 +55,29 @@ pub fn bind(socket: &Path) -> Result<Bound> {
         )
         .security_descriptor(descriptor)
         .create_tokio()
-        .map_err(|e| {
-            Error::problem(
-                "control pipe",
-                socket,
-                format!("could not be created ({e}): another process may own the name"),
-                "stop whatever holds that pipe (another outboxd of this home, or an impostor), \
-                 then start again",
-                outboxd::errno::EADDRINUSE,
-            )
-        })?;
+        .map_err(|e| squatted(socket, &format!("could not be created ({e})")))?;
     Ok(Bound {
         listener,
         identity: identity(socket),
         failed: None,
     })
+}
+
+/// The pid serving the pipe `socket` now, if any process does.
+fn served_by(socket: &Path) -> Option<u32> {
+    let stream = outboxd::endpoint::connect(socket, std::time::Duration::from_secs(1)).ok()?;
+    Some(outboxd::endpoint::peer(&stream).pid.unwrap_or(0))
+}
+
+fn squatted(socket: &Path, why: &str) -> Error {
+    Error::problem(
+        "control pipe",
+        socket,
+        format!("{why}: another process owns the name, and outboxd never shares it"),
+        "stop whatever holds that pipe (another outboxd of this home, or an impostor), then \
+         start again",
+        outboxd::errno::EADDRINUSE,
+    )
 }
 
 /// `producer_group` is a Unix setting; the configuration refuses it on
