@@ -132,8 +132,22 @@ mod tests {
     #[test]
     fn layout_is_fixed() {
         let paths = Paths::for_home(Path::new("/srv/outboxd"));
+        #[cfg(unix)]
         assert_eq!(paths.socket, Path::new("/srv/outboxd/run/outboxd.sock"));
         assert_eq!(paths.pg_socket_dir, Path::new("/srv/outboxd/pg/socket"));
         assert_eq!(paths.spool, Path::new("/srv/outboxd/outbox.db"));
+    }
+
+    /// The pipe's name depends on the home's path only, whatever its case.
+    #[cfg(windows)]
+    #[test]
+    fn a_home_has_one_pipe_whatever_the_case_of_its_path() {
+        let one = Paths::for_home(Path::new(r"C:\Users\Ann\outboxd"));
+        let same = Paths::for_home(Path::new(r"c:\users\ann\OUTBOXD"));
+        let other = Paths::for_home(Path::new(r"C:\Users\Bob\outboxd"));
+        assert_eq!(one.socket, same.socket);
+        assert_ne!(one.socket, other.socket);
+        let text = one.socket.to_string_lossy();
+        assert!(text.starts_with(r"\\.\pipe\outboxd-"), "{text}");
     }
 }
