@@ -46,8 +46,17 @@ use tracing::{error, info};
 use crate::shutdown::Shutdown;
 
 fn main() -> ExitCode {
+    ExitCode::from(match os::service_requested() {
+        true => os::run_service(daemon),
+        false => daemon(None),
+    })
+}
+
+/// The daemon, from its first step to its exit code. `notify` overrides
+/// `NOTIFY_SOCKET` (the Windows service reports readiness through it).
+fn daemon(notify: Option<std::path::PathBuf>) -> u8 {
     signals::block();
-    let (notifier, watchdog) = take_notifier();
+    let (notifier, watchdog) = take_notifier(notify);
     let notifier = Arc::new(notifier);
     let matches = Args::command().get_matches();
     let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
@@ -58,10 +67,10 @@ fn main() -> ExitCode {
     });
     postmortem::install_panic_hook();
     match start(&args, &flags, &notifier, watchdog) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => exit_code::OK,
         Err(failure) => {
             let err = match failure {
-                Failure::Reported(code) => return ExitCode::from(code),
+                Failure::Reported(code) => return code,
                 Failure::Logged(err) => err,
                 Failure::Error(err) => {
                     error!("{err}");
@@ -70,8 +79,8 @@ fn main() -> ExitCode {
             };
             notifier.failed(err.errno(), &err.to_string());
             match err {
-                Error::AlreadyRunning { .. } => ExitCode::from(exit_code::ALREADY_RUNNING),
-                _ => ExitCode::from(exit_code::FAILURE),
+                Error::AlreadyRunning { .. } => exit_code::ALREADY_RUNNING,
+                _ => exit_code::FAILURE,
             }
         }
     }
@@ -96,8 +105,13 @@ impl From<Error> for Failure {
 /// Reads `NOTIFY_SOCKET` and removes it from the environment, so that no
 /// child (PostgreSQL speaks this protocol too) sends READY in our name.
 /// Also reads the watchdog interval, and hides `WATCHDOG_*` from children.
-fn take_notifier() -> (Notifier, Option<std::time::Duration>) {
+fn take_notifier(notify: Option<std::path::PathBuf>) -> (Notifier, Option<std::time::Duration>) {
     let watchdog = watchdog::interval_from_env();
+    if let Some(target) = notify {
+        // The service manager's process: other threads run (its
+        // dispatcher's), and it has no NOTIFY_SOCKET to hide.
+        return (Notifier::connect(&target), None);
+    }
     let target = std::env::var_os(NOTIFY_SOCKET);
     for name in [NOTIFY_SOCKET, "WATCHDOG_USEC", "WATCHDOG_PID"] {
         // SAFETY: called first thing in main, while this is the only

@@ -23,6 +23,11 @@ pub struct DaemonArgs {
     #[arg(long)]
     pub daemonize: bool,
 
+    /// Run under the Windows service manager (what `outboxctl service
+    /// install` registers)
+    #[arg(long, hide = true)]
+    pub windows_service: bool,
+
     #[command(flatten)]
     pub settings: Settings,
 }

@@ -11,6 +11,21 @@ use outboxd::paths::Paths;
 
 use crate::logging;
 
+/// Whether `--windows-service` was given (refused on Unix).
+pub fn service_requested() -> bool {
+    std::env::args_os().any(|arg| arg == "--windows-service")
+}
+
+/// `--windows-service` is the Windows service manager's: systemd and
+/// launchd run outboxd as an ordinary process.
+pub fn run_service(_daemon: super::Daemon) -> u8 {
+    eprintln!(
+        "outboxd: --windows-service is for the Windows service manager; on this system run \
+         outboxd directly, or install the service with `outboxctl service install`"
+    );
+    exit_code::FAILURE
+}
+
 /// Everything the daemon creates is private to its account (umask 077).
 pub fn restrict_new_files() {
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));

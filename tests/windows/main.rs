@@ -335,3 +335,47 @@ fn a_squatted_pipe_is_refused_by_the_daemon_and_not_trusted_by_clients() {
     );
     assert!(!status.stdout.contains("is running"), "{status:?}");
 }
+
+#[test]
+fn the_windows_service_reports_running_when_ready_and_stops_through_the_service_manager() {
+    let Some(home) = Home::new() else { return };
+    // The service manager's process does not have this test's environment:
+    // the binaries come from the home's configuration.
+    std::fs::create_dir_all(&home.path).unwrap();
+    std::fs::write(
+        home.path.join("config.toml"),
+        format!("pg_bin = '{}'\n", home.pg_bin.display()),
+    )
+    .unwrap();
+    let sc = |args: &[&str]| {
+        let mut command = Command::new("sc.exe");
+        command.args(args);
+        run(command)
+    };
+    let _ = home.ctl(&["service", "uninstall", "--system"]);
+    let install = home.ctl(&["service", "install", "--system"]);
+    assert_eq!(install.code, 0, "{install:?}");
+    assert!(install.stdout.contains("--windows-service"), "{install:?}");
+    let start = sc(&["start", "outboxd"]);
+    assert_eq!(start.code, 0, "{start:?}");
+    wait_for("the service manager to say RUNNING", || {
+        sc(&["query", "outboxd"]).stdout.contains("RUNNING")
+    });
+    // RUNNING is reported once the daemon is ready: it answers at once.
+    let status = home.status();
+    assert_eq!(status["state"], "running", "{status}");
+    assert_eq!(status["postgres"]["state"], "running", "{status}");
+    let pid = status["pid"].as_i64().unwrap() as i32;
+    let log = std::fs::read_to_string(home.path.join("log").join("outboxd.log")).unwrap();
+    assert!(log.contains("ready"), "the service logs to the home: {log}");
+
+    let stop = sc(&["stop", "outboxd"]);
+    assert_eq!(stop.code, 0, "{stop:?}");
+    wait_for("the service to stop", || {
+        sc(&["query", "outboxd"]).stdout.contains("STOPPED")
+    });
+    assert!(!alive(pid), "the daemon exited");
+    let uninstall = home.ctl(&["service", "uninstall", "--system"]);
+    assert_eq!(uninstall.code, 0, "{uninstall:?}");
+    assert_eq!(home.ctl(&["service", "status", "--system"]).code, 3);
+}

@@ -114,6 +114,19 @@ pub fn event_name(home: &Path, purpose: &str) -> String {
     format!(r"Local\{}-{purpose}", object_name(home))
 }
 
+/// Sets the named event `name` (one that exists: a daemon's).
+pub fn set_event(name: &str) -> io::Result<()> {
+    use windows_sys::Win32::System::Threading::{EVENT_MODIFY_STATE, OpenEventW, SetEvent};
+    let wide = wide(name);
+    // SAFETY: a NUL-terminated name; `owned` checks the result.
+    let event = owned(unsafe { OpenEventW(EVENT_MODIFY_STATE, 0, wide.as_ptr()) })?;
+    // SAFETY: a valid event handle opened with EVENT_MODIFY_STATE.
+    if unsafe { SetEvent(event.as_raw_handle()) } == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Makes this process's standard handles non-inheritable. Windows hands a
 /// child every inheritable handle of its parent, and a console program's
 /// standard handles are inheritable: a long-lived child (the daemon,

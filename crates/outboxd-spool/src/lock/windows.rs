@@ -17,7 +17,6 @@ use windows_sys::Win32::Storage::FileSystem::{
     LOCKFILE_EXCLUSIVE_LOCK, LOCKFILE_FAIL_IMMEDIATELY, LockFileEx, UnlockFileEx,
 };
 use windows_sys::Win32::System::IO::OVERLAPPED;
-use windows_sys::Win32::System::Threading::{EVENT_MODIFY_STATE, OpenEventW, SetEvent};
 
 use super::LockInfo;
 use crate::paths::Paths;
@@ -102,12 +101,5 @@ pub fn deliver(paths: &Paths, process: &ProcessHandle, signal: Signal) -> io::Re
     if signal == Signal::Kill {
         return process.signal(signal);
     }
-    let name = win32::wide(&win32::event_name(&paths.home, "stop"));
-    // SAFETY: a NUL-terminated name; `owned` checks the result.
-    let event = win32::owned(unsafe { OpenEventW(EVENT_MODIFY_STATE, 0, name.as_ptr()) })?;
-    // SAFETY: a valid event handle opened with EVENT_MODIFY_STATE.
-    if unsafe { SetEvent(event.as_raw_handle()) } == 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    win32::set_event(&win32::event_name(&paths.home, "stop"))
 }
