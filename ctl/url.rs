@@ -63,7 +63,7 @@ pub fn psql(paths: &Paths, args: &[String], out: &Output) -> u8 {
     let program = pg
         .bin_dir
         .as_ref()
-        .map(|dir| dir.join("psql"))
+        .map(|dir| dir.join(format!("psql{}", std::env::consts::EXE_SUFFIX)))
         .filter(|psql| psql.is_file())
         .unwrap_or_else(|| PathBuf::from("psql"));
     let mut command = Command::new(&program);

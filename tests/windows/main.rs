@@ -49,6 +49,11 @@ struct Home {
 impl Home {
     /// `None` (and a line saying why) when no Windows PostgreSQL is here.
     fn new() -> Option<Home> {
+        Home::at("home")
+    }
+
+    /// A home at `relative` inside a fresh temporary directory.
+    fn at(relative: &str) -> Option<Home> {
         let Some(pg_bin) = pg_bin() else {
             eprintln!(
                 "skipped: no PostgreSQL for Windows (set OUTBOXD_PG_BIN, or run `windows-env pg`)"
@@ -59,7 +64,7 @@ impl Home {
             .prefix("outboxd test ")
             .tempdir()
             .unwrap();
-        let path = dir.path().join("home");
+        let path = dir.path().join(relative);
         Some(Home {
             _dir: dir,
             path,
@@ -378,4 +383,19 @@ fn the_windows_service_reports_running_when_ready_and_stops_through_the_service_
     let uninstall = home.ctl(&["service", "uninstall", "--system"]);
     assert_eq!(uninstall.code, 0, "{uninstall:?}");
     assert_eq!(home.ctl(&["service", "status", "--system"]).code, 3);
+}
+
+#[test]
+fn a_home_with_spaces_and_a_path_over_260_characters_works() {
+    let deep = ["a directory with spaces"; 12].join("\\");
+    let Some(home) = Home::at(&format!("{deep}\\home")) else {
+        return;
+    };
+    assert!(home.path.as_os_str().len() > 260, "{}", home.path.display());
+    home.start();
+    let run = home.ctl(&["enqueue", "--topic", "deep", "{}"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let flush = home.ctl(&["flush"]);
+    assert_eq!(flush.code, 0, "{flush:?}");
+    assert_eq!(home.ctl(&["stop"]).code, 0);
 }
