@@ -54,7 +54,8 @@ use crate::output::Output;
 )]
 pub struct Cli {
     /// The daemon's home directory
-    /// [default: ~/.local/state/outboxd, /var/lib/outboxd for root]
+    /// [default: ~/.local/state/outboxd, /var/lib/outboxd for root;
+    /// %LOCALAPPDATA%\outboxd on Windows]
     #[arg(long, global = true, env = "OUTBOXD_HOME", value_name = "DIR")]
     home: Option<PathBuf>,
 

@@ -15,7 +15,8 @@ use crate::config::Settings;
 #[command(name = "outboxd", version, about)]
 pub struct DaemonArgs {
     /// Home directory holding every file of this daemon
-    /// [default: ~/.local/state/outboxd, /var/lib/outboxd for root]
+    /// [default: ~/.local/state/outboxd, /var/lib/outboxd for root;
+    /// %LOCALAPPDATA%\outboxd on Windows]
     #[arg(long, env = "OUTBOXD_HOME", value_name = "DIR")]
     pub home: Option<PathBuf>,
 

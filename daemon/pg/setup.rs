@@ -59,6 +59,11 @@ pub async fn prepare(
         s.binaries = Some(source);
         s.user = Some(outboxd::account::name_of(uid));
     });
+    // Where it will listen, checked before initdb (a data directory
+    // PostgreSQL could not use is refused first).
+    let address = Address::new(paths, config.pg_port)?;
+    let port = address.port(config.pg_port());
+    status.send_modify(|s| address.publish(s, port));
     let has_cluster = blocking({
         let paths = paths.clone();
         move || check_cluster(&paths).map_err(PgError::from)
@@ -68,9 +73,6 @@ pub async fn prepare(
         notifier.status("initializing the PostgreSQL cluster (initdb)");
         init_cluster(paths, &bin_dir, &password, config.pg_port()).await?;
     }
-    let address = Address::new(paths, config.pg_port)?;
-    let port = address.port(config.pg_port());
-    status.send_modify(|s| address.publish(s, port));
     Ok(Embedded {
         bin_dir,
         data: paths.pg_data.clone(),

@@ -60,7 +60,7 @@ fn event(name: Option<&str>) -> io::Result<OwnedHandle> {
     let name_ptr = wide.as_ref().map_or(std::ptr::null(), |w| w.as_ptr());
     // SAFETY: a manual-reset event, unsignalled, with a NUL-terminated name
     // or none; `owned` checks the result.
-    win32::owned(unsafe { CreateEventW(std::ptr::null(), 1, 0, name_ptr) })
+    unsafe { win32::owned(CreateEventW(std::ptr::null(), 1, 0, name_ptr)) }
 }
 
 /// Creates the home's stop event, installs the console handler and starts

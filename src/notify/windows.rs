@@ -61,7 +61,9 @@ impl Listener {
                     match reader.read_until(0, &mut message) {
                         Ok(0) | Err(_) => break,
                         Ok(_) => {
-                            message.pop_if(|b| *b == 0);
+                            if message.last() == Some(&0) {
+                                message.pop();
+                            }
                             if tx.send(message).is_err() {
                                 return;
                             }

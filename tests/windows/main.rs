@@ -385,17 +385,27 @@ fn the_windows_service_reports_running_when_ready_and_stops_through_the_service_
     assert_eq!(home.ctl(&["service", "status", "--system"]).code, 3);
 }
 
+/// outboxd's own files take long paths; PostgreSQL's cannot (MAX_PATH),
+/// and the daemon says so before initdb.
 #[test]
-fn a_home_with_spaces_and_a_path_over_260_characters_works() {
+fn a_home_over_260_characters_takes_events_and_its_start_names_the_limit() {
     let deep = ["a directory with spaces"; 12].join("\\");
     let Some(home) = Home::at(&format!("{deep}\\home")) else {
         return;
     };
     assert!(home.path.as_os_str().len() > 260, "{}", home.path.display());
-    home.start();
-    let run = home.ctl(&["enqueue", "--topic", "deep", "{}"]);
-    assert_eq!(run.code, 0, "{run:?}");
-    let flush = home.ctl(&["flush"]);
-    assert_eq!(flush.code, 0, "{flush:?}");
-    assert_eq!(home.ctl(&["stop"]).code, 0);
+    let run = home.ctl(&["enqueue", "--create-home", "--topic", "deep", "{}"]);
+    assert_eq!(
+        run.code, 0,
+        "a producer writes the spool of a long home: {run:?}"
+    );
+    let status = home.ctl(&["status"]);
+    assert_eq!(status.code, 3, "{status:?}");
+    let start = home.ctl(&["start"]);
+    assert_eq!(start.code, 1, "{start:?}");
+    assert!(
+        start.stderr.contains("MAX_PATH") && start.stderr.contains("at most"),
+        "the limit and the fix are named: {start:?}"
+    );
+    assert_eq!(home.ctl(&["status"]).code, 3, "nothing is left running");
 }

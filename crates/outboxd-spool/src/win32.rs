@@ -20,7 +20,11 @@ pub fn wide(s: &str) -> Vec<u16> {
 
 /// Takes ownership of a handle a call returned; the last OS error when it
 /// is null or invalid.
-pub fn owned(handle: HANDLE) -> io::Result<OwnedHandle> {
+///
+/// # Safety
+///
+/// `handle` is null, invalid, or a handle the caller owns and gives up.
+pub unsafe fn owned(handle: HANDLE) -> io::Result<OwnedHandle> {
     if handle.is_null() || handle == windows_sys::Win32::Foundation::INVALID_HANDLE_VALUE {
         return Err(io::Error::last_os_error());
     }
@@ -36,7 +40,8 @@ fn with_user_sid<T>(process: HANDLE, f: impl FnOnce(PSID) -> io::Result<T>) -> i
     if unsafe { OpenProcessToken(process, TOKEN_QUERY, &mut token) } == 0 {
         return Err(io::Error::last_os_error());
     }
-    let token = owned(token)?;
+    // SAFETY: OpenProcessToken succeeded: `token` is ours to close.
+    let token = unsafe { owned(token) }?;
     let mut buffer = vec![0u64; 128];
     let mut len = 0u32;
     // SAFETY: the buffer is valid and 8-byte aligned for the size given.
@@ -119,7 +124,7 @@ pub fn set_event(name: &str) -> io::Result<()> {
     use windows_sys::Win32::System::Threading::{EVENT_MODIFY_STATE, OpenEventW, SetEvent};
     let wide = wide(name);
     // SAFETY: a NUL-terminated name; `owned` checks the result.
-    let event = owned(unsafe { OpenEventW(EVENT_MODIFY_STATE, 0, wide.as_ptr()) })?;
+    let event = unsafe { owned(OpenEventW(EVENT_MODIFY_STATE, 0, wide.as_ptr())) }?;
     // SAFETY: a valid event handle opened with EVENT_MODIFY_STATE.
     if unsafe { SetEvent(event.as_raw_handle()) } == 0 {
         return Err(io::Error::last_os_error());

@@ -30,7 +30,14 @@ fn event(name: Option<&str>, manual_reset: bool) -> std::io::Result<OwnedHandle>
     let wide = name.map(win32::wide);
     let name_ptr = wide.as_ref().map_or(std::ptr::null(), |w| w.as_ptr());
     // SAFETY: an unsignalled event with a NUL-terminated name or none.
-    win32::owned(unsafe { CreateEventW(std::ptr::null(), manual_reset.into(), 0, name_ptr) })
+    unsafe {
+        win32::owned(CreateEventW(
+            std::ptr::null(),
+            manual_reset.into(),
+            0,
+            name_ptr,
+        ))
+    }
 }
 
 /// Creates the nudge event and notifies `wake` each time it is set.

@@ -40,6 +40,10 @@ const SPAWN_TIMEOUT: Duration = Duration::from_secs(60);
 /// outbox needs.
 pub const INITDB: super::Initdb = super::Initdb::Direct(&["--no-locale"]);
 
+/// The longest data directory path: PostgreSQL's files lie up to about 80
+/// characters below it, and it opens them with MAX_PATH (260) in force.
+const MAX_DATA_PATH: usize = 180;
+
 /// How clients reach the server: 127.0.0.1 and a port.
 #[derive(Debug)]
 pub struct Address {
@@ -48,8 +52,26 @@ pub struct Address {
 
 impl Address {
     /// Chooses the port (see the module). `configured` is `pg_port` when
-    /// it was set.
+    /// it was set. Refuses a data directory whose files PostgreSQL could
+    /// not open (see [`MAX_DATA_PATH`]).
     pub fn new(paths: &Paths, configured: Option<u16>) -> Result<Address, outboxd::Error> {
+        let len = paths.pg_data.as_os_str().len();
+        if len > MAX_DATA_PATH {
+            return Err(outboxd::Error::problem(
+                "data directory",
+                &paths.pg_data,
+                format!(
+                    "is {len} characters long: PostgreSQL on Windows cannot open files whose \
+                     paths pass 260 characters (MAX_PATH), and its files lie up to 80 \
+                     characters deeper"
+                ),
+                format!(
+                    "choose a home whose path has at most {} characters",
+                    MAX_DATA_PATH - (len - paths.home.as_os_str().len())
+                ),
+                outboxd::errno::ENAMETOOLONG,
+            ));
+        }
         if let Some(port) = configured {
             return Ok(Address { port });
         }

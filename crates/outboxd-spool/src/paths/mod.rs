@@ -4,7 +4,6 @@
 //! (design.md, "Home directory"); every binary and test derives its paths
 //! from [`Paths`].
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::error::{IoContext, Result};
@@ -122,7 +121,7 @@ fn absolute(path: &Path) -> Result<PathBuf> {
 /// `\\?\` verbatim prefix is dropped, so the path of a home is the
 /// same before and after it exists).
 pub fn canonical(path: &Path) -> std::io::Result<PathBuf> {
-    fs::canonicalize(path).map(|path| os::plain(&path))
+    os::canonicalize(path).map(|path| os::plain(&path))
 }
 
 #[cfg(test)]

@@ -56,6 +56,11 @@ pub fn control_socket(_home: &Path, run_dir: &Path) -> PathBuf {
     run_dir.join("outboxd.sock")
 }
 
+/// `realpath`.
+pub fn canonicalize(path: &Path) -> std::io::Result<PathBuf> {
+    fs::canonicalize(path)
+}
+
 /// Paths are used as they are.
 pub fn plain(path: &Path) -> PathBuf {
     path.to_path_buf()

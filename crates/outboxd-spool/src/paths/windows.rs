@@ -37,6 +37,16 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).at("create directory", dir)
 }
 
+/// The final path of `path`. Wine cannot give it for a path over 260
+/// characters (`ERROR_MORE_DATA`): the absolute path stands in for it
+/// there (links inside a home are refused anyway).
+pub fn canonicalize(path: &Path) -> std::io::Result<PathBuf> {
+    match std::fs::canonicalize(path) {
+        Err(e) if e.raw_os_error() == Some(234) => std::path::absolute(path),
+        other => other,
+    }
+}
+
 /// `path` without the verbatim prefix `canonicalize` gives
 /// (`\\?\C:\x` is `C:\x`, `\\?\UNC\host\share` is `\\host\share`).
 pub fn plain(path: &Path) -> PathBuf {

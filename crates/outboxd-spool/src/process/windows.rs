@@ -39,7 +39,7 @@ fn open(pid: i32, access: u32) -> io::Result<OwnedHandle> {
         .filter(|pid| *pid != 0)
         .ok_or_else(|| io::Error::from_raw_os_error(crate::errno::ESRCH))?;
     // SAFETY: OpenProcess has no preconditions; `owned` checks the result.
-    win32::owned(unsafe { OpenProcess(access, 0, pid) })
+    unsafe { win32::owned(OpenProcess(access, 0, pid)) }
         .map_err(|_| io::Error::from_raw_os_error(crate::errno::ESRCH))
 }
 
@@ -74,7 +74,7 @@ pub fn is_stopped(_pid: i32) -> bool {
 pub fn parent_of(pid: i32) -> Option<i32> {
     let pid = u32::try_from(pid).ok()?;
     // SAFETY: a snapshot of all processes; `owned` checks the result.
-    let snapshot = win32::owned(unsafe { CreateToolhelp32Snapshot(TH32CS_SNAPPROCESS, 0) }).ok()?;
+    let snapshot = unsafe { win32::owned(CreateToolhelp32Snapshot(TH32CS_SNAPPROCESS, 0)) }.ok()?;
     // SAFETY: PROCESSENTRY32W is plain data; dwSize is set as required.
     let mut entry: PROCESSENTRY32W = unsafe { std::mem::zeroed() };
     entry.dwSize = std::mem::size_of::<PROCESSENTRY32W>() as u32;
