@@ -18,6 +18,7 @@ pub use outboxd_spool::{account, errno, error, lock, nudge, paths, process, quot
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod consumer;
 pub mod endpoint;
 pub mod exit_code;
 pub mod metrics;

@@ -9,6 +9,8 @@
 //!   per source for as long as its event is kept.
 //! - `outbox.cursors`: per source, the highest seq committed, updated in
 //!   the same transaction as the events.
+//! - `outbox.consumers`, `outbox.consumer_cursors`: named consumers and
+//!   their cursor per source (`outboxd::consumer`).
 //! - `outbox.migrations`: which steps below were applied.
 
 use tokio_postgres::Client;
@@ -35,6 +37,20 @@ const MIGRATIONS: &[&str] = &[
          source_id uuid PRIMARY KEY,
          seq bigint NOT NULL,
          updated_at timestamptz NOT NULL DEFAULT now()
+     );",
+    // 2: named consumers, a cursor per consumer and source
+    // (`outboxd::consumer`).
+    "CREATE TABLE IF NOT EXISTS outbox.consumers (
+         name text PRIMARY KEY,
+         created_at timestamptz NOT NULL DEFAULT now(),
+         seen_at timestamptz NOT NULL DEFAULT now()
+     );
+     CREATE TABLE IF NOT EXISTS outbox.consumer_cursors (
+         consumer text NOT NULL REFERENCES outbox.consumers (name) ON DELETE CASCADE,
+         source_id uuid NOT NULL,
+         seq bigint NOT NULL,
+         updated_at timestamptz NOT NULL DEFAULT now(),
+         PRIMARY KEY (consumer, source_id)
      );",
 ];
 

@@ -24,6 +24,7 @@
 mod bounds;
 mod common;
 mod components;
+mod consumer;
 mod counts;
 mod faults;
 mod findings_daemon;

@@ -1,0 +1,444 @@
+//! Reading the outbox downstream: durable named consumers.
+//!
+//! A consumer is a name with one cursor per source, `(consumer, source_id)
+//! → seq`, kept in `outbox.consumer_cursors`. Every source's drain commits
+//! its events in seq order, each batch in one transaction, so once a
+//! reader sees seq `n` of a source, every lower seq of that source is
+//! either visible or will never exist (a dead letter, a skipped duplicate):
+//! reading `seq > cursor` per source never skips an event and never reads
+//! one twice. A single global serial would not do: two sources commit
+//! concurrently, a lower serial can become visible after a higher one was
+//! read, and a reader at `serial > last` skips it for good.
+//!
+//! [`Consumer::next_batch`] returns events in seq order within each source
+//! and round-robin across sources, bounded by count and bytes, and waits on
+//! `LISTEN outbox_events` when there is nothing to read.
+//! [`Consumer::commit`] advances the cursors (at-least-once: a consumer
+//! killed before it commits reads the batch again).
+//! [`Consumer::commit_in`] advances them inside the caller's transaction:
+//! a handler that writes its results to the same database in that
+//! transaction gets exactly-once effects.
+//!
+//! ```no_run
+//! # async fn run(config: tokio_postgres::Config) -> Result<(), outboxd::consumer::ConsumerError> {
+//! use outboxd::consumer::{Consumer, Options};
+//! use std::time::Duration;
+//!
+//! let mut consumer = Consumer::connect(&config, Options::new("mailer")).await?;
+//! loop {
+//!     let batch = consumer.next_batch(100, Duration::from_secs(30)).await?;
+//!     for event in batch.events() {
+//!         println!("{} {} {}", event.topic, event.seq, event.payload);
+//!     }
+//!     consumer.commit(&batch).await?;
+//! }
+//! # }
+//! ```
+//!
+//! Exactly-once effects, with the results written in the same transaction:
+//!
+//! ```no_run
+//! # async fn run(mut client: tokio_postgres::Client, consumer: &mut outboxd::consumer::Consumer) -> Result<(), Box<dyn std::error::Error>> {
+//! # use std::time::Duration;
+//! let batch = consumer.next_batch(100, Duration::from_secs(30)).await?;
+//! let tx = client.transaction().await?;
+//! for event in batch.events() {
+//!     tx.execute(
+//!         "INSERT INTO seen (source_id, seq) VALUES ($1, $2)",
+//!         &[&event.source_id, &event.seq],
+//!     )
+//!     .await?;
+//! }
+//! consumer.commit_in(&tx, &batch).await?;
+//! tx.commit().await?;
+//! # Ok(()) }
+//! ```
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, Client, GenericClient};
+use uuid::Uuid;
+
+/// The channel the drain notifies after every committed batch.
+const CHANNEL: &str = "outbox_events";
+/// The default byte budget of one batch.
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 16 << 20;
+
+/// Why a consumer call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    /// PostgreSQL refused or the connection failed.
+    #[error("consumer {name}: {message}")]
+    Postgres { name: String, message: String },
+    /// The options are not usable.
+    #[error("invalid consumer options: {0}")]
+    Invalid(String),
+}
+
+/// Where a new consumer starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Every event still kept.
+    Beginning,
+    /// Only events drained after the consumer is first registered.
+    Now,
+}
+
+/// How a consumer reads.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub name: String,
+    /// Topics to read: exact names and `prefix.*`; empty reads all.
+    pub topics: Vec<String>,
+    /// Where a consumer seen for the first time starts.
+    pub start: Start,
+    /// The most payload bytes one batch holds (at least one event).
+    pub max_batch_bytes: usize,
+}
+
+impl Options {
+    /// Every topic, from the beginning, batches of at most 16 MiB.
+    pub fn new(name: impl Into<String>) -> Options {
+        Options {
+            name: name.into(),
+            topics: Vec::new(),
+            start: Start::Beginning,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+        }
+    }
+}
+
+/// One event as a consumer reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub source_id: Uuid,
+    pub seq: i64,
+    pub topic: String,
+    pub key: Option<String>,
+    /// The payload, as JSON text.
+    pub payload: String,
+    pub id: Option<String>,
+    pub enqueued_at: SystemTime,
+}
+
+/// Events read together; committing it advances each source's cursor to
+/// its highest seq here.
+#[derive(Debug, Default)]
+pub struct Batch {
+    events: Vec<Event>,
+}
+
+impl Batch {
+    pub fn events(&self) -> &[Event] {
+        &self.events
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// The highest seq of each source in the batch.
+    fn cursors(&self) -> BTreeMap<Uuid, i64> {
+        let mut cursors = BTreeMap::new();
+        for event in &self.events {
+            let seq = cursors.entry(event.source_id).or_insert(event.seq);
+            *seq = (*seq).max(event.seq);
+        }
+        cursors
+    }
+}
+
+/// A connected consumer.
+pub struct Consumer {
+    client: Client,
+    name: String,
+    exact: Option<Vec<String>>,
+    prefixes: Option<Vec<String>>,
+    max_batch_bytes: usize,
+    notified: mpsc::UnboundedReceiver<()>,
+    _connection: tokio::task::JoinHandle<()>,
+}
+
+impl Consumer {
+    /// Connects (without TLS: a local or trusted network), listens on the
+    /// drain's channel, and registers the consumer if it is new.
+    pub async fn connect(
+        config: &tokio_postgres::Config,
+        options: Options,
+    ) -> Result<Consumer, ConsumerError> {
+        if options.name.is_empty() || options.name.len() > 200 {
+            return Err(ConsumerError::Invalid(
+                "a consumer's name has 1 to 200 bytes".into(),
+            ));
+        }
+        let name = options.name.clone();
+        let failed = postgres_error(&name);
+        let (client, mut connection) = config
+            .connect(tokio_postgres::NoTls)
+            .await
+            .map_err(&failed)?;
+        let (tx, notified) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(Ok(message)) = messages.next().await {
+                if let AsyncMessage::Notification(_) = message {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        client
+            .batch_execute(&format!("LISTEN {CHANNEL}"))
+            .await
+            .map_err(&failed)?;
+        let (exact, prefixes) = split_topics(&options.topics)?;
+        let consumer = Consumer {
+            client,
+            name: options.name,
+            exact,
+            prefixes,
+            max_batch_bytes: options.max_batch_bytes.max(1),
+            notified,
+            _connection: task,
+        };
+        consumer.register(options.start).await?;
+        Ok(consumer)
+    }
+
+    /// Inserts the consumer if it is new; a new consumer that starts now
+    /// gets a cursor at every source's last drained seq.
+    async fn register(&self, start: Start) -> Result<(), ConsumerError> {
+        let failed = postgres_error(&self.name);
+        let created = self
+            .client
+            .execute(
+                "INSERT INTO outbox.consumers (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
+                &[&self.name],
+            )
+            .await
+            .map_err(|e| {
+                match e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
+                    true => ConsumerError::Postgres {
+                        name: self.name.clone(),
+                        message: "outbox.consumers does not exist: start this version of outboxd \
+                              once on the database, which migrates its schema"
+                            .into(),
+                    },
+                    false => failed(e),
+                }
+            })?;
+        if created == 1 && start == Start::Now {
+            self.client
+                .execute(
+                    "INSERT INTO outbox.consumer_cursors (consumer, source_id, seq)
+                     SELECT $1, source_id, seq FROM outbox.cursors
+                     ON CONFLICT (consumer, source_id) DO NOTHING",
+                    &[&self.name],
+                )
+                .await
+                .map_err(&failed)?;
+        }
+        Ok(())
+    }
+
+    /// The next events past this consumer's cursors: at most `max`, in seq
+    /// order within each source and round-robin across sources, with at
+    /// most the byte budget of payload (always at least one event). When
+    /// there is none, waits for the drain's notification up to `wait`, and
+    /// returns an empty batch if none came.
+    pub async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Batch, ConsumerError> {
+        let max = max.max(1);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            while self.notified.try_recv().is_ok() {}
+            let batch = self.read(max).await?;
+            if !batch.is_empty() {
+                return Ok(batch);
+            }
+            match tokio::time::timeout_at(deadline, self.notified.recv()).await {
+                Ok(Some(())) => continue,
+                Ok(None) => {
+                    return Err(ConsumerError::Postgres {
+                        name: self.name.clone(),
+                        message: "the connection to PostgreSQL closed".into(),
+                    });
+                }
+                Err(_) => return Ok(Batch::default()),
+            }
+        }
+    }
+
+    async fn read(&self, max: usize) -> Result<Batch, ConsumerError> {
+        let failed = postgres_error(&self.name);
+        let sources: i64 = self
+            .client
+            .query_one("SELECT count(*) FROM outbox.cursors", &[])
+            .await
+            .map_err(&failed)?
+            .get(0);
+        let sources = usize::try_from(sources).unwrap_or(1).max(1);
+        // Each source may fill its share of the count and of the bytes;
+        // the first event of a source always comes, whatever its size.
+        let per_source = max.div_ceil(sources) as i64;
+        let bytes_per_source = (self.max_batch_bytes / sources).max(1) as i64;
+        let rows = self
+            .client
+            .query(
+                "SELECT source_id, seq, topic, key, payload, id, enqueued_at FROM (
+                     SELECT e.source_id, e.seq, e.topic, e.key, e.payload::text AS payload,
+                            e.id, e.enqueued_at,
+                            sum(octet_length(e.payload::text)) OVER (
+                                PARTITION BY e.source_id ORDER BY e.seq) AS running,
+                            row_number() OVER (PARTITION BY e.source_id ORDER BY e.seq) AS n
+                     FROM outbox.cursors s
+                     LEFT JOIN outbox.consumer_cursors c
+                         ON c.consumer = $1 AND c.source_id = s.source_id
+                     CROSS JOIN LATERAL (
+                         SELECT * FROM outbox.events e
+                         WHERE e.source_id = s.source_id AND e.seq > coalesce(c.seq, 0)
+                           AND ($3::text[] IS NULL OR e.topic = ANY($3) OR e.topic LIKE ANY($4))
+                         ORDER BY e.seq
+                         LIMIT $2
+                     ) e
+                 ) r
+                 WHERE n = 1 OR running <= $5
+                 ORDER BY source_id, seq",
+                &[
+                    &self.name,
+                    &per_source,
+                    &self.exact,
+                    &self.prefixes,
+                    &bytes_per_source,
+                ],
+            )
+            .await
+            .map_err(&failed)?;
+        let mut by_source: BTreeMap<Uuid, VecDeque<Event>> = BTreeMap::new();
+        for row in rows {
+            let event = Event {
+                source_id: row.get(0),
+                seq: row.get(1),
+                topic: row.get(2),
+                key: row.get(3),
+                payload: row.get(4),
+                id: row.get(5),
+                enqueued_at: row.get(6),
+            };
+            by_source
+                .entry(event.source_id)
+                .or_default()
+                .push_back(event);
+        }
+        let mut events = Vec::new();
+        while events.len() < max && !by_source.is_empty() {
+            by_source.retain(|_, queue| match queue.pop_front() {
+                Some(event) if events.len() < max => {
+                    events.push(event);
+                    !queue.is_empty()
+                }
+                _ => false,
+            });
+        }
+        Ok(Batch { events })
+    }
+
+    /// Advances the cursors past `batch` (at-least-once).
+    pub async fn commit(&self, batch: &Batch) -> Result<(), ConsumerError> {
+        advance(&self.client, &self.name, batch).await
+    }
+
+    /// Advances the cursors past `batch` inside the caller's transaction
+    /// (on any connection to the same database): they move if and only if
+    /// that transaction commits.
+    pub async fn commit_in(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        batch: &Batch,
+    ) -> Result<(), ConsumerError> {
+        advance(tx, &self.name, batch).await
+    }
+}
+
+async fn advance(
+    client: &impl GenericClient,
+    name: &str,
+    batch: &Batch,
+) -> Result<(), ConsumerError> {
+    let failed = postgres_error(name);
+    for (source, seq) in batch.cursors() {
+        client
+            .execute(
+                "INSERT INTO outbox.consumer_cursors (consumer, source_id, seq) VALUES ($1, $2, $3)
+                 ON CONFLICT (consumer, source_id) DO UPDATE
+                 SET seq = greatest(outbox.consumer_cursors.seq, excluded.seq), updated_at = now()",
+                &[&name, &source, &seq],
+            )
+            .await
+            .map_err(&failed)?;
+    }
+    client
+        .execute(
+            "UPDATE outbox.consumers SET seen_at = now() WHERE name = $1",
+            &[&name],
+        )
+        .await
+        .map_err(&failed)?;
+    Ok(())
+}
+
+/// Exact topics and `LIKE` patterns for `prefix.*`; both `None` to read
+/// every topic.
+type Topics = (Option<Vec<String>>, Option<Vec<String>>);
+
+fn split_topics(topics: &[String]) -> Result<Topics, ConsumerError> {
+    if topics.is_empty() {
+        return Ok((None, None));
+    }
+    let mut exact = Vec::new();
+    let mut prefixes = Vec::new();
+    for topic in topics {
+        match topic.strip_suffix(".*") {
+            Some(prefix) if !prefix.is_empty() => {
+                let escaped = prefix
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_");
+                prefixes.push(format!("{escaped}.%"));
+            }
+            Some(_) => {
+                return Err(ConsumerError::Invalid(format!(
+                    "topic filter {topic:?}: a prefix filter is `prefix.*`"
+                )));
+            }
+            None => exact.push(topic.clone()),
+        }
+    }
+    Ok((Some(exact), Some(prefixes)))
+}
+
+fn postgres_error(name: &str) -> impl Fn(tokio_postgres::Error) -> ConsumerError + '_ {
+    move |e| ConsumerError::Postgres {
+        name: name.to_string(),
+        message: match e.as_db_error() {
+            Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+            None => e.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_filters_split_into_names_and_escaped_prefixes() {
+        let (exact, prefixes) =
+            split_topics(&["build.done".into(), "deploy.*".into(), "a_b%.*".into()]).unwrap();
+        assert_eq!(exact.unwrap(), vec!["build.done"]);
+        assert_eq!(prefixes.unwrap(), vec!["deploy.%", "a\\_b\\%.%"]);
+        assert!(split_topics(&[".*".into()]).is_err());
+        assert_eq!(split_topics(&[]).unwrap(), (None, None));
+    }
+}
