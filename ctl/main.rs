@@ -8,6 +8,7 @@
 
 mod component;
 mod config;
+mod consume;
 mod daemon;
 mod dead_letters;
 mod enqueue;
@@ -179,6 +180,28 @@ enum Command {
         #[arg(short = 'n', long, default_value_t = 10,
               value_parser = clap::value_parser!(u32).range(0..=tail::MAX_LINES))]
         lines: u32,
+        /// An external PostgreSQL to read [default: the daemon's]
+        #[arg(long, env = "OUTBOXD_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+    },
+    /// Read events as a durable named consumer and print them as NDJSON;
+    /// each event's cursor moves once its line is written (at-least-once)
+    Consume {
+        /// The consumer's name: its cursors are kept in PostgreSQL
+        #[arg(long)]
+        name: String,
+        /// Only these topics (a name, or `prefix.*`); repeatable
+        #[arg(long)]
+        topic: Vec<String>,
+        /// Where a new consumer starts: every event kept, or only new ones
+        #[arg(long, default_value = "start", value_parser = ["start", "now"])]
+        from: String,
+        /// Keep waiting for new events (Ctrl-C or SIGTERM ends it)
+        #[arg(short, long)]
+        follow: bool,
+        /// Stop after this many events
+        #[arg(long)]
+        limit: Option<u64>,
         /// An external PostgreSQL to read [default: the daemon's]
         #[arg(long, env = "OUTBOXD_DATABASE_URL", hide_env_values = true)]
         database_url: Option<String>,
@@ -482,6 +505,28 @@ fn main() -> ExitCode {
                 follow,
                 topic,
                 lines,
+                database_url,
+            },
+            &out,
+        ),
+        Command::Consume {
+            name,
+            topic,
+            from,
+            follow,
+            limit,
+            database_url,
+        } => consume::run(
+            &paths,
+            consume::Args {
+                name,
+                topics: topic,
+                start: match from.as_str() {
+                    "now" => outboxd::consumer::Start::Now,
+                    _ => outboxd::consumer::Start::Beginning,
+                },
+                follow,
+                limit,
                 database_url,
             },
             &out,

@@ -201,7 +201,7 @@ fn print_row(row: &Row, out: &Output) {
 
 /// Where to connect, and the socket directory address that must stay
 /// alive while connected (very long homes).
-fn connection_config(
+pub fn connection_config(
     paths: &Paths,
     url: Option<&str>,
 ) -> Result<(tokio_postgres::Config, Option<Reach>), CtlError> {

@@ -346,7 +346,14 @@ impl Consumer {
 
     /// Advances the cursors past `batch` (at-least-once).
     pub async fn commit(&self, batch: &Batch) -> Result<(), ConsumerError> {
-        advance(&self.client, &self.name, batch).await
+        advance(&self.client, &self.name, batch.cursors()).await
+    }
+
+    /// Advances the cursor of `event`'s source to it (the events of that
+    /// source before it in its batch are then committed too).
+    pub async fn commit_through(&self, event: &Event) -> Result<(), ConsumerError> {
+        let cursor = BTreeMap::from([(event.source_id, event.seq)]);
+        advance(&self.client, &self.name, cursor).await
     }
 
     /// Advances the cursors past `batch` inside the caller's transaction
@@ -357,17 +364,17 @@ impl Consumer {
         tx: &tokio_postgres::Transaction<'_>,
         batch: &Batch,
     ) -> Result<(), ConsumerError> {
-        advance(tx, &self.name, batch).await
+        advance(tx, &self.name, batch.cursors()).await
     }
 }
 
 async fn advance(
     client: &impl GenericClient,
     name: &str,
-    batch: &Batch,
+    cursors: BTreeMap<Uuid, i64>,
 ) -> Result<(), ConsumerError> {
     let failed = postgres_error(name);
-    for (source, seq) in batch.cursors() {
+    for (source, seq) in cursors {
         client
             .execute(
                 "INSERT INTO outbox.consumer_cursors (consumer, source_id, seq) VALUES ($1, $2, $3)

@@ -11,6 +11,24 @@ use outboxd::paths::Paths;
 
 use super::Launched;
 
+/// Resolves when SIGINT (Ctrl-C) or SIGTERM arrives.
+pub async fn stop_requested() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let sigterm = async {
+        match term.as_mut() {
+            Some(term) => {
+                term.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = sigterm => {}
+    }
+}
+
 pub fn spawn_daemon(exe: &Path, paths: &Paths, notify: &Path) -> std::io::Result<Launched> {
     let mut child = Command::new(exe)
         .arg("--daemonize")

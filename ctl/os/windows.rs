@@ -21,6 +21,23 @@ use windows_sys::Win32::System::Threading::{
 
 use super::Launched;
 
+/// Resolves when Ctrl-C or Ctrl-Break arrives.
+pub async fn stop_requested() {
+    let mut brk = tokio::signal::windows::ctrl_break().ok();
+    let ctrl_break = async {
+        match brk.as_mut() {
+            Some(brk) => {
+                brk.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = ctrl_break => {}
+    }
+}
+
 pub fn spawn_daemon(exe: &Path, paths: &Paths, notify: &Path) -> std::io::Result<Launched> {
     outboxd::win32::keep_std_handles_private();
     let child = Command::new(exe)

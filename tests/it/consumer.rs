@@ -241,3 +241,52 @@ async fn topic_filters_take_names_and_prefixes() {
     assert_eq!(topics, vec!["deploy.started", "build.done"]);
     home.stop();
 }
+
+fn seqs(ndjson: &str) -> Vec<i64> {
+    ndjson
+        .lines()
+        .map(|line| {
+            let event: serde_json::Value = serde_json::from_str(line).unwrap();
+            event["seq"].as_i64().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn consume_prints_ndjson_resumes_where_it_committed_and_ends_cleanly_on_sigterm() {
+    use crate::common::{Guard, command_limit, kill};
+    let home = Home::with_cluster();
+    home.start();
+    enqueue(&home, "deploy.done", 5);
+
+    let first = home.ctl(&["consume", "--name", "cli", "--limit", "3"]);
+    assert_eq!(first.code, 0, "{first:?}");
+    assert_eq!(seqs(&first.stdout), vec![1, 2, 3]);
+    let event: serde_json::Value =
+        serde_json::from_str(first.stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(event["topic"], "deploy.done");
+    assert_eq!(event["payload"], serde_json::json!({"n": 0}));
+    let rest = home.ctl(&["consume", "--name", "cli"]);
+    assert_eq!(seqs(&rest.stdout), vec![4, 5], "{rest:?}");
+    assert_eq!(home.ctl(&["consume", "--name", "cli"]).stdout, "");
+    assert_eq!(
+        home.ctl(&["consume", "--name", "fresh", "--from", "now"])
+            .stdout,
+        ""
+    );
+
+    // --follow prints what comes, and SIGTERM ends it with 0.
+    let mut follower = Guard::spawn(
+        home.ctl_command(&["consume", "--name", "fresh", "--follow"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped()),
+    );
+    enqueue(&home, "deploy.done", 1);
+    let line = follower.first_line(command_limit());
+    assert_eq!(seqs(&line), vec![6]);
+    kill(follower.pid(), libc::SIGTERM);
+    let status = follower.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert_eq!(home.ctl(&["consume", "--name", "fresh"]).stdout, "");
+    home.stop();
+}
