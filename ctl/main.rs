@@ -9,6 +9,7 @@
 mod component;
 mod config;
 mod consume;
+mod consumers;
 mod daemon;
 mod dead_letters;
 mod enqueue;
@@ -206,6 +207,10 @@ enum Command {
         #[arg(long, env = "OUTBOXD_DATABASE_URL", hide_env_values = true)]
         database_url: Option<String>,
     },
+    /// The durable named consumers: their lag, moving or removing their
+    /// cursors
+    #[command(subcommand)]
+    Consumers(ConsumersCommand),
     /// Print the daemon's numbers in OpenMetrics text (for node_exporter's
     /// textfile collector or any scraper)
     Metrics,
@@ -311,6 +316,36 @@ impl ServiceTarget {
 enum ConfigCommand {
     /// Every setting in force and where its value came from
     Show,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConsumersCommand {
+    /// Each consumer, how many events it is behind and for how long
+    List {
+        /// An external PostgreSQL [default: the daemon's]
+        #[arg(long, env = "OUTBOXD_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+    },
+    /// Move a consumer's cursors: to the start, to now, or one source's to
+    /// a seq
+    Reset {
+        /// The consumer
+        name: String,
+        /// `start`, `now`, or `SOURCE_ID:SEQ`
+        #[arg(long, value_parser = consumers::parse_position)]
+        to: outboxd::consumer::Position,
+        /// An external PostgreSQL [default: the daemon's]
+        #[arg(long, env = "OUTBOXD_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+    },
+    /// Remove a consumer and its cursors
+    Delete {
+        /// The consumer
+        name: String,
+        /// An external PostgreSQL [default: the daemon's]
+        #[arg(long, env = "OUTBOXD_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -531,6 +566,20 @@ fn main() -> ExitCode {
             },
             &out,
         ),
+        Command::Consumers(command) => {
+            let (action, database_url) = match command {
+                ConsumersCommand::List { database_url } => (consumers::Action::List, database_url),
+                ConsumersCommand::Reset {
+                    name,
+                    to,
+                    database_url,
+                } => (consumers::Action::Reset { name, to }, database_url),
+                ConsumersCommand::Delete { name, database_url } => {
+                    (consumers::Action::Delete { name }, database_url)
+                }
+            };
+            consumers::run(&paths, action, database_url.as_deref(), &out)
+        }
         Command::Metrics => metrics::run(&paths, &out),
         Command::Config(ConfigCommand::Show) => config::show(&paths, &out),
         Command::Completions { .. } | Command::Service(_) | Command::Man { .. } => {

@@ -368,6 +368,117 @@ impl Consumer {
     }
 }
 
+/// A registered consumer and how far behind it is.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Lag {
+    pub name: String,
+    /// Events past its cursors (every topic: filters are the reader's).
+    pub events: i64,
+    /// How long the oldest of them has waited since it was enqueued.
+    pub oldest_secs: Option<f64>,
+    /// When it last committed (or registered), seconds since the epoch.
+    pub seen_at: f64,
+}
+
+/// Every registered consumer with its lag, by name.
+pub async fn lags(client: &impl GenericClient) -> Result<Vec<Lag>, ConsumerError> {
+    let rows = client
+        .query(
+            "SELECT c.name, coalesce(l.events, 0), l.oldest,
+                    extract(epoch FROM c.seen_at)::float8
+             FROM outbox.consumers c
+             CROSS JOIN LATERAL (
+                 SELECT count(e.*) AS events,
+                        extract(epoch FROM now() - min(e.enqueued_at))::float8 AS oldest
+                 FROM outbox.cursors s
+                 LEFT JOIN outbox.consumer_cursors cc
+                     ON cc.consumer = c.name AND cc.source_id = s.source_id
+                 JOIN outbox.events e
+                     ON e.source_id = s.source_id AND e.seq > coalesce(cc.seq, 0)
+             ) l
+             ORDER BY c.name",
+            &[],
+        )
+        .await
+        .map_err(postgres_error("*"))?;
+    Ok(rows
+        .iter()
+        .map(|row| Lag {
+            name: row.get(0),
+            events: row.get(1),
+            oldest_secs: row.get(2),
+            seen_at: row.get(3),
+        })
+        .collect())
+}
+
+/// Where [`reset`] moves a consumer's cursors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    /// Before every event kept, for every source.
+    Start,
+    /// After every event drained so far, for every source.
+    Now,
+    /// To this seq of this source.
+    Seq { source_id: Uuid, seq: i64 },
+}
+
+/// Moves the cursors of the registered consumer `name`; whether it exists.
+pub async fn reset(
+    client: &impl GenericClient,
+    name: &str,
+    to: Position,
+) -> Result<bool, ConsumerError> {
+    let failed = postgres_error(name);
+    let exists = client
+        .query_opt("SELECT 1 FROM outbox.consumers WHERE name = $1", &[&name])
+        .await
+        .map_err(&failed)?
+        .is_some();
+    if !exists {
+        return Ok(false);
+    }
+    match to {
+        Position::Start => client
+            .execute(
+                "DELETE FROM outbox.consumer_cursors WHERE consumer = $1",
+                &[&name],
+            )
+            .await
+            .map_err(&failed)?,
+        Position::Now => client
+            .execute(
+                "INSERT INTO outbox.consumer_cursors (consumer, source_id, seq)
+                 SELECT $1, source_id, seq FROM outbox.cursors
+                 ON CONFLICT (consumer, source_id) DO UPDATE
+                 SET seq = excluded.seq, updated_at = now()",
+                &[&name],
+            )
+            .await
+            .map_err(&failed)?,
+        Position::Seq { source_id, seq } => client
+            .execute(
+                "INSERT INTO outbox.consumer_cursors (consumer, source_id, seq)
+                 VALUES ($1, $2, $3)
+                 ON CONFLICT (consumer, source_id) DO UPDATE
+                 SET seq = excluded.seq, updated_at = now()",
+                &[&name, &source_id, &seq],
+            )
+            .await
+            .map_err(&failed)?,
+    };
+    Ok(true)
+}
+
+/// Removes the consumer `name` and its cursors; whether it existed.
+pub async fn delete(client: &impl GenericClient, name: &str) -> Result<bool, ConsumerError> {
+    let deleted = client
+        .execute("DELETE FROM outbox.consumers WHERE name = $1", &[&name])
+        .await
+        .map_err(postgres_error(name))?;
+    Ok(deleted == 1)
+}
+
 async fn advance(
     client: &impl GenericClient,
     name: &str,

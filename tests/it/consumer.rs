@@ -290,3 +290,55 @@ fn consume_prints_ndjson_resumes_where_it_committed_and_ends_cleanly_on_sigterm(
     assert_eq!(home.ctl(&["consume", "--name", "fresh"]).stdout, "");
     home.stop();
 }
+
+#[test]
+fn consumers_list_their_lag_and_can_be_reset_and_deleted() {
+    let home = Home::with_cluster();
+    home.start();
+    enqueue(&home, "report", 4);
+    assert_eq!(
+        seqs(
+            &home
+                .ctl(&["consume", "--name", "slow", "--limit", "1"])
+                .stdout
+        ),
+        vec![1]
+    );
+    assert_eq!(
+        seqs(&home.ctl(&["consume", "--name", "fast"]).stdout),
+        vec![1, 2, 3, 4]
+    );
+
+    let list = home.ctl(&["consumers", "list", "--json"]);
+    assert_eq!(list.code, 0, "{list:?}");
+    let lags = &list.json()["consumers"];
+    assert_eq!(lags[0]["name"], "fast", "{lags}");
+    assert_eq!(lags[0]["events"], 0, "{lags}");
+    assert_eq!(lags[1]["name"], "slow", "{lags}");
+    assert_eq!(lags[1]["events"], 3, "{lags}");
+    assert!(lags[1]["oldest_secs"].as_f64().is_some(), "{lags}");
+    let text = home.ctl(&["consumers", "list"]);
+    assert!(
+        text.stdout.contains("slow") && text.stdout.contains("BEHIND"),
+        "{text:?}"
+    );
+
+    let reset = home.ctl(&["consumers", "reset", "fast", "--to", "start"]);
+    assert_eq!(reset.code, 0, "{reset:?}");
+    assert_eq!(
+        seqs(&home.ctl(&["consume", "--name", "fast"]).stdout),
+        vec![1, 2, 3, 4]
+    );
+    let now = home.ctl(&["consumers", "reset", "slow", "--to", "now"]);
+    assert_eq!(now.code, 0, "{now:?}");
+    assert_eq!(home.ctl(&["consume", "--name", "slow"]).stdout, "");
+    let bad = home.ctl(&["consumers", "reset", "slow", "--to", "later"]);
+    assert_eq!(bad.code, 2, "a bad position is a usage error: {bad:?}");
+
+    let delete = home.ctl(&["consumers", "delete", "slow"]);
+    assert_eq!(delete.code, 0, "{delete:?}");
+    let again = home.ctl(&["consumers", "delete", "slow"]);
+    assert_ne!(again.code, 0, "{again:?}");
+    assert!(again.stderr.contains("no consumer named"), "{again:?}");
+    home.stop();
+}
