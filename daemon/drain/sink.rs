@@ -30,6 +30,10 @@ use super::worker::Worker;
 use crate::pg::{Connection, describe};
 use crate::watchdog::Heartbeat;
 
+/// A consumer that has not committed for this many days no longer holds
+/// the retention (see [`Sink::apply_retention`]).
+pub const CONSUMER_HOLD_DAYS: i32 = 7;
+
 /// Why a batch did not land.
 #[derive(Debug)]
 pub enum Failure {
@@ -234,6 +238,12 @@ impl Sink {
     /// first. Within a source `drained_at` grows with `seq`, so each
     /// statement reads only the head of the source's rows. Returns how many
     /// were deleted.
+    ///
+    /// Retention waits for the slowest consumer: an event past the cursor
+    /// of a registered consumer (`outbox.consumers`) that committed within
+    /// [`CONSUMER_HOLD_DAYS`] is kept, however old. A consumer silent for
+    /// longer no longer holds it (an abandoned one cannot keep every event
+    /// for ever).
     pub async fn apply_retention(&self, days: u32, chunk: i64) -> Result<u64, Failure> {
         let mut deleted = 0;
         loop {
@@ -246,8 +256,14 @@ impl Sink {
                              WHERE source_id = $1 ORDER BY seq LIMIT $3
                          ) head
                          WHERE drained_at < now() - make_interval(days => $2)
+                           AND seq <= coalesce((
+                               SELECT min(coalesce(cc.seq, 0)) FROM outbox.consumers c
+                               LEFT JOIN outbox.consumer_cursors cc
+                                   ON cc.consumer = c.name AND cc.source_id = $1
+                               WHERE c.seen_at > now() - make_interval(days => $4)
+                           ), 9223372036854775807)
                      )",
-                    &[&self.source, &(days as i32), &chunk],
+                    &[&self.source, &(days as i32), &chunk, &CONSUMER_HOLD_DAYS],
                 )
                 .await
                 .map_err(classify)?;

@@ -342,3 +342,50 @@ fn consumers_list_their_lag_and_can_be_reset_and_deleted() {
     assert!(again.stderr.contains("no consumer named"), "{again:?}");
     home.stop();
 }
+
+/// Retention waits for the slowest consumer that committed lately; one
+/// silent for longer than the hold (7 days) no longer holds it. Housekeeping
+/// runs every 30 s, so this test waits that long.
+#[test]
+fn retention_waits_for_a_reading_consumer_but_not_for_an_abandoned_one() {
+    use crate::common::operation_limit;
+    let home = Home::with_cluster();
+    home.start();
+    enqueue(&home, "old", 4);
+    assert_eq!(
+        seqs(
+            &home
+                .ctl(&["consume", "--name", "slow", "--limit", "1"])
+                .stdout
+        ),
+        vec![1]
+    );
+    let gone = home.ctl(&["consume", "--name", "gone", "--limit", "0"]);
+    assert_eq!(gone.code, 0, "{gone:?}");
+    home.query(
+        "UPDATE outbox.consumers SET seen_at = now() - interval '8 days' WHERE name = 'gone'",
+    );
+    home.query("UPDATE outbox.events SET drained_at = now() - interval '3 days'");
+    home.stop();
+    home.write_config("retention_days = 1\n");
+    home.start();
+    let deleted = crate::common::wait_until(operation_limit(), || {
+        home.query("SELECT count(*) FROM outbox.events WHERE seq = 1") == "0"
+    });
+    let log = std::fs::read_to_string(home.paths().log_file).unwrap_or_default();
+    assert!(
+        deleted,
+        "the retention deletes what every reader has read: {log}"
+    );
+    assert_eq!(
+        home.query("SELECT string_agg(seq::text, ',' ORDER BY seq) FROM outbox.events"),
+        "2,3,4",
+        "what the slow consumer has not read is kept"
+    );
+    assert_eq!(
+        seqs(&home.ctl(&["consume", "--name", "slow"]).stdout),
+        vec![2, 3, 4],
+        "nothing was lost to it"
+    );
+    home.stop();
+}
