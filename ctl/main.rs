@@ -206,6 +206,19 @@ enum Command {
         /// An external PostgreSQL to read [default: the daemon's]
         #[arg(long, env = "OUTBOXD_DATABASE_URL", hide_env_values = true)]
         database_url: Option<String>,
+        /// Run this command (through the shell) for each event, with the
+        /// event on its standard input; commit only when it exits 0
+        #[arg(long, value_name = "CMD")]
+        exec: Option<String>,
+        /// With --exec: up to this many events per run of the command
+        #[arg(long, default_value_t = 1, requires = "exec",
+              value_parser = clap::value_parser!(u32).range(1..=10_000))]
+        batch: u32,
+        /// With --exec: runs of the command before an event goes to the
+        /// consumer's dead letters
+        #[arg(long, default_value_t = 5, requires = "exec",
+              value_parser = clap::value_parser!(u32).range(1..=1_000))]
+        max_attempts: u32,
     },
     /// The durable named consumers: their lag, moving or removing their
     /// cursors
@@ -551,6 +564,9 @@ fn main() -> ExitCode {
             follow,
             limit,
             database_url,
+            exec,
+            batch,
+            max_attempts,
         } => consume::run(
             &paths,
             consume::Args {
@@ -563,6 +579,11 @@ fn main() -> ExitCode {
                 follow,
                 limit,
                 database_url,
+                exec: exec.map(|command| consume::Exec {
+                    command,
+                    batch: batch as usize,
+                    max_attempts,
+                }),
             },
             &out,
         ),

@@ -349,6 +349,38 @@ impl Consumer {
         advance(&self.client, &self.name, batch.cursors()).await
     }
 
+    /// Records that this consumer gave up on `event` after `attempts`
+    /// tries (`failure` says why, for example a command's exit status and
+    /// the end of its standard error), and advances its source's cursor past
+    /// it. The event itself stays in `outbox.events`.
+    pub async fn dead_letter(
+        &self,
+        event: &Event,
+        attempts: i32,
+        failure: &str,
+    ) -> Result<(), ConsumerError> {
+        self.client
+            .execute(
+                "INSERT INTO outbox.consumer_dead_letters
+                     (consumer, source_id, seq, topic, attempts, failure)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (consumer, source_id, seq) DO UPDATE
+                 SET attempts = excluded.attempts, failure = excluded.failure,
+                     failed_at = now()",
+                &[
+                    &self.name,
+                    &event.source_id,
+                    &event.seq,
+                    &event.topic,
+                    &attempts,
+                    &failure,
+                ],
+            )
+            .await
+            .map_err(postgres_error(&self.name))?;
+        self.commit_through(event).await
+    }
+
     /// Advances the cursor of `event`'s source to it (the events of that
     /// source before it in its batch are then committed too).
     pub async fn commit_through(&self, event: &Event) -> Result<(), ConsumerError> {

@@ -1,6 +1,7 @@
 //! What `outboxctl` asks of the operating system beyond the library's OS
-//! layer: launching the daemon in the background, and noticing that a
-//! long-running command (`consume`) is asked to stop. Each operating system
+//! layer: launching the daemon in the background, noticing that a
+//! long-running command (`consume`) is asked to stop, and running a user's
+//! command line (`consume --exec`). Each operating system
 //! implements it in a file of its own (`unix.rs`: `outboxd --daemonize`
 //! forks away and its first process exits; `windows.rs`: the daemon itself
 //! is created detached).
@@ -11,11 +12,11 @@ use std::thread::JoinHandle;
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]
-pub use unix::{spawn_daemon, stop_requested};
+pub use unix::{shell, spawn_daemon, stop_requested};
 #[cfg(windows)]
 mod windows;
 #[cfg(windows)]
-pub use windows::{spawn_daemon, stop_requested};
+pub use windows::{shell, spawn_daemon, stop_requested};
 
 /// A daemon being launched.
 pub struct Launched {

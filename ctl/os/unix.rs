@@ -11,6 +11,13 @@ use outboxd::paths::Paths;
 
 use super::Launched;
 
+/// `sh -c COMMAND`.
+pub fn shell(command: &str) -> tokio::process::Command {
+    let mut shell = tokio::process::Command::new("sh");
+    shell.arg("-c").arg(command);
+    shell
+}
+
 /// Resolves when SIGINT (Ctrl-C) or SIGTERM arrives.
 pub async fn stop_requested() {
     use tokio::signal::unix::{SignalKind, signal};

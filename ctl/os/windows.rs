@@ -21,6 +21,13 @@ use windows_sys::Win32::System::Threading::{
 
 use super::Launched;
 
+/// `cmd.exe /C COMMAND`.
+pub fn shell(command: &str) -> tokio::process::Command {
+    let mut shell = tokio::process::Command::new("cmd.exe");
+    shell.arg("/C").arg(command);
+    shell
+}
+
 /// Resolves when Ctrl-C or Ctrl-Break arrives.
 pub async fn stop_requested() {
     let mut brk = tokio::signal::windows::ctrl_break().ok();

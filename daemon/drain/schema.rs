@@ -10,7 +10,9 @@
 //! - `outbox.cursors`: per source, the highest seq committed, updated in
 //!   the same transaction as the events.
 //! - `outbox.consumers`, `outbox.consumer_cursors`: named consumers and
-//!   their cursor per source (`outboxd::consumer`).
+//!   their cursor per source (`outboxd::consumer`);
+//!   `outbox.consumer_dead_letters`: the events a consumer gave up on
+//!   (the event itself stays in `outbox.events`).
 //! - `outbox.migrations`: which steps below were applied.
 
 use tokio_postgres::Client;
@@ -51,6 +53,17 @@ const MIGRATIONS: &[&str] = &[
          seq bigint NOT NULL,
          updated_at timestamptz NOT NULL DEFAULT now(),
          PRIMARY KEY (consumer, source_id)
+     );",
+    // 3: events a consumer gave up on (`outboxctl consume --exec`).
+    "CREATE TABLE IF NOT EXISTS outbox.consumer_dead_letters (
+         consumer text NOT NULL REFERENCES outbox.consumers (name) ON DELETE CASCADE,
+         source_id uuid NOT NULL,
+         seq bigint NOT NULL,
+         topic text NOT NULL,
+         attempts int NOT NULL,
+         failure text NOT NULL,
+         failed_at timestamptz NOT NULL DEFAULT now(),
+         PRIMARY KEY (consumer, source_id, seq)
      );",
 ];
 

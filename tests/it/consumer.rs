@@ -389,3 +389,61 @@ fn retention_waits_for_a_reading_consumer_but_not_for_an_abandoned_one() {
     );
     home.stop();
 }
+
+/// `--exec` relays each event to a command and commits only what it took;
+/// a poison event is tried `--max-attempts` times, then dead-lettered with
+/// the command's exit status and words, and its neighbours go through. A
+/// failing batch is retried event by event.
+#[test]
+fn exec_relays_to_a_command_and_dead_letters_only_the_poison_event() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = Home::with_cluster();
+    home.start();
+    enqueue(&home, "good", 2);
+    enqueue(&home, "poison", 1);
+    enqueue(&home, "good", 2);
+    // As root the command runs as the home's account: it must write here.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    for (name, batch) in [("single", "1"), ("batched", "10")] {
+        let seen = dir.path().join(name);
+        let command = format!(
+            r#"if grep -q '"topic":"poison"'; then echo "bad event $OUTBOX_SEQ" >&2; exit 3; fi; \
+               echo "$OUTBOX_COUNT $OUTBOX_TOPIC $OUTBOX_SEQ" >> {}"#,
+            seen.display()
+        );
+        let run = home.ctl(&[
+            "consume",
+            "--name",
+            name,
+            "--exec",
+            &command,
+            "--batch",
+            batch,
+            "--max-attempts",
+            "2",
+        ]);
+        assert_eq!(run.code, 0, "{run:?}");
+        let lines = std::fs::read_to_string(&seen).unwrap();
+        let seqs: Vec<&str> = lines
+            .lines()
+            .filter_map(|line| line.split(' ').nth(2))
+            .collect();
+        assert_eq!(seqs, vec!["1", "2", "4", "5"], "{lines}");
+        let dead = home.query(&format!(
+            "SELECT seq || '|' || attempts || '|' || failure FROM outbox.consumer_dead_letters \
+             WHERE consumer = '{name}'"
+        ));
+        assert!(dead.starts_with("3|2|"), "{dead}");
+        assert!(
+            dead.contains("exit status: 3") && dead.contains("bad event 3"),
+            "{dead}"
+        );
+        assert_eq!(
+            home.ctl(&["consume", "--name", name]).stdout,
+            "",
+            "all committed"
+        );
+    }
+    home.stop();
+}
