@@ -447,3 +447,166 @@ fn exec_relays_to_a_command_and_dead_letters_only_the_poison_event() {
     }
     home.stop();
 }
+
+/// The helper process of the crash test: a consumer that records each
+/// event in a side table and moves its cursors in the same transaction
+/// (`commit_in`). A no-op unless `OUTBOXD_TEST_CONSUMER_URL` is set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_process_for_the_crash_test() {
+    let Ok(url) = std::env::var("OUTBOXD_TEST_CONSUMER_URL") else {
+        return;
+    };
+    let total: i64 = std::env::var("OUTBOXD_TEST_CONSUMER_TOTAL")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    let (mut client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let mut consumer = Consumer::connect(&config, Options::new("exactly"))
+        .await
+        .unwrap();
+    loop {
+        let done: i64 = client
+            .query_one(
+                "SELECT count(DISTINCT (source_id, seq)) FROM processed",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if done >= total {
+            return;
+        }
+        let batch = consumer
+            .next_batch(7, Duration::from_millis(500))
+            .await
+            .unwrap();
+        let tx = client.transaction().await.unwrap();
+        for event in batch.events() {
+            tx.execute(
+                "INSERT INTO processed (source_id, seq) VALUES ($1, $2)",
+                &[&event.source_id, &event.seq],
+            )
+            .await
+            .unwrap();
+        }
+        consumer.commit_in(&tx, &batch).await.unwrap();
+        tx.commit().await.unwrap();
+    }
+}
+
+/// Two homes drain into one PostgreSQL while two consumers run and are
+/// killed with SIGKILL at random moments, 20 times, then run to the end:
+/// the `commit_in` consumer processed every event exactly once, in seq
+/// order within each source; the `--exec` relay (at-least-once) delivered
+/// every event at least once.
+#[test]
+fn consumers_killed_at_random_moments_miss_nothing_and_commit_in_does_each_once() {
+    use crate::common::{Guard, kill};
+    use std::os::unix::fs::PermissionsExt;
+    const PER_HOME: usize = 150;
+    let server = Home::with_cluster();
+    server.start();
+    let url = server
+        .ctl(&["url", "--with-password"])
+        .stdout
+        .trim()
+        .to_string();
+    server.query("CREATE TABLE processed (n bigserial, source_id uuid, seq bigint)");
+    let homes = [Home::new(), Home::new()];
+    for home in &homes {
+        home.write_config(&format!("database_url = {url:?}\n"));
+        home.start();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let relayed = dir.path().join("relayed");
+    let exec = format!("cat >> {}", relayed.display());
+    let helper = |total: usize| {
+        let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+        command
+            .args([
+                "consumer::consumer_process_for_the_crash_test",
+                "--exact",
+                "--nocapture",
+            ])
+            .env("OUTBOXD_TEST_CONSUMER_URL", &url)
+            .env("OUTBOXD_TEST_CONSUMER_TOTAL", total.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        command
+    };
+    let relay = || {
+        let mut command =
+            server.ctl_command(&["consume", "--name", "relay", "--follow", "--exec", &exec]);
+        command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        command
+    };
+    std::thread::scope(|scope| {
+        for (name, home) in ["b", "c"].iter().zip(&homes) {
+            scope.spawn(move || {
+                for n in 0..PER_HOME {
+                    let run = home.ctl(&["enqueue", "--topic", name, &format!(r#"{{"n":{n}}}"#)]);
+                    assert_eq!(run.code, 0, "{run:?}");
+                }
+            });
+        }
+        // Kill both consumers at pseudo-random moments while the homes produce.
+        let mut state = u64::from(std::process::id());
+        for _ in 0..20 {
+            let exact = Guard::spawn(&mut helper(2 * PER_HOME));
+            let relaying = Guard::spawn(&mut relay());
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            std::thread::sleep(Duration::from_millis(50 + (state >> 33) % 400));
+            kill(exact.pid(), libc::SIGKILL);
+            kill(relaying.pid(), libc::SIGKILL);
+        }
+    });
+    for home in &homes {
+        assert_eq!(home.ctl(&["flush"]).code, 0);
+    }
+    // To the end.
+    let finished = crate::common::wait_output(helper(2 * PER_HOME).spawn().unwrap());
+    assert_eq!(finished.code, 0, "{finished:?}");
+    let tail = server.ctl(&["consume", "--name", "relay", "--exec", &exec]);
+    assert_eq!(tail.code, 0, "{tail:?}");
+
+    let duplicates = server.query(
+        "SELECT count(*) FROM (SELECT 1 FROM processed GROUP BY source_id, seq HAVING count(*) > 1) d",
+    );
+    assert_eq!(duplicates, "0", "commit_in processed no event twice");
+    let distinct = server.query("SELECT count(DISTINCT (source_id, seq)) FROM processed");
+    assert_eq!(distinct, (2 * PER_HOME).to_string(), "and every event once");
+    let out_of_order = server.query(
+        "SELECT count(*) FROM (SELECT seq < lag(seq) OVER (PARTITION BY source_id ORDER BY n) AS back \
+         FROM processed) o WHERE back",
+    );
+    assert_eq!(out_of_order, "0", "in seq order within each source");
+
+    let mut delivered = std::collections::HashSet::new();
+    let text = std::fs::read_to_string(&relayed).unwrap_or_default();
+    for line in text.lines() {
+        // A relay killed while it fed the command leaves a cut line.
+        let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        delivered.insert((
+            event["source_id"].to_string(),
+            event["seq"].as_i64().unwrap(),
+        ));
+    }
+    assert_eq!(
+        delivered.len(),
+        2 * PER_HOME,
+        "the relay delivered every event at least once"
+    );
+    for home in &homes {
+        home.stop();
+    }
+    server.stop();
+}
