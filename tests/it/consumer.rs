@@ -610,3 +610,30 @@ fn consumers_killed_at_random_moments_miss_nothing_and_commit_in_does_each_once(
     }
     server.stop();
 }
+
+/// The README's least-rights role for a consumer: enough to read and
+/// commit, not to change events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_role_with_the_least_rights_reads_and_commits_and_nothing_more() {
+    let home = Home::with_cluster();
+    home.start();
+    enqueue(&home, "audit", 2);
+    home.query(
+        "CREATE ROLE mailer LOGIN PASSWORD 'mailer-secret';
+         GRANT USAGE ON SCHEMA outbox TO mailer;
+         GRANT SELECT ON outbox.events, outbox.cursors TO mailer;
+         GRANT SELECT, INSERT, UPDATE ON outbox.consumers, outbox.consumer_cursors,
+             outbox.consumer_dead_letters TO mailer;",
+    );
+    let mut config = config(&home);
+    config.user("mailer").password("mailer-secret");
+    let mut consumer = Consumer::connect(&config, Options::new("mailer"))
+        .await
+        .unwrap();
+    assert_eq!(read_all(&mut consumer, 10).await, vec![1, 2]);
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let refused = client.execute("DELETE FROM outbox.events", &[]).await;
+    assert!(refused.is_err(), "the role cannot delete events");
+    home.stop();
+}
