@@ -12,6 +12,9 @@ use serde_json::json;
 use crate::daemon::CtlError;
 use crate::output::Output;
 
+/// The most consumers listed.
+const MAX_LISTED: i64 = 10_000;
+
 pub enum Action {
     List,
     Reset { name: String, to: Position },
@@ -80,7 +83,7 @@ async fn act(
     };
     match action {
         Action::List => {
-            let lags = consumer::lags(&client).await.map_err(failed)?;
+            let lags = consumer::lags(&client, MAX_LISTED).await.map_err(failed)?;
             out.result(render(&lags), json!({ "consumers": lags }));
         }
         Action::Reset { name, to } => {

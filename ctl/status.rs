@@ -214,6 +214,19 @@ fn drain_lines(drain: &DrainStatus) -> String {
     if drain.dead_letters > 0 {
         text.push_str(&format!("\n  dead letters {}", drain.dead_letters));
     }
+    if !drain.consumers.is_empty() {
+        let lags: Vec<String> = drain
+            .consumers
+            .iter()
+            .map(|lag| match (lag.events, lag.oldest_secs) {
+                (0, _) | (_, None) => format!("{} up to date", lag.name),
+                (events, Some(secs)) => {
+                    format!("{} {events} behind (oldest {secs:.0} s)", lag.name)
+                }
+            })
+            .collect();
+        text.push_str(&format!("\n  consumers {}", lags.join(", ")));
+    }
     if drain.consecutive_failures > 0 {
         text.push_str(&format!(
             "\n  failures  {} in a row",

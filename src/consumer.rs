@@ -401,7 +401,8 @@ impl Consumer {
 }
 
 /// A registered consumer and how far behind it is.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Lag {
     pub name: String,
     /// Events past its cursors (every topic: filters are the reader's).
@@ -412,8 +413,9 @@ pub struct Lag {
     pub seen_at: f64,
 }
 
-/// Every registered consumer with its lag, by name.
-pub async fn lags(client: &impl GenericClient) -> Result<Vec<Lag>, ConsumerError> {
+/// The registered consumers with their lag, by name, at most `limit` of
+/// them.
+pub async fn lags(client: &impl GenericClient, limit: i64) -> Result<Vec<Lag>, ConsumerError> {
     let rows = client
         .query(
             "SELECT c.name, coalesce(l.events, 0), l.oldest,
@@ -428,8 +430,9 @@ pub async fn lags(client: &impl GenericClient) -> Result<Vec<Lag>, ConsumerError
                  JOIN outbox.events e
                      ON e.source_id = s.source_id AND e.seq > coalesce(cc.seq, 0)
              ) l
-             ORDER BY c.name",
-            &[],
+             ORDER BY c.name
+             LIMIT $1",
+            &[&limit],
         )
         .await
         .map_err(postgres_error("*"))?;

@@ -81,6 +81,24 @@ pub fn render(status: &Status) -> String {
             connections as f64,
         );
     }
+    if let Some(drain) = status.drain.as_ref().filter(|d| !d.consumers.is_empty()) {
+        out.push_str(
+            "# TYPE outboxd_consumer_lag_events gauge\n# HELP outboxd_consumer_lag_events \
+             Events past a consumer's cursors.\n",
+        );
+        for lag in &drain.consumers {
+            let name = lag
+                .name
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            let _ = writeln!(
+                out,
+                "outboxd_consumer_lag_events{{consumer=\"{name}\"}} {}",
+                lag.events
+            );
+        }
+    }
     let mut counter = |name: &str, help: &str, value: u64| {
         let _ = writeln!(
             out,

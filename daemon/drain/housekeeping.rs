@@ -44,5 +44,11 @@ impl Drain {
                 Err(e) => warn!(error = %e, "could not apply the retention"),
             }
         }
+        if let Some(sink) = self.sink.as_ref() {
+            match sink.consumer_lags().await {
+                Ok(lags) => self.status.send_modify(|s| s.consumers = lags),
+                Err(e) => warn!(error = %e, "could not count the consumers' lag"),
+            }
+        }
     }
 }

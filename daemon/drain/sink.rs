@@ -274,6 +274,13 @@ impl Sink {
         }
     }
 
+    /// The registered consumers' lag, for `status`.
+    pub async fn consumer_lags(&self) -> Result<Vec<outboxd::consumer::Lag>, String> {
+        outboxd::consumer::lags(&self.client, outboxd::protocol::MAX_CONSUMERS_SHOWN)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     async fn id_landed(&self, id: &str) -> Result<bool, Failure> {
         let row = self
             .client

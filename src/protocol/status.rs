@@ -259,7 +259,15 @@ pub struct DrainStatus {
     pub stuck_for_secs: Option<u64>,
     /// The spool cannot be opened or read (corrupt, permissions).
     pub spool_error: Option<String>,
+    /// The registered consumers (`outboxd::consumer`) and their lag, as
+    /// housekeeping last counted them (every 30 s), at most
+    /// [`MAX_CONSUMERS_SHOWN`].
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub consumers: Vec<crate::consumer::Lag>,
 }
+
+/// The most consumers `status` shows.
+pub const MAX_CONSUMERS_SHOWN: i64 = 100;
 
 impl DrainStatus {
     /// Puts the spool's counts in: queued, oldest age, dead letters.

@@ -382,6 +382,24 @@ fn retention_waits_for_a_reading_consumer_but_not_for_an_abandoned_one() {
         "2,3,4",
         "what the slow consumer has not read is kept"
     );
+    // Status and metrics show each consumer's lag, as housekeeping counted it.
+    crate::common::eventually("status shows the consumers", operation_limit(), || {
+        home.status()["drain"]["consumers"]
+            .as_array()
+            .is_some_and(|c| c.len() == 2)
+    });
+    let consumers = home.status()["drain"]["consumers"].clone();
+    assert_eq!(consumers[1]["name"], "slow", "{consumers}");
+    assert_eq!(consumers[1]["events"], 3, "{consumers}");
+    let text = home.ctl(&["status"]);
+    assert!(text.stdout.contains("slow 3 behind"), "{text:?}");
+    let metrics = home.ctl(&["metrics"]);
+    assert!(
+        metrics
+            .stdout
+            .contains("outboxd_consumer_lag_events{consumer=\"slow\"} 3"),
+        "{metrics:?}"
+    );
     assert_eq!(
         seqs(&home.ctl(&["consume", "--name", "slow"]).stdout),
         vec![2, 3, 4],
