@@ -19,7 +19,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use outboxd::consumer::{Consumer, Options};
+use outboxd::consumer::{Consumer, Options, Target};
 use outboxd::protocol::{Enqueue, Request};
 use outboxd::spool::NewEvent;
 
@@ -119,8 +119,8 @@ async fn scan(client: &tokio_postgres::Client, events: usize) -> f64 {
 /// Events per second read (and committed) by a new consumer.
 async fn consume(config: &tokio_postgres::Config, name: &str, events: usize) -> f64 {
     let started = Instant::now();
-    let mut consumer = Consumer::connect(
-        config,
+    let mut consumer = Consumer::connect_to(
+        &Target::plain(config.clone()),
         Options {
             topics: vec!["bench.read".into()],
             ..Options::new(name)
@@ -139,8 +139,8 @@ async fn consume(config: &tokio_postgres::Config, name: &str, events: usize) -> 
 }
 
 async fn latency(home: &Path, config: &tokio_postgres::Config, secs: u64) {
-    let mut consumer = Consumer::connect(
-        config,
+    let mut consumer = Consumer::connect_to(
+        &Target::plain(config.clone()),
         Options {
             topics: vec!["bench.latency".into()],
             start: outboxd::consumer::Start::Now,

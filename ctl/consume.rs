@@ -86,14 +86,16 @@ pub fn run(paths: &Paths, args: Args, out: &Output) -> u8 {
 }
 
 async fn consume(paths: &Paths, args: Args) -> Result<(), CtlError> {
-    let (config, _reach) = crate::tail::connection_config(paths, args.database_url.as_deref())?;
+    let (target, _reach) = crate::tail::connection_config(paths, args.database_url.as_deref())?;
     let options = Options {
         topics: args.topics,
         start: args.start,
         ..Options::new(args.name)
     };
     let failed = |e: outboxd::consumer::ConsumerError| CtlError::Failed(e.to_string());
-    let mut consumer = Consumer::connect(&config, options).await.map_err(failed)?;
+    let mut consumer = Consumer::connect_to(&target, options)
+        .await
+        .map_err(failed)?;
     let stopping = Arc::new(AtomicBool::new(false));
     let wake = Arc::new(tokio::sync::Notify::new());
     tokio::spawn({
@@ -206,6 +208,9 @@ async fn relay(
     // The batch failed: each event alone, so one bad event does not hold
     // its neighbours.
     for event in events {
+        if stop.asked() {
+            return Ok(false);
+        }
         match attempts(exec, std::slice::from_ref(event), stop).await {
             Outcome::Done => consumer.commit_through(event).await.map_err(failed)?,
             Outcome::Abandoned => return Ok(false),

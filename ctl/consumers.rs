@@ -69,12 +69,11 @@ async fn act(
     database_url: Option<&str>,
     out: &Output,
 ) -> Result<u8, CtlError> {
-    let (config, _reach) = crate::tail::connection_config(paths, database_url)?;
-    let (client, connection) = config
-        .connect(tokio_postgres::NoTls)
+    let (target, _reach) = crate::tail::connection_config(paths, database_url)?;
+    let client = target
+        .connect(None)
         .await
-        .map_err(|e| CtlError::Failed(format!("could not connect to PostgreSQL: {e}")))?;
-    tokio::spawn(connection);
+        .map_err(crate::tail::connect_failed)?;
     let failed = |e: consumer::ConsumerError| CtlError::Failed(e.to_string());
     let missing = |name: &str| {
         CtlError::Failed(format!(

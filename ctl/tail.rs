@@ -13,11 +13,12 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use outboxd::exit_code;
 use outboxd::paths::Paths;
+use outboxd::pgconn::Target;
 use outboxd::pgreach::Reach;
 use outboxd::protocol::{Request, Status};
 use outboxd::safefs::{self, Owner};
 use serde_json::json;
-use tokio_postgres::{AsyncMessage, Client, NoTls, Row};
+use tokio_postgres::{AsyncMessage, Client, Row};
 
 use crate::daemon::{self, CtlError};
 use crate::output::Output;
@@ -59,23 +60,13 @@ const COLUMNS: &str = "source_id::text, seq, topic, key, payload::text, id, \
      (extract(epoch FROM drained_at) * 1000000)::int8";
 
 async fn tail(paths: &Paths, args: Args, out: &Output) -> Result<(), CtlError> {
-    let config = connection_config(paths, args.database_url.as_deref())?;
-    let _socket_dir = config.1;
-    let (client, mut connection) = config
-        .0
-        .connect(NoTls)
+    let (target, _socket_dir) = connection_config(paths, args.database_url.as_deref())?;
+    // The connection's messages: the drain's notifications come here.
+    let (messages, mut notes) = tokio::sync::mpsc::channel(1024);
+    let client = target
+        .connect(Some(messages))
         .await
-        .map_err(|e| CtlError::Failed(format!("could not connect to PostgreSQL: {e}")))?;
-    // The connection's messages: notifications go to this channel.
-    let (notes_tx, mut notes) = tokio::sync::mpsc::unbounded_channel();
-    let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-    tokio::spawn(async move {
-        while let Some(Ok(message)) = messages.next().await {
-            if let AsyncMessage::Notification(note) = message {
-                let _ = notes_tx.send(note.payload().to_string());
-            }
-        }
-    });
+        .map_err(connect_failed)?;
     let failed = |e: tokio_postgres::Error| {
         CtlError::Failed(format!(
             "PostgreSQL: {}",
@@ -120,8 +111,11 @@ async fn tail(paths: &Paths, args: Args, out: &Output) -> Result<(), CtlError> {
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    while let Some(payload) = notes.recv().await {
-        let Some((source, seq)) = payload.split_once(':') else {
+    while let Some(message) = notes.recv().await {
+        let AsyncMessage::Notification(note) = message else {
+            continue;
+        };
+        let Some((source, seq)) = note.payload().split_once(':') else {
             continue;
         };
         let Ok(seq) = seq.parse::<i64>() else {
@@ -199,12 +193,13 @@ fn print_row(row: &Row, out: &Output) {
     );
 }
 
-/// Where to connect, and the socket directory address that must stay
-/// alive while connected (very long homes).
+/// Where to connect (a URL's TLS as its `sslmode` says), and the socket
+/// directory address that must stay alive while connected (very long
+/// homes).
 pub fn connection_config(
     paths: &Paths,
     url: Option<&str>,
-) -> Result<(tokio_postgres::Config, Option<Reach>), CtlError> {
+) -> Result<(Target, Option<Reach>), CtlError> {
     let url = match url {
         Some(url) => Some(url.to_string()),
         None => outboxd::config::read_file(paths)
@@ -212,10 +207,7 @@ pub fn connection_config(
             .and_then(|settings| settings.database_url),
     };
     if let Some(url) = url {
-        let config = url
-            .parse()
-            .map_err(|e| CtlError::Failed(format!("invalid database URL: {e}")))?;
-        return Ok((config, None));
+        return Ok((Target::from_url(&url).map_err(CtlError::Failed)?, None));
     }
     let (mut client, _) = daemon::connect(paths, daemon::ANSWER_TIMEOUT)?;
     let status: Status = client
@@ -239,7 +231,15 @@ pub fn connection_config(
         .password(String::from_utf8_lossy(&secret).trim())
         .application_name("outboxctl tail")
         .connect_timeout(Duration::from_secs(5));
-    Ok((config, Some(reach)))
+    Ok((Target::plain(config), Some(reach)))
+}
+
+/// A failed connection, for every command that connects.
+pub fn connect_failed(e: tokio_postgres::Error) -> CtlError {
+    CtlError::Failed(format!(
+        "could not connect to PostgreSQL: {}",
+        outboxd::pgconn::describe(&e)
+    ))
 }
 
 /// `2026-11-22T05:46:25.498Z` for microseconds since the Unix epoch (UTC).

@@ -20,11 +20,12 @@
 //! transaction gets exactly-once effects.
 //!
 //! ```no_run
-//! # async fn run(config: tokio_postgres::Config) -> Result<(), outboxd::consumer::ConsumerError> {
+//! # async fn run() -> Result<(), outboxd::consumer::ConsumerError> {
 //! use outboxd::consumer::{Consumer, Options};
 //! use std::time::Duration;
 //!
-//! let mut consumer = Consumer::connect(&config, Options::new("mailer")).await?;
+//! let url = "postgresql://mailer:secret@db.example/outbox?sslmode=verify-full&sslrootcert=/etc/ssl/ca.pem";
+//! let mut consumer = Consumer::connect(url, Options::new("mailer")).await?;
 //! loop {
 //!     let batch = consumer.next_batch(100, Duration::from_secs(30)).await?;
 //!     for event in batch.events() {
@@ -57,10 +58,11 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, SystemTime};
 
-use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, GenericClient};
 use uuid::Uuid;
+
+pub use crate::pgconn::Target;
 
 /// The channel the drain notifies after every committed batch.
 const CHANNEL: &str = "outbox_events";
@@ -158,17 +160,21 @@ pub struct Consumer {
     exact: Option<Vec<String>>,
     prefixes: Option<Vec<String>>,
     max_batch_bytes: usize,
-    notified: mpsc::UnboundedReceiver<()>,
-    _connection: tokio::task::JoinHandle<()>,
+    notified: mpsc::Receiver<AsyncMessage>,
 }
 
 impl Consumer {
-    /// Connects (without TLS: a local or trusted network), listens on the
-    /// drain's channel, and registers the consumer if it is new.
-    pub async fn connect(
-        config: &tokio_postgres::Config,
-        options: Options,
-    ) -> Result<Consumer, ConsumerError> {
+    /// Connects to a database URL (TLS as its `sslmode` says, as libpq:
+    /// `verify-full` with `sslrootcert` to check the server), listens on
+    /// the drain's channel, and registers the consumer if it is new.
+    pub async fn connect(url: &str, options: Options) -> Result<Consumer, ConsumerError> {
+        let target = Target::from_url(url).map_err(ConsumerError::Invalid)?;
+        Consumer::connect_to(&target, options).await
+    }
+
+    /// As [`Consumer::connect`], to a target already made (for example
+    /// [`Target::plain`] for a local server).
+    pub async fn connect_to(target: &Target, options: Options) -> Result<Consumer, ConsumerError> {
         if options.name.is_empty() || options.name.len() > 200 {
             return Err(ConsumerError::Invalid(
                 "a consumer's name has 1 to 200 bytes".into(),
@@ -176,19 +182,10 @@ impl Consumer {
         }
         let name = options.name.clone();
         let failed = postgres_error(&name);
-        let (client, mut connection) = config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(&failed)?;
-        let (tx, notified) = mpsc::unbounded_channel();
-        let task = tokio::spawn(async move {
-            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-            while let Some(Ok(message)) = messages.next().await {
-                if let AsyncMessage::Notification(_) = message {
-                    let _ = tx.send(());
-                }
-            }
-        });
+        // The connection's messages: the drain's notifications (and the
+        // odd notice, a harmless extra look) wake a waiting `next_batch`.
+        let (messages, notified) = mpsc::channel(64);
+        let client = target.connect(Some(messages)).await.map_err(&failed)?;
         client
             .batch_execute(&format!("LISTEN {CHANNEL}"))
             .await
@@ -201,7 +198,6 @@ impl Consumer {
             prefixes,
             max_batch_bytes: options.max_batch_bytes.max(1),
             notified,
-            _connection: task,
         };
         consumer.register(options.start).await?;
         Ok(consumer)
@@ -258,7 +254,7 @@ impl Consumer {
                 return Ok(batch);
             }
             match tokio::time::timeout_at(deadline, self.notified.recv()).await {
-                Ok(Some(())) => continue,
+                Ok(Some(_)) => continue,
                 Ok(None) => {
                     return Err(ConsumerError::Postgres {
                         name: self.name.clone(),
@@ -574,10 +570,7 @@ fn split_topics(topics: &[String]) -> Result<Topics, ConsumerError> {
 fn postgres_error(name: &str) -> impl Fn(tokio_postgres::Error) -> ConsumerError + '_ {
     move |e| ConsumerError::Postgres {
         name: name.to_string(),
-        message: match e.as_db_error() {
-            Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-            None => e.to_string(),
-        },
+        message: crate::pgconn::describe(&e),
     }
 }
 

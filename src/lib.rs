@@ -23,6 +23,7 @@ pub mod endpoint;
 pub mod exit_code;
 pub mod metrics;
 pub mod notify;
+pub mod pgconn;
 pub mod pgreach;
 pub mod pgurl;
 pub mod postmaster;

@@ -57,33 +57,7 @@ pub enum PgError {
     Internal(String),
 }
 
-/// A client error with everything PostgreSQL said: the server's message,
-/// detail and hint, or the cause of a failed connection (tokio-postgres's
-/// own text is often only "db error" or "error connecting to server").
-pub fn describe(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        let mut text = format!(
-            "{}: {} (SQLSTATE {})",
-            db.severity(),
-            db.message(),
-            db.code().code()
-        );
-        if let Some(detail) = db.detail() {
-            text.push_str(&format!("; detail: {detail}"));
-        }
-        if let Some(hint) = db.hint() {
-            text.push_str(&format!("; hint: {hint}"));
-        }
-        return text;
-    }
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        text.push_str(&format!(": {cause}"));
-        source = cause.source();
-    }
-    text
-}
+pub use outboxd::pgconn::describe;
 
 /// Whether the server refused the credentials (SQLSTATE 28P01 or 28000).
 pub fn is_auth_failure(e: &tokio_postgres::Error) -> bool {

@@ -90,20 +90,11 @@ impl Connection {
                 false => PgError::Client(why),
             }
         };
-        if let Some(tls) = &self.tls {
-            let connector = tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone());
-            let (client, connection) = self.config.connect(connector).await.map_err(failed)?;
-            tokio::spawn(connection);
-            Ok(client)
-        } else {
-            let (client, connection) = self
-                .config
-                .connect(tokio_postgres::NoTls)
-                .await
-                .map_err(failed)?;
-            tokio::spawn(connection);
-            Ok(client)
-        }
+        let target = outboxd::pgconn::Target {
+            config: self.config.clone(),
+            tls: self.tls.clone(),
+        };
+        target.connect(None).await.map_err(failed)
     }
 }
 

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use outboxd::consumer::{Consumer, Options, Start};
+use outboxd::consumer::{Consumer, Options, Start, Target};
 use uuid::Uuid;
 
 use crate::common::Home;
@@ -50,7 +50,7 @@ async fn every_event_is_read_once_in_order_and_a_restarted_consumer_resumes() {
     enqueue(&home, "build.done", 30);
     let config = config(&home);
 
-    let mut first = Consumer::connect(&config, Options::new("first"))
+    let mut first = Consumer::connect_to(&Target::plain(config.clone()), Options::new("first"))
         .await
         .unwrap();
     assert_eq!(read_all(&mut first, 7).await, (1..=30).collect::<Vec<_>>());
@@ -58,7 +58,7 @@ async fn every_event_is_read_once_in_order_and_a_restarted_consumer_resumes() {
 
     // Restarted: nothing again, then only what came since; the drain's
     // notification wakes a waiting consumer.
-    let mut again = Consumer::connect(&config, Options::new("first"))
+    let mut again = Consumer::connect_to(&Target::plain(config.clone()), Options::new("first"))
         .await
         .unwrap();
     assert!(read_all(&mut again, 7).await.is_empty());
@@ -84,7 +84,7 @@ async fn every_event_is_read_once_in_order_and_a_restarted_consumer_resumes() {
     assert_eq!(waiting.await.unwrap(), vec![31]);
 
     // Another name sees every event.
-    let mut second = Consumer::connect(&config, Options::new("second"))
+    let mut second = Consumer::connect_to(&Target::plain(config.clone()), Options::new("second"))
         .await
         .unwrap();
     assert_eq!(
@@ -92,8 +92,8 @@ async fn every_event_is_read_once_in_order_and_a_restarted_consumer_resumes() {
         (1..=31).collect::<Vec<_>>()
     );
     // Starting now skips what was drained before it registered.
-    let mut late = Consumer::connect(
-        &config,
+    let mut late = Consumer::connect_to(
+        &Target::plain(config.clone()),
         Options {
             start: Start::Now,
             ..Options::new("late")
@@ -127,7 +127,7 @@ async fn an_event_committed_late_by_another_source_is_not_skipped() {
     slow.execute(insert, &[&a]).await.unwrap();
     fast.execute(insert, &[&b]).await.unwrap();
 
-    let mut consumer = Consumer::connect(&config, Options::new("hazard"))
+    let mut consumer = Consumer::connect_to(&Target::plain(config.clone()), Options::new("hazard"))
         .await
         .unwrap();
     let first = consumer
@@ -162,7 +162,7 @@ async fn cursors_moved_in_the_callers_transaction_move_only_if_it_commits() {
         )
         .await
         .unwrap();
-    let mut consumer = Consumer::connect(&config, Options::new("mailer"))
+    let mut consumer = Consumer::connect_to(&Target::plain(config.clone()), Options::new("mailer"))
         .await
         .unwrap();
 
@@ -224,8 +224,8 @@ async fn topic_filters_take_names_and_prefixes() {
     enqueue(&home, "build.done", 1);
     enqueue(&home, "other", 1);
     let config = config(&home);
-    let mut consumer = Consumer::connect(
-        &config,
+    let mut consumer = Consumer::connect_to(
+        &Target::plain(config.clone()),
         Options {
             topics: vec!["deploy.*".into(), "build.done".into()],
             ..Options::new("filtered")
@@ -466,6 +466,81 @@ fn exec_relays_to_a_command_and_dead_letters_only_the_poison_event() {
     home.stop();
 }
 
+#[test]
+fn a_stopped_relay_finishes_the_command_in_flight_or_abandons_a_retry_and_exits_0() {
+    use crate::common::{Guard, command_limit, eventually, kill};
+    use std::os::unix::fs::PermissionsExt;
+    let home = Home::with_cluster();
+    home.start();
+    enqueue(&home, "job", 3);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (started, release, done) = (
+        dir.path().join("started"),
+        dir.path().join("release"),
+        dir.path().join("done"),
+    );
+
+    // SIGTERM while the command runs: it finishes, its event is committed,
+    // no other command starts, and the relay exits 0.
+    let command = format!(
+        "echo $OUTBOX_SEQ >> {started}; while [ ! -e {release} ]; do sleep 0.01; done; \
+         echo $OUTBOX_SEQ >> {done}",
+        started = started.display(),
+        release = release.display(),
+        done = done.display()
+    );
+    let mut relay = Guard::spawn(
+        home.ctl_command(&["consume", "--name", "relay", "--exec", &command])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped()),
+    );
+    eventually("the command runs", command_limit(), || started.exists());
+    kill(relay.pid(), libc::SIGTERM);
+    std::fs::write(&release, "").unwrap();
+    let status = relay.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert_eq!(std::fs::read_to_string(&started).unwrap(), "1\n");
+    assert_eq!(std::fs::read_to_string(&done).unwrap(), "1\n");
+    let next = home.ctl(&["consume", "--name", "relay", "--limit", "1"]);
+    assert_eq!(seqs(&next.stdout), vec![2], "seq 1 was committed: {next:?}");
+
+    // SIGTERM while a failed event waits for its next attempt: abandoned,
+    // not committed and not dead-lettered; the relay exits 0.
+    let tries = dir.path().join("tries");
+    let failing = format!("echo $OUTBOX_SEQ >> {}; exit 1", tries.display());
+    let mut relay = Guard::spawn(
+        home.ctl_command(&[
+            "consume",
+            "--name",
+            "retry",
+            "--exec",
+            &failing,
+            "--max-attempts",
+            "5",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped()),
+    );
+    eventually("the first attempt failed", command_limit(), || {
+        tries.exists()
+    });
+    kill(relay.pid(), libc::SIGTERM);
+    let status = relay.child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    assert_eq!(
+        home.query("SELECT count(*) FROM outbox.consumer_dead_letters WHERE consumer = 'retry'"),
+        "0"
+    );
+    let again = home.ctl(&["consume", "--name", "retry", "--limit", "1"]);
+    assert_eq!(
+        seqs(&again.stdout),
+        vec![1],
+        "nothing was committed: {again:?}"
+    );
+    home.stop();
+}
+
 /// The helper process of the crash test: a consumer that records each
 /// event in a side table and moves its cursors in the same transaction
 /// (`commit_in`). A no-op unless `OUTBOXD_TEST_CONSUMER_URL` is set.
@@ -481,9 +556,10 @@ async fn consumer_process_for_the_crash_test() {
     let config: tokio_postgres::Config = url.parse().unwrap();
     let (mut client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(connection);
-    let mut consumer = Consumer::connect(&config, Options::new("exactly"))
-        .await
-        .unwrap();
+    let mut consumer =
+        Consumer::connect_to(&Target::plain(config.clone()), Options::new("exactly"))
+            .await
+            .unwrap();
     loop {
         let done: i64 = client
             .query_one(
@@ -645,7 +721,7 @@ async fn a_consumer_role_with_the_least_rights_reads_and_commits_and_nothing_mor
     );
     let mut config = config(&home);
     config.user("mailer").password("mailer-secret");
-    let mut consumer = Consumer::connect(&config, Options::new("mailer"))
+    let mut consumer = Consumer::connect_to(&Target::plain(config.clone()), Options::new("mailer"))
         .await
         .unwrap();
     assert_eq!(read_all(&mut consumer, 10).await, vec![1, 2]);

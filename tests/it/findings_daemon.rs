@@ -802,5 +802,48 @@ fn verify_ca_and_verify_full_check_the_servers_certificate() {
         format!("{}{}", refused.stdout, refused.stderr).contains("sslrootcert=<file>"),
         "{refused:?}"
     );
+
+    // Consumers and tail connect as the daemon does (issue 18): the
+    // server takes TLS only (hostssl), so reading at all proves it.
+    let home = Home::new();
+    home.write_config(&format!(
+        "database_url = {:?}\n",
+        url("localhost", "verify-full", &ca)
+    ));
+    home.start();
+    assert_eq!(home.ctl(&["enqueue", "--topic", "tls.read", "{}"]).code, 0);
+    assert_eq!(home.ctl(&["flush", "--timeout", "60"]).code, 0);
+    home.stop();
+    let reader = Home::new();
+    let good = url("localhost", "verify-full", &ca);
+    let read = reader.ctl(&[
+        "consume",
+        "--name",
+        "tls",
+        "--limit",
+        "1",
+        "--database-url",
+        &good,
+    ]);
+    assert_eq!(read.code, 0, "{read:?}");
+    assert!(read.stdout.contains("tls.read"), "{read:?}");
+    let tail = reader.ctl(&["tail", "-n", "1", "--database-url", &good]);
+    assert!(tail.stdout.contains("tls.read"), "{tail:?}");
+    let wrong = url("localhost", "verify-full", &other);
+    let refused = reader.ctl(&[
+        "consume",
+        "--name",
+        "tls",
+        "--limit",
+        "1",
+        "--database-url",
+        &wrong,
+    ]);
+    assert_ne!(refused.code, 0, "{refused:?}");
+    assert!(
+        refused.stderr.contains("not signed by a CA of sslrootcert"),
+        "{refused:?}"
+    );
+    assert!(!refused.stderr.contains(&secret), "{refused:?}");
     server.stop();
 }
