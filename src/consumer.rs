@@ -161,6 +161,9 @@ pub struct Consumer {
     prefixes: Option<Vec<String>>,
     max_batch_bytes: usize,
     notified: mpsc::Receiver<AsyncMessage>,
+    /// [`READ`] and [`ADVANCE`], prepared once.
+    read: tokio_postgres::Statement,
+    advance: tokio_postgres::Statement,
 }
 
 impl Consumer {
@@ -186,57 +189,25 @@ impl Consumer {
         // odd notice, a harmless extra look) wake a waiting `next_batch`.
         let (messages, notified) = mpsc::channel(64);
         let client = target.connect(Some(messages)).await.map_err(&failed)?;
+        // No JIT: a reader's queries are short, and their estimates (a
+        // per-source LATERAL over a large table) made PostgreSQL spend
+        // 190 ms compiling each one.
         client
-            .batch_execute(&format!("LISTEN {CHANNEL}"))
+            .batch_execute(&format!("SET jit = off; LISTEN {CHANNEL}"))
             .await
             .map_err(&failed)?;
         let (exact, prefixes) = split_topics(&options.topics)?;
-        let consumer = Consumer {
+        register(&client, &name, options.start).await?;
+        Ok(Consumer {
+            read: client.prepare(READ).await.map_err(&failed)?,
+            advance: client.prepare(ADVANCE).await.map_err(&failed)?,
             client,
             name: options.name,
             exact,
             prefixes,
             max_batch_bytes: options.max_batch_bytes.max(1),
             notified,
-        };
-        consumer.register(options.start).await?;
-        Ok(consumer)
-    }
-
-    /// Inserts the consumer if it is new; a new consumer that starts now
-    /// gets a cursor at every source's last drained seq.
-    async fn register(&self, start: Start) -> Result<(), ConsumerError> {
-        let failed = postgres_error(&self.name);
-        let created = self
-            .client
-            .execute(
-                "INSERT INTO outbox.consumers (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
-                &[&self.name],
-            )
-            .await
-            .map_err(|e| {
-                match e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
-                    true => ConsumerError::Postgres {
-                        name: self.name.clone(),
-                        message: "outbox.consumers does not exist: start this version of outboxd \
-                              once on the database, which migrates its schema"
-                            .into(),
-                    },
-                    false => failed(e),
-                }
-            })?;
-        if created == 1 && start == Start::Now {
-            self.client
-                .execute(
-                    "INSERT INTO outbox.consumer_cursors (consumer, source_id, seq)
-                     SELECT $1, source_id, seq FROM outbox.cursors
-                     ON CONFLICT (consumer, source_id) DO NOTHING",
-                    &[&self.name],
-                )
-                .await
-                .map_err(&failed)?;
-        }
-        Ok(())
+        })
     }
 
     /// The next events past this consumer's cursors: at most `max`, in seq
@@ -268,45 +239,16 @@ impl Consumer {
 
     async fn read(&self, max: usize) -> Result<Batch, ConsumerError> {
         let failed = postgres_error(&self.name);
-        let sources: i64 = self
-            .client
-            .query_one("SELECT count(*) FROM outbox.cursors", &[])
-            .await
-            .map_err(&failed)?
-            .get(0);
-        let sources = usize::try_from(sources).unwrap_or(1).max(1);
-        // Each source may fill its share of the count and of the bytes;
-        // the first event of a source always comes, whatever its size.
-        let per_source = max.div_ceil(sources) as i64;
-        let bytes_per_source = (self.max_batch_bytes / sources).max(1) as i64;
         let rows = self
             .client
             .query(
-                "SELECT source_id, seq, topic, key, payload, id, enqueued_at FROM (
-                     SELECT e.source_id, e.seq, e.topic, e.key, e.payload::text AS payload,
-                            e.id, e.enqueued_at,
-                            sum(octet_length(e.payload::text)) OVER (
-                                PARTITION BY e.source_id ORDER BY e.seq) AS running,
-                            row_number() OVER (PARTITION BY e.source_id ORDER BY e.seq) AS n
-                     FROM outbox.cursors s
-                     LEFT JOIN outbox.consumer_cursors c
-                         ON c.consumer = $1 AND c.source_id = s.source_id
-                     CROSS JOIN LATERAL (
-                         SELECT * FROM outbox.events e
-                         WHERE e.source_id = s.source_id AND e.seq > coalesce(c.seq, 0)
-                           AND ($3::text[] IS NULL OR e.topic = ANY($3) OR e.topic LIKE ANY($4))
-                         ORDER BY e.seq
-                         LIMIT $2
-                     ) e
-                 ) r
-                 WHERE n = 1 OR running <= $5
-                 ORDER BY source_id, seq",
+                &self.read,
                 &[
                     &self.name,
-                    &per_source,
+                    &(max as i64),
                     &self.exact,
                     &self.prefixes,
-                    &bytes_per_source,
+                    &(self.max_batch_bytes as i64),
                 ],
             )
             .await
@@ -342,7 +284,18 @@ impl Consumer {
 
     /// Advances the cursors past `batch` (at-least-once).
     pub async fn commit(&self, batch: &Batch) -> Result<(), ConsumerError> {
-        advance(&self.client, &self.name, batch.cursors()).await
+        self.advance_to(batch.cursors()).await
+    }
+
+    /// Moves the cursors on this consumer's own connection, with the
+    /// prepared statement (one statement: one transaction).
+    async fn advance_to(&self, cursors: BTreeMap<Uuid, i64>) -> Result<(), ConsumerError> {
+        let (sources, seqs): (Vec<Uuid>, Vec<i64>) = cursors.into_iter().unzip();
+        self.client
+            .execute(&self.advance, &[&self.name, &sources, &seqs])
+            .await
+            .map_err(postgres_error(&self.name))?;
+        Ok(())
     }
 
     /// Records that this consumer gave up on `event` after `attempts`
@@ -380,8 +333,8 @@ impl Consumer {
     /// Advances the cursor of `event`'s source to it (the events of that
     /// source before it in its batch are then committed too).
     pub async fn commit_through(&self, event: &Event) -> Result<(), ConsumerError> {
-        let cursor = BTreeMap::from([(event.source_id, event.seq)]);
-        advance(&self.client, &self.name, cursor).await
+        self.advance_to(BTreeMap::from([(event.source_id, event.seq)]))
+            .await
     }
 
     /// Advances the cursors past `batch` inside the caller's transaction
@@ -510,32 +463,91 @@ pub async fn delete(client: &impl GenericClient, name: &str) -> Result<bool, Con
     Ok(deleted == 1)
 }
 
+/// Inserts the consumer if it is new; a new consumer that starts now
+/// gets a cursor at every source's last drained seq.
+async fn register(client: &Client, name: &str, start: Start) -> Result<(), ConsumerError> {
+    let failed = postgres_error(name);
+    let created = client
+        .execute(
+            "INSERT INTO outbox.consumers (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
+            &[&name],
+        )
+        .await
+        .map_err(
+            |e| match e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
+                true => ConsumerError::Postgres {
+                    name: name.to_string(),
+                    message: "outbox.consumers does not exist: start this version of outboxd \
+                          once on the database, which migrates its schema"
+                        .into(),
+                },
+                false => failed(e),
+            },
+        )?;
+    if created == 1 && start == Start::Now {
+        client
+            .execute(
+                "INSERT INTO outbox.consumer_cursors (consumer, source_id, seq)
+                 SELECT $1, source_id, seq FROM outbox.cursors
+                 ON CONFLICT (consumer, source_id) DO NOTHING",
+                &[&name],
+            )
+            .await
+            .map_err(&failed)?;
+    }
+    Ok(())
+}
+
 async fn advance(
     client: &impl GenericClient,
     name: &str,
     cursors: BTreeMap<Uuid, i64>,
 ) -> Result<(), ConsumerError> {
-    let failed = postgres_error(name);
-    for (source, seq) in cursors {
-        client
-            .execute(
-                "INSERT INTO outbox.consumer_cursors (consumer, source_id, seq) VALUES ($1, $2, $3)
-                 ON CONFLICT (consumer, source_id) DO UPDATE
-                 SET seq = greatest(outbox.consumer_cursors.seq, excluded.seq), updated_at = now()",
-                &[&name, &source, &seq],
-            )
-            .await
-            .map_err(&failed)?;
-    }
+    let (sources, seqs): (Vec<Uuid>, Vec<i64>) = cursors.into_iter().unzip();
     client
-        .execute(
-            "UPDATE outbox.consumers SET seen_at = now() WHERE name = $1",
-            &[&name],
-        )
+        .execute(ADVANCE, &[&name, &sources, &seqs])
         .await
-        .map_err(&failed)?;
+        .map_err(postgres_error(name))?;
     Ok(())
 }
+
+/// Moves a consumer's cursors (`$2` sources to `$3` seqs; never back) and
+/// notes that it was seen, in one statement.
+const ADVANCE: &str = "WITH moved AS (
+         INSERT INTO outbox.consumer_cursors (consumer, source_id, seq)
+         SELECT $1, source, seq FROM unnest($2::uuid[], $3::int8[]) AS t(source, seq)
+         ON CONFLICT (consumer, source_id) DO UPDATE
+         SET seq = greatest(outbox.consumer_cursors.seq, excluded.seq), updated_at = now()
+         RETURNING 1)
+     UPDATE outbox.consumers SET seen_at = now() WHERE name = $1";
+
+/// The next events of consumer `$1`: per source, in seq order, past its
+/// cursor, of the topics `$3` (exact) or `$4` (`LIKE` patterns), both
+/// NULL for all. Each source may fill its share of the count `$2` and of
+/// the bytes `$5`; the first event of a source always comes, whatever its
+/// size.
+const READ: &str = "SELECT source_id, seq, topic, key, payload, id, enqueued_at FROM (
+         SELECT e.*, k.bytes,
+                sum(octet_length(e.payload)) OVER (PARTITION BY e.source_id ORDER BY e.seq)
+                    AS running,
+                row_number() OVER (PARTITION BY e.source_id ORDER BY e.seq) AS n
+         FROM (SELECT greatest(count(*), 1) AS sources FROM outbox.cursors) m
+         CROSS JOIN LATERAL (SELECT ($2 + m.sources - 1) / m.sources AS rows,
+                                    greatest($5 / m.sources, 1) AS bytes) k
+         CROSS JOIN outbox.cursors s
+         LEFT JOIN outbox.consumer_cursors c ON c.consumer = $1 AND c.source_id = s.source_id
+         CROSS JOIN LATERAL (
+             SELECT e.source_id, e.seq, e.topic, e.key, e.payload::text AS payload, e.id,
+                    e.enqueued_at
+             FROM outbox.events e
+             WHERE e.source_id = s.source_id AND e.seq > coalesce(c.seq, 0)
+               AND ($3::text[] IS NULL OR e.topic = ANY($3) OR e.topic LIKE ANY($4))
+             ORDER BY e.seq
+             LIMIT k.rows
+         ) e
+     ) r
+     WHERE n = 1 OR running <= bytes
+     ORDER BY source_id, seq";
 
 /// Exact topics and `LIKE` patterns for `prefix.*`; both `None` to read
 /// every topic.
