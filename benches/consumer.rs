@@ -12,6 +12,7 @@
 //!
 //! Run: `cargo bench --bench consumer`. `CONSUMER_BENCH_EVENTS` sets N
 //! (default 200,000), `CONSUMER_BENCH_ROUNDS` the rounds (3),
+//! `CONSUMER_BENCH_BATCH` the consumer's batch (1,000),
 //! `CONSUMER_BENCH_LATENCY_SECS` the latency run (30 s).
 
 use std::collections::HashMap;
@@ -107,17 +108,41 @@ async fn scan(client: &tokio_postgres::Client, events: usize) -> f64 {
         .unwrap();
     futures_util::pin_mut!(rows);
     let mut count = 0;
+    // Decoded into owned values, as the consumer's events are.
+    let mut kept = Vec::new();
     while let Some(row) = rows.next().await {
         let row = row.unwrap();
-        let _: &str = row.get(4);
-        count += 1;
+        let event: (
+            uuid::Uuid,
+            i64,
+            String,
+            Option<String>,
+            String,
+            Option<String>,
+            std::time::SystemTime,
+        ) = (
+            row.get(0),
+            row.get(1),
+            row.get(2),
+            row.get(3),
+            row.get(4),
+            row.get(5),
+            row.get(6),
+        );
+        kept.push(event);
+        if kept.len() == 1000 {
+            count += kept.len();
+            kept.clear();
+        }
     }
+    count += kept.len();
     assert_eq!(count, events);
     events as f64 / started.elapsed().as_secs_f64()
 }
 
 /// Events per second read (and committed) by a new consumer.
 async fn consume(config: &tokio_postgres::Config, name: &str, events: usize) -> f64 {
+    let batch_size = setting("CONSUMER_BENCH_BATCH", 1000);
     let started = Instant::now();
     let mut consumer = Consumer::connect_to(
         &Target::plain(config.clone()),
@@ -130,7 +155,10 @@ async fn consume(config: &tokio_postgres::Config, name: &str, events: usize) -> 
     .unwrap();
     let mut count = 0;
     while count < events {
-        let batch = consumer.next_batch(1000, Duration::ZERO).await.unwrap();
+        let batch = consumer
+            .next_batch(batch_size, Duration::ZERO)
+            .await
+            .unwrap();
         assert!(!batch.is_empty(), "ran dry at {count} of {events}");
         count += batch.events().len();
         consumer.commit(&batch).await.unwrap();

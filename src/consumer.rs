@@ -191,9 +191,14 @@ impl Consumer {
         let client = target.connect(Some(messages)).await.map_err(&failed)?;
         // No JIT: a reader's queries are short, and their estimates (a
         // per-source LATERAL over a large table) made PostgreSQL spend
-        // 190 ms compiling each one.
+        // 190 ms compiling each one. No wait for the WAL flush on commit:
+        // a cursor move lost to a server crash only delivers its events
+        // again, which at-least-once allows (`commit_in` runs in the
+        // caller's transaction, on the caller's settings).
         client
-            .batch_execute(&format!("SET jit = off; LISTEN {CHANNEL}"))
+            .batch_execute(&format!(
+                "SET jit = off; SET synchronous_commit = off; LISTEN {CHANNEL}"
+            ))
             .await
             .map_err(&failed)?;
         let (exact, prefixes) = split_topics(&options.topics)?;
