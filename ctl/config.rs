@@ -38,7 +38,14 @@ pub fn show(paths: &Paths, out: &Output) -> u8 {
                     describe(&setting.origin)
                 ));
             }
-            out.result(text, json!({"settings": settings}));
+            let cluster = cluster(paths);
+            if let Some(line) = cluster.get("text").and_then(|t| t.as_str()) {
+                text.push_str(&format!("\n  cluster   {line}"));
+            }
+            out.result(
+                text,
+                json!({"settings": settings, "cluster": cluster["json"]}),
+            );
             exit_code::OK
         }
         Err(err) => {
@@ -47,6 +54,35 @@ pub fn show(paths: &Paths, out: &Output) -> u8 {
             code
         }
     }
+}
+
+/// The home's cluster: its major (`PG_VERSION`), the binaries it last ran
+/// on, and an upgrade in progress.
+fn cluster(paths: &Paths) -> serde_json::Value {
+    let Some(major) = outboxd::pgbin::cluster_major(paths) else {
+        return json!({"text": format!("none yet ({} has no cluster)", paths.pg_data.display()), "json": null});
+    };
+    let record = outboxd::pgbin::read_record(paths);
+    let upgrade = outboxd::pgupgrade::read(paths).ok().flatten();
+    let mut text = format!("PostgreSQL {major} ({})", paths.pg_data.display());
+    if let Some(record) = &record {
+        text.push_str(&format!(", last run on {}", record.bin_dir.display()));
+    }
+    if let Some(upgrade) = &upgrade {
+        text.push_str(&format!(
+            "; an upgrade from {} to {} is {:?}",
+            upgrade.from_major, upgrade.to_major, upgrade.step
+        ));
+    }
+    json!({
+        "text": text,
+        "json": {
+            "major": major,
+            "data_dir": paths.pg_data,
+            "bin_dir": record.map(|r| r.bin_dir),
+            "upgrade": upgrade,
+        }
+    })
 }
 
 fn describe(origin: &Origin) -> String {

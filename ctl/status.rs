@@ -173,6 +173,12 @@ fn postgres_lines(pg: &PostgresStatus) -> String {
     }
     if let Some(data) = &pg.data_dir {
         text.push_str(&format!("\n  data      {}", data.display()));
+        if let Some(major) = pg.cluster_major {
+            text.push_str(&format!(" (a PostgreSQL {major} cluster)"));
+        }
+    }
+    if let Some(upgrade) = &pg.upgrade {
+        text.push_str(&format!("\n  upgrade   {upgrade}"));
     }
     if let Some(user) = &pg.user {
         text.push_str(&format!("\n  runs as   {user}"));

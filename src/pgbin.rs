@@ -142,8 +142,12 @@ pub fn find(config: &Config) -> Result<Result<Found, Missing>, Error> {
 fn configured(config: &Config, dir: &Path, wanted: Option<u32>) -> Result<Found, Error> {
     let origin = config.origin("pg_bin");
     let fix = match origin {
-        Origin::File(_) => "fix pg_bin in config.toml: it must name the bin directory of a PostgreSQL installation",
-        Origin::Env(_) => "fix OUTBOXD_PG_BIN: it must name the bin directory of a PostgreSQL installation",
+        Origin::File(_) => {
+            "fix pg_bin in config.toml: it must name the bin directory of a PostgreSQL installation"
+        }
+        Origin::Env(_) => {
+            "fix OUTBOXD_PG_BIN: it must name the bin directory of a PostgreSQL installation"
+        }
         _ => "point --pg-bin at the bin directory of a PostgreSQL installation",
     };
     if let Some(problem) = missing_binaries(dir) {
@@ -203,7 +207,10 @@ fn wrong_major(paths: &Paths, wanted: u32, found: &[(u32, PathBuf)]) -> Error {
         .iter()
         .map(|(major, dir)| format!("{major} ({})", dir.display()))
         .collect();
-    let newest = found.iter().filter(|(m, _)| *m > wanted).max_by_key(|(m, _)| *m);
+    let newest = found
+        .iter()
+        .filter(|(m, _)| *m > wanted)
+        .max_by_key(|(m, _)| *m);
     let upgrade = match newest {
         Some((_, dir)) => upgrade_command(paths, dir),
         None => crate::quote::ctl(&paths.home, "upgrade postgres --to <bin directory>"),
@@ -233,10 +240,7 @@ fn wrong_major(paths: &Paths, wanted: u32, found: &[(u32, PathBuf)]) -> Error {
 fn upgrade_command(paths: &Paths, dir: &Path) -> String {
     crate::quote::ctl(
         &paths.home,
-        &format!(
-            "upgrade postgres --to {}",
-            crate::quote::shell(dir)
-        ),
+        &format!("upgrade postgres --to {}", crate::quote::shell(dir)),
     )
 }
 

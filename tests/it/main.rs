@@ -36,4 +36,5 @@ mod postgres;
 mod security;
 mod service;
 mod socket;
+mod upgrade;
 mod usability;

@@ -60,6 +60,10 @@ pub struct Paths {
     pub pg_install: PathBuf,
     /// `log/postgres.log`: PostgreSQL's own log.
     pub pg_log: PathBuf,
+    /// `pg/binaries.json`: the binaries the cluster last ran on.
+    pub pg_binaries: PathBuf,
+    /// `pg/upgrade.json`: a major upgrade in progress.
+    pub pg_upgrade: PathBuf,
 }
 
 impl Paths {
@@ -93,6 +97,8 @@ impl Paths {
             pg_secret: pg_dir.join("secret"),
             pg_install: pg_dir.join("install"),
             pg_socket_dir: pg_dir.join("socket"),
+            pg_binaries: pg_dir.join("binaries.json"),
+            pg_upgrade: pg_dir.join("upgrade.json"),
             pg_dir,
         }
     }
