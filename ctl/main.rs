@@ -31,6 +31,11 @@ mod start;
 mod status;
 mod stop;
 mod tail;
+#[cfg(unix)]
+mod upgrade;
+#[cfg(windows)]
+#[path = "upgrade_windows.rs"]
+mod upgrade;
 mod url;
 
 use std::path::PathBuf;
@@ -224,6 +229,9 @@ enum Command {
     /// cursors
     #[command(subcommand)]
     Consumers(ConsumersCommand),
+    /// Move the home's embedded PostgreSQL to a newer major version
+    #[command(subcommand)]
+    Upgrade(UpgradeCommand),
     /// Print the daemon's numbers in OpenMetrics text (for node_exporter's
     /// textfile collector or any scraper)
     Metrics,
@@ -329,6 +337,30 @@ impl ServiceTarget {
 enum ConfigCommand {
     /// Every setting in force and where its value came from
     Show,
+}
+
+#[derive(Debug, Subcommand)]
+enum UpgradeCommand {
+    /// Move the cluster to a newer PostgreSQL major while producers go on
+    /// enqueuing: the old major's pg_dumpall into the new psql, or
+    /// pg_upgrade when the new binaries have it; the old cluster is kept
+    /// until --finalize
+    Postgres {
+        /// The bin directory of the newer PostgreSQL [default: the newest
+        /// major installed]
+        #[arg(long, value_name = "BIN_DIR")]
+        to: Option<PathBuf>,
+        /// Say what would be done (majors, method, space, time) and stop
+        #[arg(long)]
+        dry_run: bool,
+        /// Remove the old cluster kept by the last upgrade
+        #[arg(long)]
+        finalize: bool,
+        /// Return to the old cluster kept by the last upgrade (the outbox
+        /// tables drained since are copied back)
+        #[arg(long)]
+        rollback: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -474,7 +506,8 @@ fn main() -> ExitCode {
         Command::Start {
             component: None, ..
         }
-        | Command::Restart { .. } => outboxd::account::Groups::Database,
+        | Command::Restart { .. }
+        | Command::Upgrade(_) => outboxd::account::Groups::Database,
         _ => outboxd::account::Groups::PrimaryOnly,
     };
     if let Err(err) = privileges::settle(&paths.home, None, intent, groups) {
@@ -529,6 +562,21 @@ fn main() -> ExitCode {
         ),
         Command::Flush { timeout } => flush::run(&paths, timeout, &out),
         Command::Retarget => retarget::run(&paths, &out),
+        Command::Upgrade(UpgradeCommand::Postgres {
+            to,
+            dry_run,
+            finalize,
+            rollback,
+        }) => upgrade::run(
+            &paths,
+            upgrade::Args {
+                to,
+                dry_run,
+                finalize,
+                rollback,
+            },
+            &out,
+        ),
         Command::DeadLetters(command) => dead_letters::run(
             &paths,
             match command {

@@ -90,10 +90,8 @@ pub fn find(config: &Config) -> Result<Result<Found, Missing>, Error> {
         return configured(config, dir, wanted).map(Ok);
     }
     let Some(wanted) = wanted else {
-        // A new cluster: the newest major found.
-        return Ok(installed()
-            .into_iter()
-            .max_by_key(|(major, _)| *major)
+        // A new cluster: the newest major found (the first found of it).
+        return Ok(newest(installed())
             .map(|(major, dir)| Found {
                 dir,
                 major,
@@ -101,41 +99,52 @@ pub fn find(config: &Config) -> Result<Result<Found, Missing>, Error> {
             })
             .ok_or(Missing::Nothing { wanted: None }));
     };
-    if let Some(record) = read_record(paths)
-        && record.major == wanted
-        && missing_binaries(&record.bin_dir).is_none()
-        && identity(&record.bin_dir).as_ref() == Some(&record.postgres)
-    {
-        return Ok(Ok(Found {
-            dir: record.bin_dir,
-            major: wanted,
-            source: "recorded by the last start".into(),
-        }));
-    }
-    if let Some(dir) = dirs_of_major(wanted)
-        .into_iter()
-        .find(|dir| missing_binaries(dir).is_none())
-    {
-        return Ok(Ok(Found {
-            dir,
-            major: wanted,
-            source: "installed".into(),
-        }));
+    if let Some(found) = find_major(paths, wanted) {
+        return Ok(Ok(found));
     }
     let found = installed();
-    if let Some((_, dir)) = found.iter().find(|(major, _)| *major == wanted) {
-        return Ok(Ok(Found {
-            dir: dir.clone(),
-            major: wanted,
-            source: "installed".into(),
-        }));
-    }
     if found.is_empty() && read_record(paths).is_none() {
         return Ok(Err(Missing::Nothing {
             wanted: Some(wanted),
         }));
     }
     Ok(Err(Missing::Refused(wrong_major(paths, wanted, &found))))
+}
+
+/// The newest major of `found`, the first in search order among equals.
+pub fn newest(found: Vec<(u32, PathBuf)>) -> Option<(u32, PathBuf)> {
+    found.into_iter().rev().max_by_key(|(major, _)| *major)
+}
+
+/// Binaries of major `wanted` (pg_bin aside): the recorded ones, where
+/// packages put that major, or any installed directory of that major.
+pub fn find_major(paths: &Paths, wanted: u32) -> Option<Found> {
+    if let Some(record) = read_record(paths)
+        && record.major == wanted
+        && missing_binaries(&record.bin_dir).is_none()
+        && identity(&record.bin_dir).as_ref() == Some(&record.postgres)
+    {
+        return Some(Found {
+            dir: record.bin_dir,
+            major: wanted,
+            source: "recorded by the last start".into(),
+        });
+    }
+    let installed_dir = |dir: PathBuf| Found {
+        dir,
+        major: wanted,
+        source: "installed".into(),
+    };
+    if let Some(dir) = dirs_of_major(wanted)
+        .into_iter()
+        .find(|dir| missing_binaries(dir).is_none())
+    {
+        return Some(installed_dir(dir));
+    }
+    installed()
+        .into_iter()
+        .find(|(major, _)| *major == wanted)
+        .map(|(_, dir)| installed_dir(dir))
 }
 
 /// `pg_bin` as configured, checked against the cluster's major.
@@ -250,7 +259,10 @@ pub fn installed() -> Vec<(u32, PathBuf)> {
     let mut seen: Vec<PathBuf> = Vec::new();
     let mut found = Vec::new();
     for dir in candidate_dirs() {
-        let key = fs::canonicalize(&dir).unwrap_or_else(|_| dir.clone());
+        // Once per installation: /usr/local/bin/postgres may be a link to
+        // /usr/lib/postgresql/15/bin/postgres, found earlier.
+        let binary = dir.join(format!("postgres{}", std::env::consts::EXE_SUFFIX));
+        let key = fs::canonicalize(&binary).unwrap_or(binary);
         if seen.contains(&key) || missing_binaries(&dir).is_some() {
             continue;
         }

@@ -184,6 +184,7 @@ pub fn swap_in(paths: &Paths, marker: &Marker) -> Result<(), Error> {
     );
     if crate::pgbin::major_of_data(data) == Some(marker.from_major) && new.exists() {
         fs::rename(data, kept).at("keep the old cluster as", kept)?;
+        checkpoint("swap-half");
     }
     if !data.exists() && new.exists() {
         fs::rename(new, data).at("move the new cluster into", data)?;
@@ -206,6 +207,7 @@ pub fn swap_back(paths: &Paths, marker: &Marker) -> Result<(), Error> {
     );
     if crate::pgbin::major_of_data(data) == Some(marker.to_major) && kept.exists() {
         fs::rename(data, discarded).at("set aside the new cluster as", discarded)?;
+        checkpoint("rollback-swap-half");
     }
     if !data.exists() && kept.exists() {
         fs::rename(kept, data).at("return the old cluster to", data)?;
@@ -251,6 +253,18 @@ fn stop_servers(paths: &Paths, marker: &Marker, uid: u32) {
         if dir.exists() {
             let _ = crate::postmaster::stop_orphan(&dir, uid, std::time::Duration::from_secs(30));
         }
+    }
+}
+
+/// A test hook: when `OUTBOXD_TEST_UPGRADE_KILL_AT` names `step`, this
+/// process dies there by SIGKILL (a real crash at a known point, for the
+/// tests of recovery). Nothing else reads the variable.
+pub fn checkpoint(step: &str) {
+    if std::env::var("OUTBOXD_TEST_UPGRADE_KILL_AT").is_ok_and(|at| at == step) {
+        #[cfg(unix)]
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+        std::process::abort();
     }
 }
 

@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]
-pub use unix::{shell, spawn_daemon, stop_requested};
+pub use unix::{die_with_parent, interrupt, shell, spawn_daemon, stop_requested};
 #[cfg(windows)]
 mod windows;
 #[cfg(windows)]

@@ -58,3 +58,37 @@ pub fn spawn_daemon(exe: &Path, paths: &Paths, notify: &Path) -> std::io::Result
         said,
     })
 }
+
+/// A server outboxctl runs for a while (`upgrade postgres`) gets SIGINT,
+/// PostgreSQL's fast shutdown, when outboxctl dies, even by SIGKILL (on
+/// Linux; elsewhere the next start or upgrade stops it).
+pub fn die_with_parent(command: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // Its own process group, so that a Ctrl-C at outboxctl's terminal
+        // does not stop it under the upgrade (outboxctl stops it in order).
+        command.process_group(0);
+        // SAFETY: prctl is async-signal-safe and touches only the child.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        use std::os::unix::process::CommandExt;
+        command.process_group(0);
+    }
+}
+
+/// SIGINT to `pid` (PostgreSQL's fast shutdown).
+pub fn interrupt(pid: u32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
+    }
+}
