@@ -72,6 +72,20 @@ impl Marker {
         paths.pg_dir.join(format!("data.{}", self.from_major))
     }
 
+    /// What `status` says of an upgrade that awaits `--finalize` or
+    /// `--rollback`.
+    pub fn note(&self, paths: &Paths) -> String {
+        format!(
+            "upgraded from PostgreSQL {} to {}; the old cluster is kept in {} until `{}` (or \
+             `{}` returns to it)",
+            self.from_major,
+            self.to_major,
+            self.kept_dir(paths).display(),
+            crate::quote::ctl(&paths.home, "upgrade postgres --finalize"),
+            crate::quote::ctl(&paths.home, "upgrade postgres --rollback"),
+        )
+    }
+
     /// `pg/data.17.old`: the new cluster while a rollback removes it.
     pub fn discarded_dir(&self, paths: &Paths) -> PathBuf {
         paths.pg_dir.join(format!("data.{}.old", self.to_major))

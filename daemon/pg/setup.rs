@@ -74,10 +74,7 @@ pub async fn prepare(
         s.bin_dir = Some(bin_dir.clone());
         s.binaries = Some(source);
         s.cluster_major = pgbin::cluster_major(paths).or(major);
-        s.upgrade = outboxd::pgupgrade::read(paths)
-            .ok()
-            .flatten()
-            .map(|marker| upgrade_note(paths, &marker));
+
         s.user = Some(outboxd::account::name_of(uid));
     });
     // Where it will listen, checked before initdb (a data directory
@@ -184,20 +181,6 @@ const RELEASES_URL: &str = "";
 /// What to say when no installed binaries were found.
 fn searched() -> String {
     format!("none are installed ({})", pgbin::SEARCHED)
-}
-
-/// What `status` says of an upgrade that awaits `--finalize` or
-/// `--rollback`.
-fn upgrade_note(paths: &Paths, marker: &outboxd::pgupgrade::Marker) -> String {
-    format!(
-        "upgraded from PostgreSQL {} to {}; the old cluster is kept in {} until `{}` (or `{}` \
-         returns to it)",
-        marker.from_major,
-        marker.to_major,
-        marker.kept_dir(paths).display(),
-        outboxd::quote::ctl(&paths.home, "upgrade postgres --finalize"),
-        outboxd::quote::ctl(&paths.home, "upgrade postgres --rollback"),
-    )
 }
 
 /// This build cannot download PostgreSQL (built without `download`).

@@ -4,6 +4,7 @@
 //! skip visibly.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use crate::common::*;
 
@@ -111,4 +112,346 @@ fn a_cluster_runs_only_on_binaries_of_its_own_major() {
     assert_eq!(pg_version(&fresh), "17");
     let shown = fresh.ctl(&["config", "show"]);
     assert!(shown.stdout.contains("PostgreSQL 17"), "{shown:?}");
+}
+
+/// The PostgreSQL 16 that ships `pg_upgrade` (PyPI's pgserver), fetched
+/// by `.ci/pg-majors`; `None` (and a visible skip) without it.
+fn pg_upgrade_bin() -> Option<PathBuf> {
+    let dir = std::env::var_os("OUTBOXD_TEST_PG_UPGRADE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/outboxd-pg/16/pgserver/pginstall/bin"));
+    if dir.join("pg_upgrade").is_file() {
+        return Some(dir);
+    }
+    skip(&format!(
+        "needs a PostgreSQL with pg_upgrade at {} (`.ci/pg-majors` fetches it)",
+        dir.display()
+    ));
+    None
+}
+
+/// `count` events of a fifth source, straight into PostgreSQL (as a drain
+/// of another host would have put them), and its cursor.
+fn fill_postgres(home: &Home, count: usize) {
+    home.query(&format!(
+        "INSERT INTO outbox.events (source_id, seq, topic, payload, enqueued_at) \
+         SELECT '00000000-0000-0000-0000-000000000005', n, 'bulk', \
+                jsonb_build_object('n', n, 'text', repeat('x', 100)), now() \
+         FROM generate_series(1, {count}) n; \
+         INSERT INTO outbox.cursors (source_id, seq) \
+         VALUES ('00000000-0000-0000-0000-000000000005', {count})"
+    ));
+}
+
+/// Producers enqueuing through `outboxctl enqueue` until dropped; what
+/// each enqueued (its `n`).
+struct Producers {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Vec<u64>>>,
+}
+
+impl Producers {
+    fn start(home: &Home, count: u64) -> Producers {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let threads = (0..count)
+            .map(|producer| {
+                let (stop, home) = (stop.clone(), home.path.clone());
+                std::thread::spawn(move || {
+                    let mut sent = Vec::new();
+                    let mut n = producer * 1_000_000;
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        let run = run(Command::new(OUTBOXCTL).arg("--home").arg(&home).args([
+                            "enqueue",
+                            "--topic",
+                            "busy",
+                            &format!("{{\"n\":{n}}}"),
+                        ]));
+                        assert_eq!(run.code, 0, "a producer failed: {run:?}");
+                        sent.push(n);
+                        n += 1;
+                    }
+                    sent
+                })
+            })
+            .collect();
+        Producers { stop, threads }
+    }
+
+    fn finish(self) -> Vec<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut all: Vec<u64> = self
+            .threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        all.sort_unstable();
+        all
+    }
+}
+
+/// Every `busy` event's `n` in PostgreSQL, sorted (duplicates kept).
+fn busy_in_postgres(home: &Home) -> Vec<u64> {
+    let text = home.query("SELECT string_agg((payload->>'n'), ',' ORDER BY (payload->>'n')::int8) FROM outbox.events WHERE topic = 'busy'");
+    let mut all: Vec<u64> = text
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect();
+    all.sort_unstable();
+    all
+}
+
+#[test]
+fn upgrade_moves_a_busy_home_to_17_rolls_back_and_finalizes() {
+    let Some(new) = new_bin() else { return };
+    let new = new.display().to_string();
+    let home = Home::with_cluster();
+    home.start();
+    fill_postgres(&home, 100_000);
+    let consumer = home.ctl(&["consume", "--name", "reader", "--limit", "10"]);
+    assert_eq!(consumer.code, 0, "{consumer:?}");
+
+    // The plan, without doing anything.
+    let plan = home.ctl(&["--json", "upgrade", "postgres", "--to", &new, "--dry-run"]);
+    assert_eq!(plan.code, 0, "{plan:?}");
+    let plan = plan.json();
+    assert_eq!(plan["plan"]["from_major"], 15);
+    assert_eq!(plan["plan"]["to_major"], 17);
+    assert_eq!(plan["plan"]["method"], "dump and restore");
+    assert!(plan["plan"]["estimate_secs"].as_f64().unwrap() > 0.0);
+    assert_eq!(pg_version(&home), "15");
+
+    // Producers enqueue before, during and after the move.
+    let producers = Producers::start(&home, 2);
+    eventually("the producers have enqueued", command_limit(), || {
+        home.query("SELECT count(*) FROM outbox.events WHERE topic = 'busy'") != "0"
+    });
+    let upgraded = home.ctl(&["--json", "upgrade", "postgres", "--to", &new]);
+    assert_eq!(upgraded.code, 0, "{upgraded:?}");
+    let upgraded = upgraded.json();
+    assert_eq!(upgraded["daemon_restarted"], true, "{upgraded}");
+    assert_eq!(
+        upgraded["counts"]["events"].as_i64().unwrap() >= 100_000,
+        true
+    );
+    eventually(
+        "the producers enqueue after the move",
+        command_limit(),
+        || {
+            home.query("SELECT count(*) FROM outbox.events WHERE topic = 'busy' AND drained_at > now() - interval '1 minute'") != "0"
+            && pg_version(&home) == "17"
+        },
+    );
+    let sent = producers.finish();
+    assert_eq!(home.ctl(&["flush", "--timeout", "60"]).code, 0);
+    // Nothing lost, nothing twice; the drain runs on 17.
+    assert_eq!(busy_in_postgres(&home), sent);
+    assert_eq!(
+        home.query("SELECT count(*) FROM outbox.events WHERE topic = 'bulk'"),
+        "100000"
+    );
+    let status = home.status();
+    assert!(
+        status["postgres"]["version"]
+            .as_str()
+            .unwrap()
+            .starts_with("17."),
+        "{status}"
+    );
+    assert_eq!(status["postgres"]["cluster_major"], 17);
+    assert!(
+        status["postgres"]["upgrade"]
+            .as_str()
+            .unwrap()
+            .contains("--finalize")
+    );
+    assert!(
+        home.paths()
+            .pg_dir
+            .join("data.15")
+            .join("PG_VERSION")
+            .is_file()
+    );
+    // The consumer resumes where it committed.
+    let next = home.ctl(&["consume", "--name", "reader", "--limit", "1"]);
+    assert!(next.stdout.contains("\"seq\":11"), "{next:?}");
+    // A second upgrade waits for --finalize or --rollback.
+    let again = home.ctl(&["upgrade", "postgres", "--to", &new]);
+    assert_ne!(again.code, 0);
+    assert!(again.stderr.contains("--finalize"), "{again:?}");
+
+    // Rollback: back on 15, with what was drained on 17.
+    home.ctl(&["enqueue", "--topic", "busy", "{\"n\":99000000}"]);
+    assert_eq!(home.ctl(&["flush", "--timeout", "60"]).code, 0);
+    let before = home.query("SELECT count(*) FROM outbox.events");
+    let back = home.ctl(&["upgrade", "postgres", "--rollback"]);
+    assert_eq!(back.code, 0, "{back:?}");
+    assert_eq!(pg_version(&home), "15");
+    assert!(!home.paths().pg_dir.join("data.15").exists());
+    assert_eq!(home.query("SELECT count(*) FROM outbox.events"), before);
+    assert!(
+        home.status()["postgres"]["version"]
+            .as_str()
+            .unwrap()
+            .starts_with("15.")
+    );
+    assert_eq!(
+        home.ctl(&["enqueue", "--topic", "busy", "{\"n\":99000001}"])
+            .code,
+        0
+    );
+    assert_eq!(home.ctl(&["flush", "--timeout", "60"]).code, 0);
+
+    // Up again, then for good.
+    assert_eq!(home.ctl(&["upgrade", "postgres", "--to", &new]).code, 0);
+    let last = home.ctl(&["upgrade", "postgres", "--finalize"]);
+    assert_eq!(last.code, 0, "{last:?}");
+    assert!(!home.paths().pg_dir.join("data.15").exists());
+    assert!(!home.paths().pg_upgrade.exists());
+    assert_eq!(pg_version(&home), "17");
+    assert_eq!(
+        home.query(
+            "SELECT count(*) FROM outbox.events WHERE payload->>'n' IN ('99000000', '99000001')"
+        ),
+        "2"
+    );
+    assert!(home.status()["postgres"].get("upgrade").is_none());
+    home.stop();
+}
+
+/// Where an interrupted upgrade or rollback must leave the home: the major
+/// it starts on.
+const KILLS: [(&str, &str); 7] = [
+    ("start", "15"),
+    ("initdb", "15"),
+    ("copy", "15"),
+    ("verify", "15"),
+    ("swap", "17"),
+    ("swap-half", "17"),
+    ("done", "17"),
+];
+
+#[test]
+fn a_kill_at_each_step_of_an_upgrade_leaves_a_home_that_starts() {
+    let Some(new) = new_bin() else { return };
+    let new = new.display().to_string();
+    for (step, major) in KILLS {
+        let home = Home::with_cluster();
+        home.start();
+        for n in 0..5 {
+            home.ctl(&["enqueue", "--topic", "kept", &format!("{{\"n\":{n}}}")]);
+        }
+        assert_eq!(home.ctl(&["flush", "--timeout", "60"]).code, 0);
+        let killed = run(home
+            .ctl_command(&["upgrade", "postgres", "--to", &new])
+            .env("OUTBOXD_TEST_UPGRADE_KILL_AT", step));
+        assert_eq!(killed.code, -1, "{step}: killed by a signal: {killed:?}");
+        // Producers go on; then the home starts, on one cluster or the other.
+        assert_eq!(
+            home.ctl(&["enqueue", "--topic", "kept", "{\"n\":5}"]).code,
+            0
+        );
+        if home.holder().is_none() {
+            home.start();
+        }
+        assert_eq!(home.ctl(&["flush", "--timeout", "60"]).code, 0, "{step}");
+        assert_eq!(pg_version(&home), major, "{step}");
+        let status = home.status();
+        assert!(
+            status["postgres"]["version"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{major}.")),
+            "{step}: {status}"
+        );
+        assert_eq!(
+            home.query("SELECT count(*) FROM outbox.events WHERE topic = 'kept'"),
+            "6",
+            "{step}"
+        );
+        assert_eq!(
+            home.postmasters().len(),
+            1,
+            "{step}: only the daemon's postmaster"
+        );
+        let pg = home.paths().pg_dir;
+        assert!(!pg.join("data.17.new").exists(), "{step}");
+        if major == "15" {
+            assert!(!home.paths().pg_upgrade.exists(), "{step}");
+            // The next upgrade goes through.
+            if step == "copy" {
+                let upgraded = home.ctl(&["upgrade", "postgres", "--to", &new]);
+                assert_eq!(upgraded.code, 0, "{upgraded:?}");
+                assert_eq!(pg_version(&home), "17");
+            }
+        } else {
+            assert!(pg.join("data.15").join("PG_VERSION").is_file(), "{step}");
+        }
+        home.stop();
+    }
+}
+
+#[test]
+fn a_kill_at_each_step_of_a_rollback_leaves_a_home_that_starts() {
+    let Some(new) = new_bin() else { return };
+    let new = new.display().to_string();
+    for (step, major) in [
+        ("rollback-copy", "17"),
+        ("rollback-swap", "15"),
+        ("rollback-swap-half", "15"),
+    ] {
+        let home = Home::with_cluster();
+        home.start();
+        assert_eq!(home.ctl(&["upgrade", "postgres", "--to", &new]).code, 0);
+        home.ctl(&["enqueue", "--topic", "on17", "{}"]);
+        assert_eq!(home.ctl(&["flush", "--timeout", "60"]).code, 0);
+        let killed = run(home
+            .ctl_command(&["upgrade", "postgres", "--rollback"])
+            .env("OUTBOXD_TEST_UPGRADE_KILL_AT", step));
+        assert_eq!(killed.code, -1, "{step}: {killed:?}");
+        if home.holder().is_none() {
+            home.start();
+        }
+        assert_eq!(pg_version(&home), major, "{step}");
+        assert_eq!(
+            home.query("SELECT count(*) FROM outbox.events WHERE topic = 'on17'"),
+            "1",
+            "{step}: the event drained on 17 is kept"
+        );
+        assert_eq!(home.postmasters().len(), 1, "{step}");
+        if major == "17" {
+            // Still awaiting a decision: the rollback can be redone.
+            let back = home.ctl(&["upgrade", "postgres", "--rollback"]);
+            assert_eq!(back.code, 0, "{back:?}");
+            assert_eq!(pg_version(&home), "15");
+        }
+        assert!(!home.paths().pg_dir.join("data.17.old").exists(), "{step}");
+        home.stop();
+    }
+}
+
+#[test]
+fn pg_upgrade_moves_a_cluster_when_the_new_major_ships_it() {
+    let Some(bin) = pg_upgrade_bin() else { return };
+    let bin = bin.display().to_string();
+    let home = Home::with_cluster();
+    home.start();
+    fill_postgres(&home, 10_000);
+    let upgraded = home.ctl(&["--json", "upgrade", "postgres", "--to", &bin]);
+    assert_eq!(upgraded.code, 0, "{upgraded:?}");
+    assert_eq!(upgraded.json()["plan"]["method"], "pg_upgrade");
+    assert_eq!(pg_version(&home), "16");
+    assert_eq!(
+        home.query("SELECT count(*) FROM outbox.events WHERE topic = 'bulk'"),
+        "10000"
+    );
+    assert_eq!(home.ctl(&["enqueue", "--topic", "on16", "{}"]).code, 0);
+    assert_eq!(home.ctl(&["flush", "--timeout", "60"]).code, 0);
+    assert_eq!(home.ctl(&["upgrade", "postgres", "--rollback"]).code, 0);
+    assert_eq!(pg_version(&home), "15");
+    assert_eq!(
+        home.query("SELECT count(*) FROM outbox.events WHERE topic = 'on16'"),
+        "1"
+    );
+    home.stop();
 }

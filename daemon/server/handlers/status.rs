@@ -15,8 +15,21 @@ pub async fn status(ctx: &Context) -> Status {
     }
     let config = ctx.config();
     let paths = &config.paths;
-    let postgres = ctx.postgres.status();
+    let mut postgres = ctx.postgres.status();
     let embedded = postgres.mode == PgMode::Embedded;
+    if embedded {
+        // Read now: `upgrade postgres --finalize` runs beside the daemon.
+        let paths = paths.clone();
+        postgres.upgrade = tokio::task::spawn_blocking(move || {
+            outboxd::pgupgrade::read(&paths)
+                .ok()
+                .flatten()
+                .map(|marker| marker.note(&paths))
+        })
+        .await
+        .ok()
+        .flatten();
+    }
     Status {
         state: ctx.state.get(),
         pid: ctx.pid,
