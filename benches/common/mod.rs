@@ -32,6 +32,7 @@ pub fn ctl_output(home: &Path, args: &[&str]) -> String {
 
 /// A `/proc/PID/status` field (`"VmRSS:"`, `"VmHWM:"`) in KiB; 0 when the
 /// process is gone.
+#[allow(dead_code, reason = "not every benchmark watches memory")]
 pub fn proc_kib(pid: i32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
