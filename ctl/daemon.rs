@@ -176,6 +176,9 @@ pub fn find(paths: &Paths) -> Found {
     }
     match state {
         LockState::Held { pid, .. } => {
+            if let Some(upgrading) = upgrading(paths, pid) {
+                return Found::Unknown(upgrading);
+            }
             let answer = connect_verified(paths, pid, ANSWER_TIMEOUT)
                 .and_then(|mut client| client.call_as::<Status>(&Request::Status));
             match answer {
@@ -218,6 +221,18 @@ pub fn find(paths: &Paths) -> Found {
             Found::Stopped { stale, orphan }
         }
     }
+}
+
+/// When `outboxctl upgrade postgres` holds the lock (its record says a
+/// step is under way), what to say instead of asking a daemon.
+pub fn upgrading(paths: &Paths, holder: i32) -> Option<CtlError> {
+    let marker = outboxd::pgupgrade::read(paths).ok()??;
+    (marker.step != outboxd::pgupgrade::Step::Done).then(|| {
+        CtlError::Failed(format!(
+            "PostgreSQL is being moved from {} to {} (`outboxctl upgrade postgres`, pid              {holder}, holds the home's lock; step {:?}): producers go on enqueuing, and the              daemon starts again when it ends; `kill -INT {holder}` abandons it (the next start              returns to the old cluster)",
+            marker.from_major, marker.to_major, marker.step
+        ))
+    })
 }
 
 /// A daemon of this home records this home's socket in its lock file; a

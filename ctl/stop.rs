@@ -114,6 +114,9 @@ pub fn stop(paths: &Paths, grace: Option<Duration>) -> Result<Report, CtlError> 
                 paths.lock.display()
             )));
         }
+        if let Some(upgrading) = daemon::upgrading(paths, pid) {
+            return Err(upgrading);
+        }
         report.pid = Some(pid);
         let how = escalate(paths, pid, grace, &mut report.steps)?;
         cleanly = how == "stopped";

@@ -272,12 +272,24 @@ fn stop_servers(paths: &Paths, marker: &Marker, uid: u32) {
 
 /// A test hook: when `OUTBOXD_TEST_UPGRADE_KILL_AT` names `step`, this
 /// process dies there by SIGKILL (a real crash at a known point, for the
-/// tests of recovery). Nothing else reads the variable.
+/// tests of recovery); `stop:<step>` freezes it there with SIGSTOP (the
+/// tests of what others see during an upgrade). Nothing else reads the
+/// variable.
 pub fn checkpoint(step: &str) {
-    if std::env::var("OUTBOXD_TEST_UPGRADE_KILL_AT").is_ok_and(|at| at == step) {
-        #[cfg(unix)]
-        let _ =
-            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+    let Ok(at) = std::env::var("OUTBOXD_TEST_UPGRADE_KILL_AT") else {
+        return;
+    };
+    #[cfg(unix)]
+    {
+        use rustix::process::{Signal, getpid, kill_process};
+        if at.strip_prefix("stop:") == Some(step) {
+            let _ = kill_process(getpid(), Signal::STOP);
+        }
+        if at == step {
+            let _ = kill_process(getpid(), Signal::KILL);
+        }
+    }
+    if at == step {
         std::process::abort();
     }
 }

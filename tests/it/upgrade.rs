@@ -392,6 +392,50 @@ fn a_kill_at_each_step_of_an_upgrade_leaves_a_home_that_starts() {
 }
 
 #[test]
+fn status_and_stop_say_an_upgrade_runs_and_leave_it_alone() {
+    use crate::common::{Guard, kill};
+    let Some(new) = new_bin() else { return };
+    let home = Home::with_cluster();
+    home.start();
+    // The upgrade, frozen (SIGSTOP) while it copies, holding the lock.
+    let mut upgrade = Guard::spawn(
+        home.ctl_command(&["upgrade", "postgres", "--to", &new.display().to_string()])
+            .env("OUTBOXD_TEST_UPGRADE_KILL_AT", "stop:copy")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
+    eventually("the upgrade is frozen in its copy", command_limit(), || {
+        std::fs::read_to_string(format!("/proc/{}/stat", upgrade.pid())).is_ok_and(|stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('T'))
+        })
+    });
+    let status = home.ctl(&["status"]);
+    assert_eq!(status.code, 4, "{status:?}");
+    assert!(
+        status
+            .stdout
+            .contains("PostgreSQL is being moved from 15 to 17"),
+        "{status:?}"
+    );
+    let stop = home.ctl(&["stop"]);
+    assert_ne!(stop.code, 0, "{stop:?}");
+    assert!(stop.stderr.contains("being moved"), "{stop:?}");
+    // Producers are not held up.
+    assert_eq!(home.ctl(&["enqueue", "--topic", "during", "{}"]).code, 0);
+    kill(upgrade.pid(), libc::SIGCONT);
+    let finished = upgrade.child.wait().unwrap();
+    assert!(finished.success(), "{finished:?}");
+    assert_eq!(home.ctl(&["flush", "--timeout", "60"]).code, 0);
+    assert_eq!(
+        home.query("SELECT count(*) FROM outbox.events WHERE topic = 'during'"),
+        "1"
+    );
+    home.stop();
+}
+
+#[test]
 fn a_kill_at_each_step_of_a_rollback_leaves_a_home_that_starts() {
     let Some(new) = new_bin() else { return };
     let new = new.display().to_string();
