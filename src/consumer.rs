@@ -530,29 +530,30 @@ const ADVANCE: &str = "WITH moved AS (
 /// cursor, of the topics `$3` (exact) or `$4` (`LIKE` patterns), both
 /// NULL for all. Each source may fill its share of the count `$2` and of
 /// the bytes `$5`; the first event of a source always comes, whatever its
-/// size.
-const READ: &str = "SELECT source_id, seq, topic, key, payload, id, enqueued_at FROM (
-         SELECT e.*, k.bytes,
-                sum(octet_length(e.payload)) OVER (PARTITION BY e.source_id ORDER BY e.seq)
-                    AS running,
-                row_number() OVER (PARTITION BY e.source_id ORDER BY e.seq) AS n
-         FROM (SELECT greatest(count(*), 1) AS sources FROM outbox.cursors) m
-         CROSS JOIN LATERAL (SELECT ($2 + m.sources - 1) / m.sources AS rows,
-                                    greatest($5 / m.sources, 1) AS bytes) k
-         CROSS JOIN outbox.cursors s
-         LEFT JOIN outbox.consumer_cursors c ON c.consumer = $1 AND c.source_id = s.source_id
-         CROSS JOIN LATERAL (
-             SELECT e.source_id, e.seq, e.topic, e.key, e.payload::text AS payload, e.id,
-                    e.enqueued_at
-             FROM outbox.events e
-             WHERE e.source_id = s.source_id AND e.seq > coalesce(c.seq, 0)
-               AND ($3::text[] IS NULL OR e.topic = ANY($3) OR e.topic LIKE ANY($4))
-             ORDER BY e.seq
-             LIMIT k.rows
-         ) e
-     ) r
-     WHERE n = 1 OR running <= bytes
-     ORDER BY source_id, seq";
+/// size. Each source's rows come in seq order (the window runs over its
+/// index scan, so nothing is sorted); sources come in any order.
+const READ: &str = "SELECT e.source_id, e.seq, e.topic, e.key, e.payload, e.id, e.enqueued_at
+     FROM (SELECT greatest(count(*), 1) AS sources FROM outbox.cursors) m
+     CROSS JOIN LATERAL (SELECT ($2 + m.sources - 1) / m.sources AS rows,
+                                greatest($5 / m.sources, 1) AS bytes) k
+     CROSS JOIN outbox.cursors s
+     LEFT JOIN outbox.consumer_cursors c ON c.consumer = $1 AND c.source_id = s.source_id
+     CROSS JOIN LATERAL (
+         SELECT w.* FROM (
+             SELECT f.*, sum(octet_length(f.payload)) OVER (ORDER BY f.seq) AS running,
+                    row_number() OVER (ORDER BY f.seq) AS n
+             FROM (
+                 SELECT e.source_id, e.seq, e.topic, e.key, e.payload::text AS payload, e.id,
+                        e.enqueued_at
+                 FROM outbox.events e
+                 WHERE e.source_id = s.source_id AND e.seq > coalesce(c.seq, 0)
+                   AND ($3::text[] IS NULL OR e.topic = ANY($3) OR e.topic LIKE ANY($4))
+                 ORDER BY e.seq
+                 LIMIT k.rows
+             ) f
+         ) w
+         WHERE w.n = 1 OR w.running <= k.bytes
+     ) e";
 
 /// Exact topics and `LIKE` patterns for `prefix.*`; both `None` to read
 /// every topic.
