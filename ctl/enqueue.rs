@@ -3,11 +3,12 @@
 //! need not run). As root it first becomes the home's account, so the
 //! spool's files never belong to root.
 
-use std::io::{BufRead, IsTerminal};
+use std::io::{BufRead, IsTerminal, Read};
+use std::path::PathBuf;
 
 use outboxd::exit_code;
 use outboxd::paths::Paths;
-use outboxd::spool::{Durability, NewEvent, Options, Spool};
+use outboxd::spool::{Durability, MAX_PAYLOAD, NewEvent, Options, Spool};
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
@@ -20,7 +21,9 @@ pub struct Args {
     pub topic: Option<String>,
     pub key: Option<String>,
     pub id: Option<String>,
+    /// The payload: JSON text, or `-` for standard input.
     pub payload: Option<String>,
+    pub payload_file: Option<PathBuf>,
     pub ndjson: bool,
     pub batch_size: usize,
     pub durability: Durability,
@@ -89,19 +92,42 @@ impl Sink {
     }
 }
 
+/// The largest NDJSON line read: the largest payload and the other
+/// fields, with room for JSON's escapes. A longer line is refused as soon
+/// as it is seen, without reading the rest of it.
+const MAX_LINE: u64 = 2 * (MAX_PAYLOAD as u64) + 64 * 1024;
+
 fn one(paths: &Paths, args: &Args, out: &Output) -> Result<(), CtlError> {
-    let (Some(topic), Some(payload)) = (&args.topic, &args.payload) else {
+    let Some(topic) = &args.topic else {
         return Err(CtlError::Failed(
-            "enqueue needs --topic T and a PAYLOAD (JSON), or --ndjson with events on standard \
-             input"
+            "enqueue needs --topic T and a PAYLOAD (JSON; - or --payload-file FILE to read it), \
+             or --ndjson with events on standard input"
                 .into(),
         ));
+    };
+    let payload = match (&args.payload, &args.payload_file) {
+        (Some(dash), None) if dash == "-" => {
+            read_payload(std::io::stdin().lock(), "standard input")?
+        }
+        (Some(payload), None) => payload.clone(),
+        (None, Some(file)) => {
+            let opened = std::fs::File::open(file)
+                .map_err(|e| CtlError::Failed(format!("could not open {}: {e}", file.display())))?;
+            read_payload(opened, &file.display().to_string())?
+        }
+        _ => {
+            return Err(CtlError::Failed(
+                "enqueue needs one payload: a JSON argument, - for standard input, or \
+                 --payload-file FILE"
+                    .into(),
+            ));
+        }
     };
     let event = NewEvent {
         topic: topic.clone(),
         key: args.key.clone(),
         id: args.id.clone(),
-        payload: payload.clone(),
+        payload,
     };
     // Validated before the spool is opened: a bad event creates nothing.
     outboxd::spool::validate(&event).map_err(|e| CtlError::Failed(hint(e.to_string())))?;
@@ -120,6 +146,26 @@ fn one(paths: &Paths, args: &Args, out: &Output) -> Result<(), CtlError> {
         json!({"seq": enqueued.seq, "duplicate": enqueued.duplicate}),
     );
     Ok(())
+}
+
+/// A payload read from `from` (a file or standard input), refused past
+/// the largest payload without reading further.
+fn read_payload(from: impl Read, what: &str) -> Result<String, CtlError> {
+    let mut bytes = Vec::new();
+    from.take(MAX_PAYLOAD as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| CtlError::Failed(format!("could not read the payload from {what}: {e}")))?;
+    if bytes.len() > MAX_PAYLOAD {
+        return Err(CtlError::Failed(format!(
+            "the payload in {what} is over {} KiB, the largest an event takes; nothing was enqueued",
+            MAX_PAYLOAD / 1024
+        )));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| {
+        CtlError::Failed(format!("the payload in {what} is not UTF-8 text (JSON is)"))
+    })?;
+    // A file's final newline is not part of the JSON value.
+    Ok(text.trim_end_matches(['\n', '\r']).to_string())
 }
 
 fn hint(message: String) -> String {
@@ -157,15 +203,45 @@ fn ndjson(paths: &Paths, args: &Args, out: &Output) -> Result<(), CtlError> {
     let mut batch: Vec<NewEvent> = Vec::with_capacity(args.batch_size);
     // The line number of the first event of the batch being gathered.
     let mut batch_start = 0;
-    let mut lines = std::io::stdin().lock().lines().enumerate();
+    let mut input = std::io::stdin().lock();
+    let mut number = 0;
+    let mut line = Vec::new();
     loop {
-        let next = lines.next();
-        let end = next.is_none();
-        if let Some((index, line)) = next {
-            let number = index + 1;
-            let line = line.map_err(|e| {
+        number += 1;
+        line.clear();
+        (&mut input)
+            .take(MAX_LINE + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| {
                 CtlError::Failed(format!(
                     "could not read line {number} of standard input: {e}"
+                ))
+            })?;
+        let end = line.is_empty();
+        if !end {
+            if line.len() as u64 > MAX_LINE {
+                return Err(CtlError::Failed(format!(
+                    "line {number} is longer than {} KiB (an event's payload takes at most {} \
+                     KiB); nothing of lines {}-{number} was written{}",
+                    MAX_LINE / 1024,
+                    MAX_PAYLOAD / 1024,
+                    if batch.is_empty() {
+                        number
+                    } else {
+                        batch_start
+                    },
+                    summary(accepted, duplicates, range)
+                )));
+            }
+            let line = std::str::from_utf8(&line).map_err(|_| {
+                CtlError::Failed(format!(
+                    "line {number} is not UTF-8 text; nothing of lines {}-{number} was written{}",
+                    if batch.is_empty() {
+                        number
+                    } else {
+                        batch_start
+                    },
+                    summary(accepted, duplicates, range)
                 ))
             })?;
             if line.trim().is_empty() {
@@ -174,7 +250,7 @@ fn ndjson(paths: &Paths, args: &Args, out: &Output) -> Result<(), CtlError> {
             if batch.is_empty() {
                 batch_start = number;
             }
-            let event = parse_line(&line).and_then(|event| {
+            let event = parse_line(line).and_then(|event| {
                 outboxd::spool::validate(&event)
                     .map(|()| event)
                     .map_err(|e| e.to_string())
@@ -219,13 +295,15 @@ fn ndjson(paths: &Paths, args: &Args, out: &Output) -> Result<(), CtlError> {
         }
     }
     let text = format!(
-        "enqueued {accepted} events{}{}",
-        range
-            .map(|(low, high)| format!(" (seq {low} to {high})"))
-            .unwrap_or_default(),
+        "enqueued {}{}{}",
+        crate::output::count(accepted, "event"),
+        range.map(seq_range).unwrap_or_default(),
         match duplicates {
             0 => String::new(),
-            n => format!("; {n} duplicates skipped (their ids were enqueued before)"),
+            n => format!(
+                "; {} skipped (their ids were enqueued before)",
+                crate::output::count(n, "duplicate")
+            ),
         }
     );
     out.result(
@@ -236,18 +314,26 @@ fn ndjson(paths: &Paths, args: &Args, out: &Output) -> Result<(), CtlError> {
     Ok(())
 }
 
+/// ` (seq 4)`, ` (seq 4 to 9)`.
+fn seq_range((low, high): (i64, i64)) -> String {
+    match low == high {
+        true => format!(" (seq {low})"),
+        false => format!(" (seq {low} to {high})"),
+    }
+}
+
 fn summary(accepted: u64, duplicates: u64, range: Option<(i64, i64)>) -> String {
     if accepted == 0 && duplicates == 0 {
         return String::new();
     }
     format!(
-        "; {accepted} events from earlier lines were enqueued{}{}",
-        range
-            .map(|(low, high)| format!(" (seq {low} to {high})"))
-            .unwrap_or_default(),
+        "; {} from earlier lines {} enqueued{}{}",
+        crate::output::count(accepted, "event"),
+        if accepted == 1 { "was" } else { "were" },
+        range.map(seq_range).unwrap_or_default(),
         match duplicates {
             0 => String::new(),
-            n => format!(" and {n} duplicates skipped"),
+            n => format!(" and {} skipped", crate::output::count(n, "duplicate")),
         }
     )
 }

@@ -137,13 +137,18 @@ enum Command {
         /// Idempotency id: an event with an id seen before lands once
         #[arg(long)]
         id: Option<String>,
-        /// The payload: any JSON value (a string needs its quotes: '"text"')
+        /// The payload: any JSON value (a string needs its quotes: '"text"');
+        /// - reads it from standard input
         #[arg(
-            required_unless_present = "ndjson",
+            required_unless_present_any = ["ndjson", "payload_file"],
             conflicts_with = "ndjson",
             allow_negative_numbers = true
         )]
         payload: Option<String>,
+        /// Read the payload from FILE (payloads of 128 KiB and more are too
+        /// long for a command-line argument)
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["ndjson", "payload"])]
+        payload_file: Option<PathBuf>,
         /// Read events from standard input, one JSON object a line:
         /// {"topic": ..., "payload": ..., "key": ..., "id": ...}
         #[arg(long, conflicts_with_all = ["topic", "key", "id"])]
@@ -539,6 +544,7 @@ fn main() -> ExitCode {
             key,
             id,
             payload,
+            payload_file,
             ndjson,
             batch_size,
             durability,
@@ -550,6 +556,7 @@ fn main() -> ExitCode {
                 key,
                 id,
                 payload,
+                payload_file,
                 ndjson,
                 batch_size: batch_size as usize,
                 durability: match durability.as_str() {

@@ -76,3 +76,11 @@ pub fn stdout(text: std::fmt::Arguments<'_>) {
 pub fn stderr(text: std::fmt::Arguments<'_>) {
     let _ = std::io::stderr().lock().write_fmt(text);
 }
+
+/// `1 event`, `2 events`: a count with its noun.
+pub fn count(n: u64, noun: &str) -> String {
+    match n {
+        1 => format!("1 {noun}"),
+        n => format!("{n} {noun}s"),
+    }
+}

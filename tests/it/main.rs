@@ -30,6 +30,7 @@ mod faults;
 mod findings_daemon;
 mod findings_spool;
 mod lifecycle;
+mod newcomer;
 mod operations;
 mod outbox;
 mod postgres;

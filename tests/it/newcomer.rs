@@ -1,0 +1,104 @@
+//! What a new user meets (issue 20's small things): large payloads from
+//! the command line, advice that fits the directory, counted nouns, and
+//! the messages that misled.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+
+use crate::common::*;
+
+/// A directory every account can read, with `name` holding `bytes`.
+fn readable_file(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, bytes).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    path
+}
+
+#[test]
+fn large_payloads_come_from_a_file_or_standard_input_and_a_huge_line_is_refused_early() {
+    let home = Home::new();
+    let scratch = tempfile::tempdir().unwrap();
+    // 250 KiB: too long for an argument (MAX_ARG_STRLEN is 128 KiB).
+    let payload = format!("{{\"blob\":\"{}\"}}\n", "x".repeat(250 * 1024));
+    let file = readable_file(&scratch, "payload.json", payload.as_bytes());
+    let from_file = home.ctl(&[
+        "enqueue",
+        "--topic",
+        "big",
+        "--payload-file",
+        &file.display().to_string(),
+    ]);
+    assert_eq!(from_file.code, 0, "{:?}", from_file.stderr);
+    assert_eq!(from_file.stdout.trim(), "seq 1");
+    let mut child = home
+        .ctl_command(&["enqueue", "--topic", "big", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(payload.as_bytes())
+        .unwrap();
+    let from_stdin = child.wait_with_output().unwrap();
+    assert!(from_stdin.status.success(), "{from_stdin:?}");
+    assert_eq!(String::from_utf8_lossy(&from_stdin.stdout).trim(), "seq 2");
+
+    // Past the largest payload: refused, nothing enqueued.
+    let too_big = readable_file(
+        &scratch,
+        "big.json",
+        format!("\"{}\"", "y".repeat(300 * 1024)).as_bytes(),
+    );
+    let refused = home.ctl(&[
+        "enqueue",
+        "--topic",
+        "big",
+        "--payload-file",
+        &too_big.display().to_string(),
+    ]);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.contains("over 256 KiB"), "{refused:?}");
+
+    // A 100 MB line: refused at once, in little memory.
+    let huge = readable_file(&scratch, "huge.ndjson", &vec![b'z'; 100 << 20]);
+    let measured = Command::new("/usr/bin/time")
+        .args(["-f", "maxrss %M"])
+        .arg(OUTBOXCTL)
+        .arg("--home")
+        .arg(&home.path)
+        .args(["enqueue", "--ndjson"])
+        .stdin(std::fs::File::open(&huge).unwrap())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&measured.stderr);
+    assert_eq!(measured.status.code(), Some(1), "{said}");
+    assert!(said.contains("line 1 is longer than"), "{said}");
+    let kib: u64 = said
+        .lines()
+        .find_map(|l| l.strip_prefix("maxrss "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap();
+    assert!(
+        kib < 40 * 1024,
+        "peak RSS {kib} KiB for a refused 100 MB line"
+    );
+
+    // Counted nouns.
+    let line = readable_file(&scratch, "one.ndjson", b"{\"topic\":\"t\",\"payload\":1}\n");
+    let one = home
+        .ctl_command(&["enqueue", "--ndjson"])
+        .stdin(std::fs::File::open(line).unwrap())
+        .output()
+        .unwrap();
+    assert!(one.status.success(), "{one:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&one.stdout).trim(),
+        "enqueued 1 event (seq 3)"
+    );
+}
