@@ -63,6 +63,9 @@ pub enum CtlError {
     /// The socket or the lock file is not to be trusted.
     #[error("{0}; refusing to talk to it or signal anything")]
     Untrusted(String),
+    /// Ctrl-C or SIGTERM stopped the command (exit 130).
+    #[error("{0}")]
+    Interrupted(String),
     /// Anything else.
     #[error("{0}")]
     Failed(String),
@@ -77,6 +80,7 @@ impl CtlError {
             | CtlError::Denied { .. }
             | CtlError::Untrusted(_) => exit_code::UNKNOWN,
             CtlError::Failed(_) => exit_code::FAILURE,
+            CtlError::Interrupted(_) => 130,
         }
     }
 

@@ -138,16 +138,25 @@ fn launch(paths: &Paths, deadline: Instant, out: &Output) -> Result<Started, Ctl
     };
     let mut main_pid = launched.main_pid;
     let mut last_status = String::from("no word from the daemon yet");
+    // Ctrl-C while the daemon starts: stop it, as a timeout does.
+    let interrupt = crate::os::interruptible();
     loop {
         if Instant::now() >= deadline {
             return Err(give_up(paths, main_pid, &last_status, out));
         }
+        if interrupt.interrupted() {
+            wait_launcher(&mut child);
+            return Err(interrupted(paths, main_pid, out));
+        }
         // Checked before the wait: whatever a dead daemon sent before it
         // died is already queued, so the wait below still receives it.
         let alive = check_alive(&mut child, main_pid);
-        let events = listener
-            .recv(Duration::from_millis(100))
-            .map_err(|e| CtlError::Failed(format!("could not read the notify socket: {e}")))?;
+        let events = match listener.recv(Duration::from_millis(100)) {
+            // A signal (Ctrl-C) cut the wait short: see to it above.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => None,
+            events => events
+                .map_err(|e| CtlError::Failed(format!("could not read the notify socket: {e}")))?,
+        };
         let Some(events) = events else {
             if let Err(why) = alive {
                 return Err(failed(why, &mut child, main_pid));
@@ -218,6 +227,28 @@ fn give_up(paths: &Paths, main_pid: Option<i32>, last_status: &str, out: &Output
         Err(err) => CtlError::Failed(format!(
             "outboxd (pid {pid}) was not ready within {waited} (last status: {last_status}), \
              and could not be stopped: {err}"
+        )),
+    }
+}
+
+/// Ctrl-C or SIGTERM came while the daemon started: stop it (the lock's
+/// holder, verified, once the launcher has exited).
+fn interrupted(paths: &Paths, main_pid: Option<i32>, out: &Output) -> CtlError {
+    out.progress("outboxctl: interrupted; stopping the daemon this start launched");
+    let stopped = crate::stop::stop(paths, Some(Duration::from_secs(30)));
+    // Returns once the daemon is gone, as a failed start does.
+    if let Some(pid) = stopped.as_ref().ok().and_then(|r| r.pid).or(main_pid) {
+        process::wait_gone(pid, EXIT_GRACE);
+    }
+    match stopped {
+        Ok(report) => CtlError::Interrupted(format!(
+            "interrupted: the daemon this start launched was stopped again ({})",
+            report.text()
+        )),
+        Err(err) => CtlError::Interrupted(format!(
+            "interrupted, and the daemon this start launched could not be stopped: {err}; \
+             `{}` stops it",
+            outboxd::quote::ctl(&paths.home, "stop")
         )),
     }
 }

@@ -34,7 +34,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// What `stop` did.
 pub struct Report {
     /// The daemon's pid, when one was running.
-    pid: Option<i32>,
+    pub pid: Option<i32>,
     /// How it ended: `stopped`, `stopped after SIGTERM`, `killed with SIGKILL`
     /// (on Windows: the stop event, TerminateProcess).
     how: Option<String>,

@@ -12,11 +12,11 @@ use std::thread::JoinHandle;
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]
-pub use unix::{die_with_parent, interrupt, shell, spawn_daemon, stop_requested};
+pub use unix::{die_with_parent, interrupt, interruptible, shell, spawn_daemon, stop_requested};
 #[cfg(windows)]
 mod windows;
 #[cfg(windows)]
-pub use windows::{shell, spawn_daemon, stop_requested};
+pub use windows::{interruptible, shell, spawn_daemon, stop_requested};
 
 /// A daemon being launched.
 pub struct Launched {

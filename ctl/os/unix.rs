@@ -92,3 +92,33 @@ pub fn interrupt(pid: u32) {
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
     }
 }
+
+/// A flag that Ctrl-C (SIGINT) or SIGTERM sets instead of ending the
+/// process, for as long as the returned guard lives.
+pub fn interruptible() -> Interruptible {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ids = [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM]
+        .into_iter()
+        .filter_map(|signal| signal_hook::flag::register(signal, flag.clone()).ok())
+        .collect();
+    Interruptible { flag, ids }
+}
+
+pub struct Interruptible {
+    flag: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ids: Vec<signal_hook::SigId>,
+}
+
+impl Interruptible {
+    pub fn interrupted(&self) -> bool {
+        self.flag.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Interruptible {
+    fn drop(&mut self) {
+        for id in self.ids.drain(..) {
+            signal_hook::low_level::unregister(id);
+        }
+    }
+}

@@ -63,3 +63,17 @@ pub fn spawn_daemon(exe: &Path, paths: &Paths, notify: &Path) -> std::io::Result
         said: std::thread::spawn(String::new),
     })
 }
+
+/// On Windows, Ctrl-C during `start` still ends outboxctl at once (the
+/// daemon it launched goes on; `outboxctl stop` stops it).
+pub fn interruptible() -> Interruptible {
+    Interruptible
+}
+
+pub struct Interruptible;
+
+impl Interruptible {
+    pub fn interrupted(&self) -> bool {
+        false
+    }
+}

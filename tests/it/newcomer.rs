@@ -102,3 +102,30 @@ fn large_payloads_come_from_a_file_or_standard_input_and_a_huge_line_is_refused_
         "enqueued 1 event (seq 3)"
     );
 }
+
+#[test]
+fn ctrl_c_during_start_stops_the_daemon_that_start_launched() {
+    use crate::common::{Guard, kill};
+    // A first start (initdb) gives time to interrupt it.
+    let home = Home::new();
+    let mut start = Guard::spawn(
+        home.ctl_command(&["start"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    eventually("the daemon holds the lock", startup_limit(), || {
+        home.holder().is_some()
+    });
+    kill(start.pid(), libc::SIGINT);
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut start.child.stderr.take().unwrap(), &mut said).unwrap();
+    let status = start.child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{said}");
+    assert!(said.contains("stopped again"), "{said}");
+    assert!(home.holder().is_none());
+    assert!(
+        home.daemons().is_empty(),
+        "a daemon outlived the interrupted start"
+    );
+    assert!(home.postmasters().is_empty());
+}
