@@ -143,6 +143,9 @@ pub fn install(target: &Target, dry_run: bool, outboxd: Option<&Path>, out: &Out
             let mut notes = Vec::new();
             let mut problems = Vec::new();
             check_binary(&plan, &exe, &mut problems, &mut notes);
+            if plan.scope == Scope::System {
+                notes.extend(existing_home_owner(&plan.home));
+            }
             account_steps(&plan, &mut steps, &mut notes, &mut problems)?;
             let content = plan.render(&exe)?;
             let updated =
@@ -505,3 +508,21 @@ pub fn status(target: &Target, out: &Output) -> u8 {
 
 #[cfg(test)]
 mod tests;
+
+/// A home that is already there and is not the service account's:
+/// systemd's `StateDirectory=` gives it, recursively, to that account at
+/// the first start.
+fn existing_home_owner(home: &std::path::Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(home).ok()?;
+    let owner = outboxd::account::name_of(meta.uid());
+    (owner != ACCOUNT).then(|| {
+        format!(
+            "{} exists and belongs to {owner}: at its first start systemd gives it and \
+             everything in it to {ACCOUNT} (StateDirectory=), and the daemon then runs as \
+             {ACCOUNT}; if {owner}'s daemon runs there, stop it first (`{}`)",
+            home.display(),
+            quote::ctl(home, "stop")
+        )
+    })
+}

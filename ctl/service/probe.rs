@@ -101,16 +101,30 @@ pub(super) fn check_binary(
         quote::shell(exe),
         quote::shell(exe.parent().unwrap_or(Path::new(".")))
     );
-    if plan.platform == Platform::Linux
-        && ["/home", "/root", "/run/user"]
-            .iter()
-            .any(|hidden| exe.starts_with(hidden))
-    {
-        problems.push(format!(
-            "{} is under a directory that ProtectHome= hides from the service; {fix}",
-            exe.display()
-        ));
-        return;
+    if plan.platform == Platform::Linux {
+        // Checked as named and as resolved: a link in /usr/local/bin to a
+        // build in /tmp is as hidden as the build.
+        let resolved = std::fs::canonicalize(exe).unwrap_or_else(|_| exe.to_path_buf());
+        for (dirs, setting) in [
+            (&["/home", "/root", "/run/user"][..], "ProtectHome="),
+            (&["/tmp", "/var/tmp"][..], "PrivateTmp="),
+        ] {
+            let hidden = [exe, resolved.as_path()]
+                .into_iter()
+                .find(|path| dirs.iter().any(|dir| path.starts_with(dir)));
+            if let Some(path) = hidden {
+                let via = match path == exe {
+                    true => String::new(),
+                    false => format!(" (it is a link to {})", path.display()),
+                };
+                problems.push(format!(
+                    "{}{via} is under a directory that the unit's {setting} hides from the \
+                     service (it would fail with status 203/EXEC); {fix}",
+                    exe.display()
+                ));
+                return;
+            }
+        }
     }
     let mut replaceable = None;
     for current in exe.ancestors() {

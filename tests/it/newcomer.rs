@@ -129,3 +129,29 @@ fn ctrl_c_during_start_stops_the_daemon_that_start_launched() {
     );
     assert!(home.postmasters().is_empty());
 }
+
+#[test]
+fn a_system_service_refuses_a_binary_in_tmp_even_through_a_link() {
+    let build = tempfile::tempdir_in("/tmp").unwrap();
+    let exe = build.path().join("outboxd");
+    std::fs::copy(OUTBOXD, &exe).unwrap();
+    let linked = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let link = linked.path().join("outboxd");
+    std::os::unix::fs::symlink(&exe, &link).unwrap();
+    for (named, via) in [(&exe, false), (&link, true)] {
+        let plan = run(Command::new(OUTBOXCTL).args([
+            "service",
+            "install",
+            "--system",
+            "--dry-run",
+            "--json",
+            "--outboxd",
+            &named.display().to_string(),
+        ]));
+        let plan = plan.json();
+        let problems = plan["problems"].to_string();
+        assert!(problems.contains("PrivateTmp= hides"), "{plan}");
+        assert!(problems.contains("203/EXEC"), "{plan}");
+        assert_eq!(problems.contains("it is a link to"), via, "{plan}");
+    }
+}
