@@ -33,6 +33,18 @@ pub fn run(paths: &Paths, out: &Output) -> u8 {
             );
             exit_code::FAILURE
         }
+        Found::Stopped { stale, .. }
+            if stale.is_empty() && outboxd::privileges::is_foreign_dir(&paths.home) =>
+        {
+            out.result(
+                format!(
+                    "{home} is not an outboxd home (it has no outbox.db, outboxd.lock or pg/): \
+                     no daemon runs there; check --home (or OUTBOXD_HOME)"
+                ),
+                json!({"state": "stopped", "home": paths.home, "outboxd_home": false}),
+            );
+            exit_code::NOT_RUNNING
+        }
         Found::Stopped { stale, .. } if stale.is_empty() => {
             out.result(
                 format!("outboxd is not running (home {home})"),

@@ -38,6 +38,30 @@ mod windows;
 #[cfg(windows)]
 use windows as os;
 
+/// Whether a directory with these entries is an outboxd home.
+pub fn is_outboxd_home(names: &[String]) -> bool {
+    names
+        .iter()
+        .any(|name| matches!(name.as_str(), "outbox.db" | "outboxd.lock" | "pg"))
+}
+
+/// Whether `dir` exists, holds files, and is not an outboxd home (a
+/// mistyped `--home /etc`, say). `config.toml` alone is a home being made.
+pub fn is_foreign_dir(dir: &Path) -> bool {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return false;
+    };
+    let names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    !names.is_empty()
+        && !is_outboxd_home(&names)
+        && !names
+            .iter()
+            .all(|n| n == "config.toml" || n == "run" || n == "log")
+}
+
 /// The accounts tried, in order, for a new home when none is named.
 pub const DEFAULT_ACCOUNTS: &[&str] = &["outboxd", "postgres"];
 

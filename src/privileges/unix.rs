@@ -176,16 +176,26 @@ fn root_config_user(home: &Path, dir: &OwnedFd) -> Result<Option<String>> {
                 })?;
             Ok(settings.user)
         }
-        _ => Err(Error::problem(
+        // A chown is offered only for what is an outboxd home: advice to
+        // give /etc away would be dangerous.
+        names if super::is_outboxd_home(names) => Err(Error::problem(
             "home",
             home,
             "belongs to root and is not empty",
             format!(
                 "outboxd never runs as root and never hands over files that already exist: \
-                 choose a new or empty directory, or, if this is an outboxd home, give it to \
-                 its account yourself (chown -R outboxd: {})",
+                 this is an outboxd home, so give it to its account yourself (chown -R \
+                 outboxd: {}), or choose a new or empty directory",
                 quote::shell(home)
             ),
+            crate::errno::EPERM,
+        )),
+        _ => Err(Error::problem(
+            "home",
+            home,
+            "is not an outboxd home (it has no outbox.db, outboxd.lock or pg/) and is not empty",
+            "choose a new or empty directory for the home (--home DIR); outboxd never takes \
+             over a directory that holds other files",
             crate::errno::EPERM,
         )),
     }

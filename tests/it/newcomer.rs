@@ -155,3 +155,33 @@ fn a_system_service_refuses_a_binary_in_tmp_even_through_a_link() {
         assert_eq!(problems.contains("it is a link to"), via, "{plan}");
     }
 }
+
+#[test]
+fn a_directory_that_is_not_a_home_gets_no_chown_advice() {
+    // A root-owned directory with other files in it, as /etc is.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hostname"), "box\n").unwrap();
+    let home = dir.path().display().to_string();
+    let status = run(Command::new(OUTBOXCTL).args(["--home", &home, "status"]));
+    assert_eq!(status.code, 3, "{status:?}");
+    assert!(
+        status.stdout.contains("is not an outboxd home"),
+        "{status:?}"
+    );
+    if !is_root() {
+        return skip("the chown advice is given to root only");
+    }
+    let start = run(Command::new(OUTBOXCTL).args(["--home", &home, "start", "--timeout", "30"]));
+    assert_ne!(start.code, 0, "{start:?}");
+    let said = format!("{}{}", start.stdout, start.stderr);
+    assert!(said.contains("is not an outboxd home"), "{said}");
+    assert!(
+        !said.contains("chown"),
+        "no chown is offered for a foreign directory: {said}"
+    );
+    // An outboxd home of root's is offered one.
+    std::fs::create_dir(dir.path().join("pg")).unwrap();
+    let start = run(Command::new(OUTBOXCTL).args(["--home", &home, "start", "--timeout", "30"]));
+    let said = format!("{}{}", start.stdout, start.stderr);
+    assert!(said.contains("chown -R outboxd:"), "{said}");
+}
