@@ -19,6 +19,7 @@ mod man;
 mod metrics;
 mod os;
 mod output;
+mod rekey;
 mod retarget;
 // The service manager's side is per operating system: systemd and launchd
 // (`service/`), the Windows service control manager (`service_windows.rs`).
@@ -176,6 +177,10 @@ enum Command {
     /// drain records the one it connects to next (the deliberate way to
     /// move a home to another database; the drain refuses any other)
     Retarget,
+    /// Give this home's spool a new source id: a copied home (a restored
+    /// backup, a cloned machine) then drains as a source of its own.
+    /// Refused while the daemon runs
+    Rekey,
     /// The events PostgreSQL rejected: list, requeue or purge them
     #[command(name = "dead-letters", subcommand)]
     DeadLetters(DeadLettersCommand),
@@ -569,6 +574,7 @@ fn main() -> ExitCode {
         ),
         Command::Flush { timeout } => flush::run(&paths, timeout, &out),
         Command::Retarget => retarget::run(&paths, &out),
+        Command::Rekey => rekey::run(&paths, &out),
         Command::Upgrade(UpgradeCommand::Postgres {
             to,
             dry_run,

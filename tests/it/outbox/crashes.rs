@@ -515,6 +515,27 @@ fn a_copied_home_never_loses_its_events_silently() {
         "the copy's event seq 4 is neither in its spool nor in PostgreSQL: lost; copy's drain: {}",
         drain_status(&copy)
     );
+    // `rekey` makes the copy a source of its own: refused while its daemon
+    // runs, then its queued events land under the new id.
+    let refused = copy.ctl(&["rekey"]);
+    assert_ne!(refused.code, 0, "{refused:?}");
+    assert!(refused.stderr.contains("stop"), "{refused:?}");
+    copy.stop();
+    let rekeyed = copy.ctl(&["--json", "rekey"]);
+    assert_eq!(rekeyed.code, 0, "{rekeyed:?}");
+    let new_source = rekeyed.json()["source_id"].as_str().unwrap().to_string();
+    assert_ne!(new_source, source);
+    copy.start();
+    assert_eq!(source_id(&copy), new_source);
+    flush(&copy);
+    assert_eq!(
+        server.query(&format!(
+            "SELECT count(*) FROM outbox.events WHERE payload->>'from' = 'copy' \
+             AND source_id = '{new_source}'"
+        )),
+        "2",
+        "both of the copy's events landed under its new source id"
+    );
     copy.stop();
     original.stop();
     server.stop();

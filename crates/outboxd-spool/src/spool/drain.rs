@@ -191,6 +191,20 @@ impl Spool {
         .at("record the drain target of", path)
     }
 
+    /// Gives the spool a new source id (a copied home, so that it drains
+    /// as a source of its own); returns it. The daemon must not run.
+    pub fn rekey(&mut self) -> Result<uuid::Uuid> {
+        let fresh = uuid::Uuid::new_v4();
+        self.conn
+            .execute(
+                "UPDATE meta SET value = ?1 WHERE key = 'source_id'",
+                [fresh.to_string()],
+            )
+            .at("give a new source id to", &self.paths.spool)?;
+        self.source_id = fresh;
+        Ok(fresh)
+    }
+
     #[cfg(test)]
     /// Up to `limit` queued events with a seq above `after_seq`, in seq order.
     pub fn read_batch(&mut self, after_seq: i64, limit: usize) -> Result<Vec<StoredEvent>> {
