@@ -64,10 +64,21 @@ pub fn reload(paths: &Paths, out: &Output) -> u8 {
     });
     match answer {
         Ok(reloaded) => {
-            let mut text = format!(
-                "reloaded the configuration; applied now: {}",
-                reloaded.applied.join(", ")
-            );
+            let mut text = match (paths.config_file.exists(), reloaded.applied.is_empty()) {
+                (false, _) => format!(
+                    "reloaded: there is no {} (the defaults, flags and environment stay in force)",
+                    paths.config_file.display()
+                ),
+                (true, true) => format!(
+                    "reloaded {}: nothing that applies live changed",
+                    paths.config_file.display()
+                ),
+                (true, false) => format!(
+                    "reloaded {}; applied now: {}",
+                    paths.config_file.display(),
+                    reloaded.applied.join(", ")
+                ),
+            };
             if !reloaded.at_restart.is_empty() {
                 text.push_str(&format!(
                     "; changed but applied only at the next start: {}",

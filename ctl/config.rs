@@ -22,6 +22,15 @@ pub fn show(paths: &Paths, out: &Output) -> u8 {
         Err(CtlError::NotRunning { .. }) => local(paths).map(|s| (s, "a daemon started now")),
         Err(err) => Err(err),
     };
+    // The running daemon's settings may hide a file that no longer loads.
+    if matches!(found, Ok((_, "the running daemon")))
+        && let Err(e) = local_config(paths)
+    {
+        out.warn(format!(
+            "{} as it is now would stop the next start: {e}",
+            paths.config_file.display()
+        ));
+    }
     match found {
         Ok((settings, whose)) => {
             let width = settings.iter().map(|s| s.key.len()).max().unwrap_or(0);

@@ -131,7 +131,7 @@ impl CtlError {
 }
 
 /// What to do about a permission denied in `home`.
-fn denied_hint(home: &Path) -> String {
+pub fn denied_hint(home: &Path) -> String {
     match outboxd::endpoint::home_owner(home) {
         Ok(owner) if owner == outboxd::process::euid() => {
             "you own the home: give its files back their owner's permissions (chmod u+rw)".into()

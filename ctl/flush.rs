@@ -83,6 +83,30 @@ fn flush(paths: &Paths, timeout: Duration) -> Result<Flushed, CtlError> {
         })
 }
 
+/// Why a drain that is not running waits: `: postgres is starting`,
+/// `: paused (outboxctl start drain resumes it)`, or its last error.
+fn why_not_draining(
+    drain: &outboxd::protocol::DrainStatus,
+    postgres: Option<&outboxd::protocol::PostgresStatus>,
+) -> String {
+    use outboxd::protocol::{DrainState, PgState};
+    let short = |text: &str| -> String {
+        match text.char_indices().nth(100) {
+            Some((at, _)) => format!("{}…", &text[..at]),
+            None => text.to_string(),
+        }
+    };
+    match (drain.state, &drain.last_error, postgres) {
+        (DrainState::Running, _, _) => String::new(),
+        (DrainState::Paused, _, _) => ": paused; `outboxctl start drain` resumes it".into(),
+        (_, _, Some(pg)) if pg.state != PgState::Running => {
+            format!(": postgres is {}", pg.state.describe())
+        }
+        (_, Some(error), _) => format!(": {}", short(error)),
+        _ => String::new(),
+    }
+}
+
 /// Prints `N queued, R/s, about T s left` on one terminal line while the
 /// flush waits, for backlogs that take more than a moment.
 fn show_progress(paths: Paths, done: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
@@ -101,8 +125,11 @@ fn show_progress(paths: Paths, done: Arc<AtomicBool>) -> std::thread::JoinHandle
                     _ => String::new(),
                 };
                 crate::output::stderr(format_args!(
-                    "\r\x1b[K{} queued, {:.0}/s{left} ({})",
-                    drain.queued, drain.rate_per_sec, drain.state
+                    "\r\x1b[K{} queued, {:.0}/s{left} ({}{})",
+                    drain.queued,
+                    drain.rate_per_sec,
+                    drain.state,
+                    why_not_draining(&drain, status.postgres.as_ref())
                 ));
                 shown = true;
             }

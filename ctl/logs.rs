@@ -44,8 +44,14 @@ pub fn run(paths: &Paths, lines: usize, follow: bool, postgres: bool, out: &Outp
             ));
             exit_code::FAILURE
         }
-        // The reader went away (`outboxctl logs | head`): not an error.
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => exit_code::OK,
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            out.error(format!(
+                "could not read {}: {e}; {}",
+                log.display(),
+                crate::daemon::denied_hint(&paths.home)
+            ));
+            exit_code::UNKNOWN
+        }
         Err(e) => {
             out.error(format!("could not read {}: {e}", log.display()));
             exit_code::FAILURE

@@ -412,21 +412,21 @@ enum DeadLettersCommand {
         limit: usize,
     },
     /// Move them back into the queue (new seqs, everything else kept)
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["seqs", "all"])))]
     Requeue {
-        /// The dead letters' seqs
-        #[arg(required_unless_present = "all")]
+        /// The dead letters' seqs (`dead-letters list` shows them)
         seqs: Vec<i64>,
         /// Every dead letter
-        #[arg(long, conflicts_with = "seqs")]
+        #[arg(long)]
         all: bool,
     },
     /// Delete them for good
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["seqs", "all"])))]
     Purge {
-        /// The dead letters' seqs
-        #[arg(required_unless_present = "all")]
+        /// The dead letters' seqs (`dead-letters list` shows them)
         seqs: Vec<i64>,
         /// Every dead letter
-        #[arg(long, conflicts_with = "seqs")]
+        #[arg(long)]
         all: bool,
     },
 }

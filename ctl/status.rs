@@ -110,7 +110,11 @@ fn running(status: &Status, out: &Output) -> u8 {
         if let Some(log) = &files.log {
             text.push_str(&format!("\n  log       {}", log.display()));
         }
-        text.push_str(&format!("\n  config    {}", files.config.display()));
+        let exists = match std::fs::symlink_metadata(&files.config) {
+            Ok(_) => "",
+            Err(_) => " (no such file: the defaults apply)",
+        };
+        text.push_str(&format!("\n  config    {}{exists}", files.config.display()));
         text.push_str(&format!("\n  spool     {}", files.spool.display()));
     }
     if let Some(pg) = &status.postgres {
@@ -220,17 +224,19 @@ fn drain_lines(drain: &DrainStatus) -> String {
             .unwrap_or_default()
     ));
     text.push_str(&format!(
-        "\n  drained   {} since start ({:.0}/s over the last minute){}",
+        "\n  drained   {} since start ({}/s over the last minute){}",
         drain.drained_total,
-        drain.rate_per_sec,
+        rate(drain.rate_per_sec),
         drain
             .last_drain_at
-            .map(ago)
-            .map(|a| format!(", last{a}"))
+            .map(|at| format!("; last drain {} ago", human_duration(since(at))))
             .unwrap_or_default()
     ));
     if drain.dead_letters > 0 {
-        text.push_str(&format!("\n  dead letters {}", drain.dead_letters));
+        text.push_str(&format!(
+            "\n  dead letters {}",
+            crate::output::count(drain.dead_letters, "event")
+        ));
     }
     if !drain.consumers.is_empty() {
         let lags: Vec<String> = drain
@@ -260,10 +266,25 @@ fn drain_lines(drain: &DrainStatus) -> String {
 
 /// ` (12 s ago)` for a Unix time.
 fn ago(at: u64) -> String {
+    format!(" ({} ago)", human_duration(since(at)))
+}
+
+/// Seconds from a Unix time to now.
+fn since(at: u64) -> u64 {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    format!(" ({} ago)", human_duration(now.saturating_sub(at)))
+    now.saturating_sub(at)
+}
+
+/// A rate as a person reads it: `0.31`, `4.2`, `1250`.
+fn rate(per_sec: f64) -> String {
+    match per_sec {
+        0.0 => "0".into(),
+        r if r < 1.0 => format!("{r:.2}"),
+        r if r < 10.0 => format!("{r:.1}"),
+        r => format!("{r:.0}"),
+    }
 }
 
 /// `93784` → `1d 2h 3m 4s`, leading zero units left out.
@@ -284,6 +305,14 @@ fn human_duration(secs: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rates_keep_their_small_values() {
+        assert_eq!(super::rate(0.0), "0");
+        assert_eq!(super::rate(0.31), "0.31");
+        assert_eq!(super::rate(4.25), "4.2");
+        assert_eq!(super::rate(1250.4), "1250");
+    }
+
     #[test]
     fn durations_read_like_a_clock() {
         assert_eq!(super::human_duration(5), "5s");

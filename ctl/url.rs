@@ -95,9 +95,16 @@ pub fn psql(paths: &Paths, args: &[String], out: &Output) -> u8 {
         Ok(code) => return code,
         Err(err) => err,
     };
+    let looked = match &pg.bin_dir {
+        Some(dir) if program == std::path::Path::new("psql") => format!(
+            " (there is no psql in {}, the server's bin directory, so it was looked for on PATH)",
+            dir.display()
+        ),
+        _ => String::new(),
+    };
     out.error(format!(
-        "could not run {}: {err}; install the PostgreSQL client (for example apt install \
-         postgresql-client)",
+        "could not run {}: {err}{looked}; install the PostgreSQL client (for example apt \
+         install postgresql-client)",
         program.display()
     ));
     exit_code::FAILURE

@@ -123,6 +123,15 @@ pub fn render(status: &Status) -> String {
     out
 }
 
+/// The exposition when the daemon could not be asked (permission denied,
+/// no answer): whether it is up is unknown.
+pub fn render_scrape_error() -> String {
+    "# TYPE outboxd_scrape_error gauge\n# HELP outboxd_scrape_error Whether outboxctl could not \
+     ask the daemon (permission denied, no answer): its state is then unknown.\n\
+     outboxd_scrape_error 1\n# EOF\n"
+        .into()
+}
+
 /// The exposition when no daemon answers: `outboxd_up 0`.
 pub fn render_down() -> String {
     "# TYPE outboxd_up gauge\n# HELP outboxd_up Whether the daemon runs and is ready.\noutboxd_up 0\n# EOF\n".into()

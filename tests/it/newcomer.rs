@@ -185,3 +185,51 @@ fn a_directory_that_is_not_a_home_gets_no_chown_advice() {
     let said = format!("{}{}", start.stdout, start.stderr);
     assert!(said.contains("chown -R outboxd:"), "{said}");
 }
+
+#[test]
+fn messages_say_what_they_mean() {
+    let home = Home::with_cluster();
+    home.start();
+    assert_eq!(home.ctl(&["enqueue", "--topic", "t", "1"]).code, 0);
+    assert_eq!(home.ctl(&["flush"]).code, 0);
+    let status = home.ctl(&["status"]).stdout;
+    assert!(status.contains("config.toml (no such file"), "{status}");
+    assert!(status.contains("; last drain "), "{status}");
+    // A seq that is not a dead letter is an error, not "requeued 0".
+    let requeued = home.ctl(&["dead-letters", "requeue", "999"]);
+    assert_eq!(requeued.code, 1, "{requeued:?}");
+    assert!(
+        requeued.stderr.contains("no dead letter has seq 999"),
+        "{requeued:?}"
+    );
+    let bare = home.ctl(&["dead-letters", "requeue"]);
+    assert!(bare.stderr.contains("--all"), "{bare:?}");
+    let listed = home.ctl(&["dead-letters", "list"]);
+    assert!(listed.stdout.starts_with("0 dead letters"), "{listed:?}");
+    // reload without a file says so.
+    let reloaded = home.ctl(&["reload"]);
+    assert_eq!(reloaded.code, 0, "{reloaded:?}");
+    assert!(reloaded.stdout.contains("there is no"), "{reloaded:?}");
+    // A file that would stop the next start is pointed out.
+    home.write_config("drain_batch_max = \"lots\"\n");
+    let shown = home.ctl(&["config", "show"]);
+    assert!(
+        shown.stderr.contains("would stop the next start"),
+        "{shown:?}"
+    );
+    if is_root() {
+        // Another account's home: metrics do not claim it is down, and
+        // logs say how to read them.
+        let (_bin, ctl) = ctl_for_other_users();
+        let home_arg = home.path.clone().into_os_string();
+        let metrics = run_as_nobody(&ctl, &["--home".as_ref(), &home_arg, "metrics".as_ref()]);
+        assert!(!metrics.stdout.contains("outboxd_up 0"), "{metrics:?}");
+        assert!(
+            metrics.stdout.contains("outboxd_scrape_error 1"),
+            "{metrics:?}"
+        );
+        let logs = run_as_nobody(&ctl, &["--home".as_ref(), &home_arg, "logs".as_ref()]);
+        assert!(logs.stderr.contains("sudo"), "{logs:?}");
+    }
+    home.stop();
+}
