@@ -231,10 +231,25 @@ pub fn find(paths: &Paths) -> Found {
 /// step is under way), what to say instead of asking a daemon.
 pub fn upgrading(paths: &Paths, holder: i32) -> Option<CtlError> {
     let marker = outboxd::pgupgrade::read(paths).ok()??;
-    (marker.step != outboxd::pgupgrade::Step::Done).then(|| {
+    use outboxd::pgupgrade::Step;
+    (marker.step != Step::Done).then(|| {
         CtlError::Failed(format!(
-            "PostgreSQL is being moved from {} to {} (`outboxctl upgrade postgres`, pid              {holder}, holds the home's lock; step {:?}): producers go on enqueuing, and the              daemon starts again when it ends; `kill -INT {holder}` abandons it (the next start              returns to the old cluster)",
-            marker.from_major, marker.to_major, marker.step
+            "PostgreSQL is being moved from {} to {} (`outboxctl upgrade postgres`, pid \
+             {holder}, holds the home's lock; step {}): producers go on enqueuing, and the \
+             daemon starts again when it ends; `kill -INT {holder}` interrupts it, and the next \
+             start then {}",
+            marker.from_major,
+            marker.to_major,
+            serde_json::to_value(marker.step)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            match marker.step {
+                Step::Copying => "returns to the old cluster",
+                Step::Swapping => "completes the move",
+                Step::RollingBackCopy => "stays on the new cluster",
+                Step::RollingBackSwap | Step::Done => "completes the rollback",
+            }
         ))
     })
 }

@@ -116,7 +116,8 @@ pub fn inspect(data: &Path, account_uid: u32) -> Result<PidFile> {
             "data directory",
             data,
             "is not a directory (a symbolic link or a file)",
-            "the cluster must live in the home itself: move the link away and restore the data              directory there",
+            "the cluster must live in the home itself: move the link away and restore the data \
+             directory there",
             crate::errno::ENOTDIR,
         ));
     }

@@ -61,7 +61,7 @@ pub fn run(paths: &Paths, args: Args, out: &Output) -> u8 {
 
 fn upgrade(paths: &Paths, args: &Args, out: &Output) -> Result<(String, Value), CtlError> {
     daemon::check_home(paths)?;
-    let lib = |e| CtlError::from_lib(paths, e);
+    let lib = |e| failed(paths, e);
     let uid = outboxd::process::euid();
     if let Some(done) = pgupgrade::recover(paths, uid).map_err(lib)? {
         out.progress(format!("outboxctl: {done}"));
@@ -321,7 +321,7 @@ fn forward(paths: &Paths, args: &Args, out: &Output) -> Result<(String, Value), 
         new_target: None,
         old_target: old_target.clone(),
     };
-    let lib = |e| CtlError::from_lib(paths, e);
+    let lib = |e| failed(paths, e);
     pgupgrade::write(paths, &marker).map_err(lib)?;
     checkpoint("start");
     let filled = fill(paths, &plan, &mut marker, &password, out);
@@ -397,7 +397,7 @@ fn fill(
     password: &str,
     out: &Output,
 ) -> Result<(String, Vec<(String, i64)>), CtlError> {
-    let lib = |e| CtlError::from_lib(paths, e);
+    let lib = |e| failed(paths, e);
     let log = paths.log_dir.join("upgrade.log");
     let new_dir = marker.new_dir(paths);
     pgupgrade::remove_cluster_copy(&new_dir).map_err(lib)?;
@@ -489,7 +489,7 @@ fn finalize(paths: &Paths, marker: &Marker, dry_run: bool) -> Result<(String, Va
             json!({"dry_run": true, "remove": kept}),
         ));
     }
-    let lib = |e| CtlError::from_lib(paths, e);
+    let lib = |e| failed(paths, e);
     pgupgrade::remove_cluster_copy(&kept).map_err(lib)?;
     pgupgrade::clear(paths).map_err(lib)?;
     Ok((
@@ -529,7 +529,7 @@ fn rollback(
             json!({"dry_run": true, "rollback_to": kept}),
         ));
     }
-    let lib = |e| CtlError::from_lib(paths, e);
+    let lib = |e| failed(paths, e);
     let password = secret(paths)?;
     let (was_running, lock) = take_home(paths, out)?;
     marker.step = Step::RollingBackCopy;
@@ -574,6 +574,15 @@ fn rollback(
         ),
         json!({"rolled_back": true, "rows_copied_back": rows, "daemon_restarted": restarted}),
     ))
+}
+
+/// A failure of the upgrade's own files (the record, the clusters'
+/// directories): what failed and what to do, never "untrusted".
+fn failed(paths: &Paths, e: outboxd::Error) -> CtlError {
+    match e.is_permission_denied() {
+        true => CtlError::from_lib(paths, e),
+        false => CtlError::Failed(e.to_string()),
+    }
 }
 
 /// Stops the daemon if it runs and takes the home's lock, so that no

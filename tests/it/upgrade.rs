@@ -1,6 +1,6 @@
 //! PostgreSQL majors: a cluster runs only on binaries of its own major, and
 //! `outboxctl upgrade postgres` moves it to a newer one. The second major is
-//! npm's PostgreSQL 17 (`.ci/pg-major` fetches it); without it these tests
+//! npm's PostgreSQL 17 and PyPI's 16 (`.ci/pg-majors` fetches them); without them these tests
 //! skip visibly.
 
 use std::path::{Path, PathBuf};
@@ -12,7 +12,7 @@ use crate::common::*;
 const OLD_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 /// The newer major's bin directory: `OUTBOXD_TEST_PG_NEW_BIN`, else where
-/// `.ci/pg-major` puts it. `None` (and a visible skip) without it.
+/// `.ci/pg-majors` puts it. `None` (and a visible skip) without it.
 fn new_bin() -> Option<PathBuf> {
     let dir = std::env::var_os("OUTBOXD_TEST_PG_NEW_BIN")
         .map(PathBuf::from)
@@ -21,8 +21,8 @@ fn new_bin() -> Option<PathBuf> {
         return Some(dir);
     }
     skip(&format!(
-        "needs PostgreSQL 15 at {OLD_BIN} and a newer major at {} (`.ci/pg-major \
-         17.10.0-beta.17 /var/tmp/outboxd-pg/17` fetches it)",
+        "needs PostgreSQL 15 at {OLD_BIN} and a newer major at {} (`.ci/pg-majors` fetches \
+         it)",
         dir.display()
     ));
     None
