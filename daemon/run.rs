@@ -238,7 +238,7 @@ async fn guard_lock(mut lock: PidLock, shutdown: Shutdown) -> Option<PidLock> {
             _ = tokio::time::sleep(LOCK_CHECK_EVERY) => {}
         }
         checks += 1;
-        let note_alive = checks % ALIVE_EVERY_CHECKS == 0;
+        let note_alive = checks.is_multiple_of(ALIVE_EVERY_CHECKS);
         let (returned, checked) = tokio::task::spawn_blocking(move || {
             if note_alive {
                 crate::postmortem::alive();
