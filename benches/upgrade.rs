@@ -49,7 +49,10 @@ fn main() {
         .unwrap();
     let home = scratch.path().join("home");
     ctl(&home, &["start"]);
-    ctl(&home, &["enqueue", "--create-home", "--topic", "bench.warmup", "1"]);
+    ctl(
+        &home,
+        &["enqueue", "--create-home", "--topic", "bench.warmup", "1"],
+    );
     ctl(&home, &["flush", "--timeout", "60"]);
     ctl(
         &home,
@@ -135,7 +138,12 @@ fn producing(home: &Path, at_least: Duration, work: impl FnOnce()) -> Vec<Durati
                 let status = Command::new(CTL)
                     .arg("--home")
                     .arg(&home)
-                    .args(["enqueue", "--topic", "bench.during", &format!("{{\"n\":{n}}}")])
+                    .args([
+                        "enqueue",
+                        "--topic",
+                        "bench.during",
+                        &format!("{{\"n\":{n}}}"),
+                    ])
                     .stdout(Stdio::null())
                     .status()
                     .unwrap();
@@ -184,10 +192,15 @@ fn dump_by_hand(home: &Path, scratch: &Path) -> Duration {
         assert!(status.success(), "{command:?}");
     };
     let mut initdb = as_owner(Path::new(NEW_BIN).join("initdb"));
-    initdb
-        .arg("-D")
-        .arg(&new_data)
-        .args(["-U", "postgres", "-A", "trust", "--no-locale", "-E", "UTF8"]);
+    initdb.arg("-D").arg(&new_data).args([
+        "-U",
+        "postgres",
+        "-A",
+        "trust",
+        "--no-locale",
+        "-E",
+        "UTF8",
+    ]);
     run(initdb);
     let pg_ctl = |bin: &str, data: &Path, port: &str, action: &str| {
         let mut command = as_owner(Path::new(bin).join("pg_ctl"));
