@@ -10,7 +10,10 @@ use outboxd::paths::Paths;
 use crate::daemon::CtlError;
 use crate::output::Output;
 
-#[allow(dead_code, reason = "the command line is shared with Unix; nothing reads it here yet")]
+#[allow(
+    dead_code,
+    reason = "the command line is shared with Unix; nothing reads it here yet"
+)]
 pub struct Args {
     pub to: Option<PathBuf>,
     pub dry_run: bool,
