@@ -56,8 +56,10 @@
 //! ```
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Client, GenericClient};
 use uuid::Uuid;
@@ -155,15 +157,47 @@ impl Batch {
 
 /// A connected consumer.
 pub struct Consumer {
-    client: Client,
+    client: Arc<Client>,
+    /// What a read needs, shared with the read ahead.
+    query: Arc<Query>,
+    notified: mpsc::Receiver<AsyncMessage>,
+    /// [`ADVANCE`], prepared once.
+    advance: tokio_postgres::Statement,
+    /// The read of the batch after the one last returned, started when
+    /// that one was returned (see [`Consumer::next_batch`]).
+    ahead: Option<ReadAhead>,
+    /// The cursors this consumer moved on its own connection since it
+    /// last returned a batch.
+    moved: std::sync::Mutex<BTreeMap<Uuid, i64>>,
+}
+
+/// The read of a consumer: its name, topics, byte budget and statement.
+struct Query {
     name: String,
     exact: Option<Vec<String>>,
     prefixes: Option<Vec<String>>,
     max_batch_bytes: usize,
-    notified: mpsc::Receiver<AsyncMessage>,
-    /// [`READ`] and [`ADVANCE`], prepared once.
-    read: tokio_postgres::Statement,
-    advance: tokio_postgres::Statement,
+    /// [`READ`], prepared once.
+    statement: tokio_postgres::Statement,
+    /// Reads so far: shuffles the order of the sources.
+    reads: std::sync::atomic::AtomicU64,
+}
+
+/// A read started before the caller committed the batch it follows: valid
+/// only if the caller then moved the cursors exactly past that batch.
+struct ReadAhead {
+    /// The cursors of the batch it follows, which it reads past.
+    after: BTreeMap<Uuid, i64>,
+    max: usize,
+    events: tokio::task::JoinHandle<Result<Vec<Event>, ConsumerError>>,
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        if let Some(ahead) = self.ahead.take() {
+            ahead.events.abort();
+        }
+    }
 }
 
 impl Consumer {
@@ -204,36 +238,72 @@ impl Consumer {
         let (exact, prefixes) = split_topics(&options.topics)?;
         register(&client, &name, options.start).await?;
         Ok(Consumer {
-            read: client.prepare(READ).await.map_err(&failed)?,
+            query: Arc::new(Query {
+                name: options.name,
+                exact,
+                prefixes,
+                max_batch_bytes: options.max_batch_bytes.max(1),
+                statement: client.prepare(READ).await.map_err(&failed)?,
+                reads: std::sync::atomic::AtomicU64::new(0),
+            }),
             advance: client.prepare(ADVANCE).await.map_err(&failed)?,
-            client,
-            name: options.name,
-            exact,
-            prefixes,
-            max_batch_bytes: options.max_batch_bytes.max(1),
+            client: Arc::new(client),
             notified,
+            ahead: None,
+            moved: std::sync::Mutex::new(BTreeMap::new()),
         })
     }
 
     /// The next events past this consumer's cursors: at most `max`, in seq
     /// order within each source and round-robin across sources, with at
-    /// most the byte budget of payload (always at least one event). When
+    /// most the byte budget of payload, or one event when the first is
+    /// larger. When
     /// there is none, waits for the drain's notification up to `wait`, and
     /// returns an empty batch if none came.
+    ///
+    /// A batch not committed is returned again by the next call. While the
+    /// caller handles a batch, the next one is already read, past it: that
+    /// read is used only if the caller then moved the cursors past the
+    /// whole batch with [`commit`](Consumer::commit),
+    /// [`commit_through`](Consumer::commit_through) or
+    /// [`dead_letter`](Consumer::dead_letter), and read again otherwise
+    /// (after [`commit_in`](Consumer::commit_in), whose transaction this
+    /// consumer cannot see). So at most two batches are in memory.
     pub async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Batch, ConsumerError> {
         let max = max.max(1);
         let deadline = tokio::time::Instant::now() + wait;
+        let moved = std::mem::take(&mut *self.moved.lock().unwrap_or_else(|e| e.into_inner()));
+        if let Some(ahead) = self.ahead.take() {
+            let followed = ahead.max == max
+                && ahead
+                    .after
+                    .iter()
+                    .all(|(source, seq)| moved.get(source).is_some_and(|m| m >= seq));
+            if !followed {
+                ahead.events.abort();
+            } else {
+                let events = ahead.events.await.unwrap_or_else(|e| {
+                    Err(ConsumerError::Postgres {
+                        name: self.query.name.clone(),
+                        message: format!("the read ahead failed: {e}"),
+                    })
+                })?;
+                if !events.is_empty() {
+                    return Ok(self.returning(Batch { events }, max));
+                }
+            }
+        }
         loop {
             while self.notified.try_recv().is_ok() {}
-            let batch = self.read(max).await?;
-            if !batch.is_empty() {
-                return Ok(batch);
+            let events = read(&self.client, &self.query, max, &BTreeMap::new()).await?;
+            if !events.is_empty() {
+                return Ok(self.returning(Batch { events }, max));
             }
             match tokio::time::timeout_at(deadline, self.notified.recv()).await {
                 Ok(Some(_)) => continue,
                 Ok(None) => {
                     return Err(ConsumerError::Postgres {
-                        name: self.name.clone(),
+                        name: self.query.name.clone(),
                         message: "the connection to PostgreSQL closed".into(),
                     });
                 }
@@ -242,49 +312,16 @@ impl Consumer {
         }
     }
 
-    async fn read(&self, max: usize) -> Result<Batch, ConsumerError> {
-        let failed = postgres_error(&self.name);
-        let rows = self
-            .client
-            .query(
-                &self.read,
-                &[
-                    &self.name,
-                    &(max as i64),
-                    &self.exact,
-                    &self.prefixes,
-                    &(self.max_batch_bytes as i64),
-                ],
-            )
-            .await
-            .map_err(&failed)?;
-        let mut by_source: BTreeMap<Uuid, VecDeque<Event>> = BTreeMap::new();
-        for row in rows {
-            let event = Event {
-                source_id: row.get(0),
-                seq: row.get(1),
-                topic: row.get(2),
-                key: row.get(3),
-                payload: row.get(4),
-                id: row.get(5),
-                enqueued_at: row.get(6),
-            };
-            by_source
-                .entry(event.source_id)
-                .or_default()
-                .push_back(event);
-        }
-        let mut events = Vec::new();
-        while events.len() < max && !by_source.is_empty() {
-            by_source.retain(|_, queue| match queue.pop_front() {
-                Some(event) if events.len() < max => {
-                    events.push(event);
-                    !queue.is_empty()
-                }
-                _ => false,
-            });
-        }
-        Ok(Batch { events })
+    /// Starts reading the batch after `batch`, and returns `batch`.
+    fn returning(&mut self, batch: Batch, max: usize) -> Batch {
+        let after = batch.cursors();
+        let (client, query, past) = (self.client.clone(), self.query.clone(), after.clone());
+        self.ahead = Some(ReadAhead {
+            after,
+            max,
+            events: tokio::spawn(async move { read(&client, &query, max, &past).await }),
+        });
+        batch
     }
 
     /// Advances the cursors past `batch` (at-least-once).
@@ -295,11 +332,16 @@ impl Consumer {
     /// Moves the cursors on this consumer's own connection, with the
     /// prepared statement (one statement: one transaction).
     async fn advance_to(&self, cursors: BTreeMap<Uuid, i64>) -> Result<(), ConsumerError> {
-        let (sources, seqs): (Vec<Uuid>, Vec<i64>) = cursors.into_iter().unzip();
+        let (sources, seqs): (Vec<Uuid>, Vec<i64>) = cursors.iter().map(|(s, q)| (*s, *q)).unzip();
         self.client
-            .execute(&self.advance, &[&self.name, &sources, &seqs])
+            .execute(&self.advance, &[&self.query.name, &sources, &seqs])
             .await
-            .map_err(postgres_error(&self.name))?;
+            .map_err(postgres_error(&self.query.name))?;
+        let mut moved = self.moved.lock().unwrap_or_else(|e| e.into_inner());
+        for (source, seq) in cursors {
+            let at = moved.entry(source).or_insert(seq);
+            *at = (*at).max(seq);
+        }
         Ok(())
     }
 
@@ -322,7 +364,7 @@ impl Consumer {
                  SET attempts = excluded.attempts, failure = excluded.failure,
                      failed_at = now()",
                 &[
-                    &self.name,
+                    &self.query.name,
                     &event.source_id,
                     &event.seq,
                     &event.topic,
@@ -331,7 +373,7 @@ impl Consumer {
                 ],
             )
             .await
-            .map_err(postgres_error(&self.name))?;
+            .map_err(postgres_error(&self.query.name))?;
         self.commit_through(event).await
     }
 
@@ -350,7 +392,7 @@ impl Consumer {
         tx: &tokio_postgres::Transaction<'_>,
         batch: &Batch,
     ) -> Result<(), ConsumerError> {
-        advance(tx, &self.name, batch.cursors()).await
+        advance(tx, &self.query.name, batch.cursors()).await
     }
 }
 
@@ -516,6 +558,83 @@ async fn advance(
     Ok(())
 }
 
+/// The events of `query` past each source's cursor, or past `past` where
+/// that is further: per source in seq order, round-robin across sources.
+async fn read(
+    client: &Client,
+    query: &Query,
+    max: usize,
+    past: &BTreeMap<Uuid, i64>,
+) -> Result<Vec<Event>, ConsumerError> {
+    let failed = postgres_error(&query.name);
+    let (sources, seqs): (Vec<Uuid>, Vec<i64>) = past.iter().map(|(s, q)| (*s, *q)).unzip();
+    let max_rows = max as i64;
+    let max_bytes = query.max_batch_bytes as i64;
+    let shuffle = query
+        .reads
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed) as i64;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
+        &query.name,
+        &max_rows,
+        &query.exact,
+        &query.prefixes,
+        &max_bytes,
+        &sources,
+        &seqs,
+        &shuffle,
+    ];
+    // Streamed: each row is decoded as it arrives, while PostgreSQL still
+    // produces the next ones.
+    let rows = client
+        .query_raw(&query.statement, params)
+        .await
+        .map_err(&failed)?;
+    futures_util::pin_mut!(rows);
+    // The whole batch's bytes are bounded here too (each source's share
+    // lets every source through with one event, however many there are):
+    // past the budget a source's further rows are dropped, never one in
+    // the middle, so its events stay contiguous from its cursor.
+    let mut by_source: BTreeMap<Uuid, VecDeque<Event>> = BTreeMap::new();
+    let mut closed: std::collections::BTreeSet<Uuid> = std::collections::BTreeSet::new();
+    let mut kept_bytes = 0;
+    while let Some(row) = rows.next().await {
+        let row = row.map_err(&failed)?;
+        let source: Uuid = row.get(0);
+        let payload: &str = row.get(4);
+        if closed.contains(&source)
+            || (kept_bytes > 0 && kept_bytes + payload.len() > query.max_batch_bytes)
+        {
+            closed.insert(source);
+            continue;
+        }
+        kept_bytes += payload.len();
+        let event = Event {
+            source_id: row.get(0),
+            seq: row.get(1),
+            topic: row.get(2),
+            key: row.get(3),
+            payload: row.get(4),
+            id: row.get(5),
+            enqueued_at: row.get(6),
+        };
+        by_source
+            .entry(event.source_id)
+            .or_default()
+            .push_back(event);
+    }
+    let mut events = Vec::new();
+    while events.len() < max && !by_source.is_empty() {
+        by_source.retain(|_, queue| match queue.pop_front() {
+            Some(event) if events.len() < max => {
+                events.push(event);
+                !queue.is_empty()
+            }
+            _ => false,
+        });
+    }
+    Ok(events)
+}
+
 /// Moves a consumer's cursors (`$2` sources to `$3` seqs; never back) and
 /// notes that it was seen, in one statement.
 const ADVANCE: &str = "WITH moved AS (
@@ -527,33 +646,38 @@ const ADVANCE: &str = "WITH moved AS (
      UPDATE outbox.consumers SET seen_at = now() WHERE name = $1";
 
 /// The next events of consumer `$1`: per source, in seq order, past its
-/// cursor, of the topics `$3` (exact) or `$4` (`LIKE` patterns), both
-/// NULL for all. Each source may fill its share of the count `$2` and of
-/// the bytes `$5`; the first event of a source always comes, whatever its
-/// size. Each source's rows come in seq order (the window runs over its
+/// cursor (or past `$7` for the sources `$6`, where that is further), of
+/// the topics `$3` (exact) or `$4` (`LIKE` patterns), both
+/// NULL for all; sources in an order that `$8` shuffles, so that none
+/// always comes last. Each source may fill its share of the count `$2`, and
+/// take events while the bytes before each are under its share of `$5`
+/// (so the first always comes, and a source passes its share by at most
+/// one event). Each source's rows come in seq order (the window runs over its
 /// index scan, so nothing is sorted); sources come in any order.
 const READ: &str = "SELECT e.source_id, e.seq, e.topic, e.key, e.payload, e.id, e.enqueued_at
      FROM (SELECT greatest(count(*), 1) AS sources FROM outbox.cursors) m
      CROSS JOIN LATERAL (SELECT ($2 + m.sources - 1) / m.sources AS rows,
                                 greatest($5 / m.sources, 1) AS bytes) k
-     CROSS JOIN outbox.cursors s
+     CROSS JOIN (SELECT source_id FROM outbox.cursors
+                 ORDER BY md5(source_id::text || $8::int8::text)) s
      LEFT JOIN outbox.consumer_cursors c ON c.consumer = $1 AND c.source_id = s.source_id
+     LEFT JOIN unnest($6::uuid[], $7::int8[]) AS p(source, seq) ON p.source = s.source_id
      CROSS JOIN LATERAL (
-         SELECT w.* FROM (
-             SELECT f.*, sum(octet_length(f.payload)) OVER (ORDER BY f.seq) AS running,
-                    row_number() OVER (ORDER BY f.seq) AS n
-             FROM (
-                 SELECT e.source_id, e.seq, e.topic, e.key, e.payload::text AS payload, e.id,
-                        e.enqueued_at
-                 FROM outbox.events e
-                 WHERE e.source_id = s.source_id AND e.seq > coalesce(c.seq, 0)
-                   AND ($3::text[] IS NULL OR e.topic = ANY($3) OR e.topic LIKE ANY($4))
-                 ORDER BY e.seq
-                 LIMIT k.rows
-             ) f
-         ) w
-         WHERE w.n = 1 OR w.running <= k.bytes
-     ) e";
+         SELECT f.*,
+                sum(octet_length(f.payload)) OVER (ORDER BY f.seq) - octet_length(f.payload)
+                    AS before
+         FROM (
+             SELECT e.source_id, e.seq, e.topic, e.key, e.payload::text AS payload, e.id,
+                    e.enqueued_at
+             FROM outbox.events e
+             WHERE e.source_id = s.source_id
+               AND e.seq > greatest(coalesce(c.seq, 0), coalesce(p.seq, 0))
+               AND ($3::text[] IS NULL OR e.topic = ANY($3) OR e.topic LIKE ANY($4))
+             ORDER BY e.seq
+             LIMIT k.rows
+         ) f
+     ) e
+     WHERE e.before < k.bytes";
 
 /// Exact topics and `LIKE` patterns for `prefix.*`; both `None` to read
 /// every topic.

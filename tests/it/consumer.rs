@@ -216,6 +216,59 @@ async fn cursors_moved_in_the_callers_transaction_move_only_if_it_commits() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_holds_at_most_its_byte_budget_however_many_sources() {
+    let home = Home::with_cluster();
+    home.start();
+    enqueue(&home, "warm", 1);
+    // Six sources with five events of 100 KiB each: every source's share of
+    // a 250 KiB budget would let each through with one event (600 KiB).
+    home.query(
+        "INSERT INTO outbox.events (source_id, seq, topic, payload, enqueued_at) \
+         SELECT ('00000000-0000-0000-0000-00000000000' || s)::uuid, n, 'big', \
+                to_jsonb(repeat('x', 100 * 1024)), now() \
+         FROM generate_series(1, 6) s, generate_series(1, 5) n; \
+         INSERT INTO outbox.cursors (source_id, seq) \
+         SELECT ('00000000-0000-0000-0000-00000000000' || s)::uuid, 5 FROM generate_series(1, 6) s",
+    );
+    let config = config(&home);
+    let mut consumer = Consumer::connect_to(
+        &Target::plain(config.clone()),
+        Options {
+            topics: vec!["big".into()],
+            max_batch_bytes: 250 * 1024,
+            ..Options::new("bounded")
+        },
+    )
+    .await
+    .unwrap();
+    let mut seen: std::collections::BTreeMap<uuid::Uuid, Vec<i64>> = Default::default();
+    loop {
+        let batch = consumer
+            .next_batch(100, Duration::from_millis(300))
+            .await
+            .unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        let bytes: usize = batch.events().iter().map(|e| e.payload.len()).sum();
+        assert!(
+            bytes <= 250 * 1024,
+            "a batch of {} events holds {bytes} bytes",
+            batch.events().len()
+        );
+        for event in batch.events() {
+            seen.entry(event.source_id).or_default().push(event.seq);
+        }
+        consumer.commit(&batch).await.unwrap();
+    }
+    assert_eq!(seen.len(), 6);
+    for seqs in seen.values() {
+        assert_eq!(seqs, &vec![1, 2, 3, 4, 5], "every event once, in order");
+    }
+    home.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topic_filters_take_names_and_prefixes() {
     let home = Home::with_cluster();
     home.start();
