@@ -647,21 +647,27 @@ const ADVANCE: &str = "WITH moved AS (
 
 /// The next events of consumer `$1`: per source, in seq order, past its
 /// cursor (or past `$7` for the sources `$6`, where that is further), of
-/// the topics `$3` (exact) or `$4` (`LIKE` patterns), both
-/// NULL for all; sources in an order that `$8` shuffles, so that none
-/// always comes last. Each source may fill its share of the count `$2`, and
-/// take events while the bytes before each are under its share of `$5`
-/// (so the first always comes, and a source passes its share by at most
-/// one event). Each source's rows come in seq order (the window runs over its
-/// index scan, so nothing is sorted); sources come in any order.
-const READ: &str = "SELECT e.source_id, e.seq, e.topic, e.key, e.payload, e.id, e.enqueued_at
-     FROM (SELECT greatest(count(*), 1) AS sources FROM outbox.cursors) m
+/// the topics `$3` (exact) or `$4` (`LIKE` patterns), both NULL for all.
+/// Only sources with events past that point count (`outbox.cursors` holds
+/// each source's last drained seq), in an order that `$8` shuffles so that
+/// none always comes last. Each such source may fill its share of the
+/// count `$2`, and takes events while the bytes before each are under its
+/// share of `$5` (the client bounds the whole batch). Each source's rows
+/// come in seq order: the window runs over its index scan, so nothing is
+/// sorted.
+const READ: &str = "WITH pending AS (
+         SELECT s.source_id, greatest(coalesce(c.seq, 0), coalesce(p.seq, 0)) AS after
+         FROM outbox.cursors s
+         LEFT JOIN outbox.consumer_cursors c
+             ON c.consumer = $1 AND c.source_id = s.source_id
+         LEFT JOIN unnest($6::uuid[], $7::int8[]) AS p(source, seq) ON p.source = s.source_id
+         WHERE s.seq > greatest(coalesce(c.seq, 0), coalesce(p.seq, 0))
+     )
+     SELECT e.source_id, e.seq, e.topic, e.key, e.payload, e.id, e.enqueued_at
+     FROM (SELECT greatest(count(*), 1) AS sources FROM pending) m
      CROSS JOIN LATERAL (SELECT ($2 + m.sources - 1) / m.sources AS rows,
                                 greatest($5 / m.sources, 1) AS bytes) k
-     CROSS JOIN (SELECT source_id FROM outbox.cursors
-                 ORDER BY md5(source_id::text || $8::int8::text)) s
-     LEFT JOIN outbox.consumer_cursors c ON c.consumer = $1 AND c.source_id = s.source_id
-     LEFT JOIN unnest($6::uuid[], $7::int8[]) AS p(source, seq) ON p.source = s.source_id
+     CROSS JOIN (SELECT * FROM pending ORDER BY md5(source_id::text || $8::int8::text)) s
      CROSS JOIN LATERAL (
          SELECT f.*,
                 sum(octet_length(f.payload)) OVER (ORDER BY f.seq) - octet_length(f.payload)
@@ -670,8 +676,7 @@ const READ: &str = "SELECT e.source_id, e.seq, e.topic, e.key, e.payload, e.id, 
              SELECT e.source_id, e.seq, e.topic, e.key, e.payload::text AS payload, e.id,
                     e.enqueued_at
              FROM outbox.events e
-             WHERE e.source_id = s.source_id
-               AND e.seq > greatest(coalesce(c.seq, 0), coalesce(p.seq, 0))
+             WHERE e.source_id = s.source_id AND e.seq > s.after
                AND ($3::text[] IS NULL OR e.topic = ANY($3) OR e.topic LIKE ANY($4))
              ORDER BY e.seq
              LIMIT k.rows
