@@ -589,16 +589,53 @@ fn failed(paths: &Paths, e: outboxd::Error) -> CtlError {
 /// daemon starts on the home while its cluster moves. Returns whether a
 /// daemon ran.
 fn take_home(paths: &Paths, out: &Output) -> Result<(bool, PidLock), CtlError> {
-    let was_running = matches!(
-        daemon::inspect_lock(paths)?,
-        outboxd::lock::LockState::Held { .. }
-    );
+    let holder = match daemon::inspect_lock(paths)? {
+        outboxd::lock::LockState::Held { pid, .. } => Some(pid),
+        _ => None,
+    };
+    // A daemon its service manager runs is stopped and started by it: one
+    // started here would run outside the unit, which would then fail.
+    if let Some(unit) = holder.and_then(service_unit) {
+        return Err(CtlError::Failed(format!(
+            "outboxd runs as the systemd service {unit}: stop it with `systemctl{} stop {unit}` \
+             (producers go on enqueuing), upgrade, then `systemctl{} start {unit}`",
+            if unit_is_user(holder) { " --user" } else { "" },
+            if unit_is_user(holder) { " --user" } else { "" },
+        )));
+    }
+    let was_running = holder.is_some();
     if was_running {
         out.progress("stopping the daemon (producers go on enqueuing into the spool)");
         crate::stop::stop(paths, None)?;
     }
     let lock = PidLock::acquire(paths).map_err(|e| CtlError::from_lib(paths, e))?;
     Ok((was_running, lock))
+}
+
+/// The systemd service unit whose cgroup holds `pid` (Linux), if any.
+fn service_unit(pid: i32) -> Option<String> {
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    unit_of(&cgroup)
+}
+
+/// The outboxd service unit of a process's cgroup path (the units
+/// `outboxctl service install` writes), unless the process sits in a scope
+/// (a login session) or in another service (cron, a CI runner) that
+/// started it with `outboxctl start`.
+fn unit_of(cgroup: &str) -> Option<String> {
+    // systemd's own hierarchy under cgroup v1, else the unified one (v2).
+    let path = cgroup
+        .lines()
+        .find_map(|line| line.split_once(":name=systemd:").map(|(_, path)| path))
+        .or_else(|| cgroup.lines().find_map(|line| line.strip_prefix("0::")))?;
+    let last = path.trim().rsplit('/').next()?;
+    (last.ends_with(".service") && last.starts_with("outboxd")).then(|| last.to_string())
+}
+
+/// Whether `pid` runs under a user's service manager.
+fn unit_is_user(pid: Option<i32>) -> bool {
+    pid.and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok())
+        .is_some_and(|cgroup| cgroup.contains("/user@"))
 }
 
 fn restart_if(paths: &Paths, was_running: bool, out: &Output) -> Result<bool, CtlError> {
@@ -716,4 +753,37 @@ fn size_of(dir: &Path) -> u64 {
 fn free_space(dir: &Path) -> Option<u64> {
     let stat = rustix::fs::statvfs(dir).ok()?;
     Some(stat.f_bavail * stat.f_frsize)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_service_is_told_from_a_session_by_its_cgroup() {
+        let of = super::unit_of;
+        assert_eq!(
+            of("0::/system.slice/outboxd.service\n").as_deref(),
+            Some("outboxd.service")
+        );
+        assert_eq!(
+            of("0::/user.slice/user-1000.slice/user@1000.service/app.slice/outboxd.service\n")
+                .as_deref(),
+            Some("outboxd.service")
+        );
+        assert_eq!(of("0::/user.slice/user-1000.slice/session-4.scope\n"), None);
+        assert_eq!(
+            of("0::/user.slice/user-1000.slice/user@1000.service\n"),
+            None
+        );
+        assert_eq!(of("0::/\n"), None);
+        assert_eq!(
+            of("0::/system.slice/cron.service\n"),
+            None,
+            "started from cron"
+        );
+        assert_eq!(
+            of("9:name=systemd:/system.slice/outboxd.service\n0::/\n").as_deref(),
+            Some("outboxd.service"),
+            "under cgroup v1, systemd's own hierarchy"
+        );
+    }
 }
