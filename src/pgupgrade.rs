@@ -133,6 +133,44 @@ pub fn clear(paths: &Paths) -> Result<(), Error> {
     }
 }
 
+/// The start of the names of the temporary directories an upgrade of this
+/// home makes (its servers' sockets, pg_upgrade's work), so that the
+/// recovery after a kill finds and removes them.
+pub fn scratch_prefix(paths: &Paths) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in paths.home.to_string_lossy().bytes() {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("outboxd-upgrade-{hash:016x}-")
+}
+
+/// Removes this account's temporary directories of an upgrade of this
+/// home that was killed (best effort).
+fn clear_scratch(paths: &Paths) {
+    let prefix = scratch_prefix(paths);
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let ours = entry.file_name().to_string_lossy().starts_with(&prefix)
+            && fs::symlink_metadata(entry.path()).is_ok_and(|meta| meta.is_dir() && owned(&meta));
+        if ours {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+#[cfg(unix)]
+fn owned(meta: &fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    meta.uid() == crate::process::euid()
+}
+
+#[cfg(windows)]
+fn owned(_meta: &fs::Metadata) -> bool {
+    true
+}
+
 /// Finishes or undoes an interrupted upgrade (see the module's steps).
 /// Returns what it did, for the log and the terminal; `None` when there
 /// was nothing to do (no upgrade, or one that is `done`).
@@ -140,6 +178,7 @@ pub fn recover(paths: &Paths, uid: u32) -> Result<Option<String>, Error> {
     let Some(mut marker) = read(paths)? else {
         return Ok(None);
     };
+    clear_scratch(paths);
     match marker.step {
         Step::Done => Ok(None),
         Step::Copying => {

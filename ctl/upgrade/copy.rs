@@ -93,23 +93,32 @@ fn pass_dump(from: impl Read, mut to: impl Write) -> std::io::Result<u64> {
     Ok(moved)
 }
 
+/// The two clusters `pg_upgrade` moves between, with their binaries.
+pub struct Clusters<'a> {
+    pub old_bin: &'a Path,
+    pub new_bin: &'a Path,
+    pub old_data: &'a Path,
+    pub new_data: &'a Path,
+}
+
 /// `pg_upgrade` from `old_bin` to `new_bin`: `--check` first, then the
 /// move, with `--clone` where the file system can (instant, and the old
 /// cluster stays usable) and `--copy` elsewhere. Never `--link`: after it
 /// the old cluster cannot start again, and `--rollback` needs it.
 pub fn pg_upgrade(
     tool: &Path,
-    old_bin: &Path,
-    new_bin: &Path,
-    old_data: &Path,
-    new_data: &Path,
+    clusters: Clusters<'_>,
     password: &str,
     log: &Path,
+    scratch: &str,
 ) -> Result<&'static str, CtlError> {
-    let work = tempfile::Builder::new()
-        .prefix("outboxd-pg_upgrade-")
-        .tempdir()
-        .map_err(|e| CtlError::Failed(format!("could not make a directory for pg_upgrade: {e}")))?;
+    let Clusters {
+        old_bin,
+        new_bin,
+        old_data,
+        new_data,
+    } = clusters;
+    let work = super::server::scratch_dir(scratch)?;
     let pass = work.path().join("pgpass");
     std::fs::write(&pass, format!("*:*:*:postgres:{password}\n"))
         .and_then(|()| {

@@ -399,6 +399,7 @@ fn fill(
 ) -> Result<(String, Vec<(String, i64)>), CtlError> {
     let lib = |e| failed(paths, e);
     let log = paths.log_dir.join("upgrade.log");
+    let scratch = pgupgrade::scratch_prefix(paths);
     let new_dir = marker.new_dir(paths);
     pgupgrade::remove_cluster_copy(&new_dir).map_err(lib)?;
     let database = database_of(marker.old_target.as_deref());
@@ -406,7 +407,14 @@ fn fill(
         "starting PostgreSQL {} on the old cluster",
         plan.from
     ));
-    let old = Server::start(&plan.old_bin, plan.from, &paths.pg_data, password, &log)?;
+    let old = Server::start(
+        &plan.old_bin,
+        plan.from,
+        &paths.pg_data,
+        password,
+        &log,
+        &scratch,
+    )?;
     let before = copy::outbox_counts(&old, &database)?;
     let (encoding, collate, ctype) = copy::locale(&old)?;
     checkpoint("initdb");
@@ -426,7 +434,7 @@ fn fill(
     checkpoint("copy");
     let (moved, old) = match &plan.method {
         Method::DumpRestore { dumpall, psql } => {
-            let new = Server::start(&plan.new_bin, plan.to, &new_dir, password, &log)?;
+            let new = Server::start(&plan.new_bin, plan.to, &new_dir, password, &log, &scratch)?;
             out.progress(format!(
                 "copying with {} into {}",
                 dumpall.display(),
@@ -442,21 +450,19 @@ fn fill(
         Method::PgUpgrade { tool } => {
             old.stop()?;
             out.progress(format!("copying with {}", tool.display()));
-            let mode = copy::pg_upgrade(
-                tool,
-                &plan.old_bin,
-                &plan.new_bin,
-                &paths.pg_data,
-                &new_dir,
-                password,
-                &log,
-            )?;
+            let clusters = copy::Clusters {
+                old_bin: &plan.old_bin,
+                new_bin: &plan.new_bin,
+                old_data: &paths.pg_data,
+                new_data: &new_dir,
+            };
+            let mode = copy::pg_upgrade(tool, clusters, password, &log, &scratch)?;
             (format!("pg_upgrade {mode}"), None)
         }
     };
     checkpoint("verify");
     out.progress("comparing row counts and analyzing");
-    let new = Server::start(&plan.new_bin, plan.to, &new_dir, password, &log)?;
+    let new = Server::start(&plan.new_bin, plan.to, &new_dir, password, &log, &scratch)?;
     let after = copy::outbox_counts(&new, &database)?;
     if before != after {
         return Err(CtlError::Failed(format!(
@@ -536,6 +542,7 @@ fn rollback(
     pgupgrade::write(paths, &marker).map_err(lib)?;
     checkpoint("rollback-copy");
     let log = paths.log_dir.join("upgrade.log");
+    let scratch = pgupgrade::scratch_prefix(paths);
     let database = database_of(marker.old_target.as_deref());
     out.progress(format!(
         "copying the outbox tables back into PostgreSQL {}",
@@ -547,8 +554,16 @@ fn rollback(
         &paths.pg_data,
         &password,
         &log,
+        &scratch,
     )?;
-    let old = Server::start(&marker.old_bin, marker.from_major, &kept, &password, &log)?;
+    let old = Server::start(
+        &marker.old_bin,
+        marker.from_major,
+        &kept,
+        &password,
+        &log,
+        &scratch,
+    )?;
     let rows = copy::carry_back(&new, &old, &database)?;
     new.stop()?;
     old.stop()?;

@@ -33,11 +33,9 @@ impl Server {
         data: &Path,
         password: &str,
         log: &Path,
+        scratch: &str,
     ) -> Result<Server, CtlError> {
-        let dir = tempfile::Builder::new()
-            .prefix("outboxd-upgrade-")
-            .tempdir()
-            .map_err(|e| CtlError::Failed(format!("could not make a socket directory: {e}")))?;
+        let dir = scratch_dir(scratch)?;
         let pass = dir.path().join("pgpass");
         std::fs::write(&pass, format!("*:*:*:{}:{password}\n", "postgres"))
             .map_err(|e| CtlError::Failed(format!("could not write {}: {e}", pass.display())))?;
@@ -167,6 +165,18 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.shut_down();
     }
+}
+
+/// A private temporary directory (0700) named with `prefix` (see
+/// `outboxd::pgupgrade::scratch_prefix`): the recovery after a kill
+/// removes it.
+pub fn scratch_dir(prefix: &str) -> Result<tempfile::TempDir, CtlError> {
+    use std::os::unix::fs::PermissionsExt;
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .permissions(std::fs::Permissions::from_mode(0o700))
+        .tempdir()
+        .map_err(|e| CtlError::Failed(format!("could not make a temporary directory: {e}")))
 }
 
 /// A small runtime for the upgrade's queries.

@@ -374,6 +374,16 @@ fn a_kill_at_each_step_of_an_upgrade_leaves_a_home_that_starts() {
             1,
             "{step}: only the daemon's postmaster"
         );
+        // The killed upgrade's socket directories (with their password
+        // file) went with the recovery.
+        let prefix = outboxd::pgupgrade::scratch_prefix(&home.paths());
+        let left: Vec<_> = std::fs::read_dir(std::env::temp_dir())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .map(|e| e.path())
+            .collect();
+        assert!(left.is_empty(), "{step}: left behind: {left:?}");
         let pg = home.paths().pg_dir;
         assert!(!pg.join("data.17.new").exists(), "{step}");
         if major == "15" {
