@@ -26,31 +26,13 @@ use outboxd::spool::NewEvent;
 
 mod common;
 
-use common::{ctl, ctl_output, proc_kib};
-
-fn setting(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(default)
-}
+use common::{ctl, ctl_output, drained_home, proc_kib, setting};
 
 fn main() {
     let events = setting("CONSUMER_BENCH_EVENTS", 200_000);
     let rounds = setting("CONSUMER_BENCH_ROUNDS", 3);
     let latency_secs = setting("CONSUMER_BENCH_LATENCY_SECS", 30) as u64;
-    let scratch = tempfile::Builder::new()
-        .prefix("outboxd-bench-")
-        .tempdir()
-        .unwrap();
-    let home = scratch.path().join("home");
-    ctl(&home, &["start"]);
-    // The schema exists once the drain has connected.
-    ctl(
-        &home,
-        &["enqueue", "--create-home", "--topic", "bench.warmup", "1"],
-    );
-    ctl(&home, &["flush", "--timeout", "60"]);
+    let (_scratch, home) = drained_home();
     let url = ctl_output(&home, &["url", "--with-password"]);
     let config: tokio_postgres::Config = url.trim().parse().unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();

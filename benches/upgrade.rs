@@ -24,17 +24,10 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{CTL, ctl, ctl_output};
+use common::{CTL, ctl, ctl_output, drained_home, setting};
 
 const OLD_BIN: &str = "/usr/lib/postgresql/15/bin";
 const NEW_BIN: &str = "/var/tmp/outboxd-pg/17/native/bin";
-
-fn setting(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() {
     if !Path::new(NEW_BIN).join("postgres").is_file() {
@@ -43,17 +36,7 @@ fn main() {
     }
     let events = setting("UPGRADE_BENCH_EVENTS", 1_000_000);
     let rounds = setting("UPGRADE_BENCH_ROUNDS", 1);
-    let scratch = tempfile::Builder::new()
-        .prefix("outboxd-bench-")
-        .tempdir()
-        .unwrap();
-    let home = scratch.path().join("home");
-    ctl(&home, &["start"]);
-    ctl(
-        &home,
-        &["enqueue", "--create-home", "--topic", "bench.warmup", "1"],
-    );
-    ctl(&home, &["flush", "--timeout", "60"]);
+    let (scratch, home) = drained_home();
     ctl(
         &home,
         &[

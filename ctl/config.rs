@@ -47,14 +47,9 @@ pub fn show(paths: &Paths, out: &Output) -> u8 {
                     describe(&setting.origin)
                 ));
             }
-            let cluster = cluster(paths);
-            if let Some(line) = cluster.get("text").and_then(|t| t.as_str()) {
-                text.push_str(&format!("\n  cluster   {line}"));
-            }
-            out.result(
-                text,
-                json!({"settings": settings, "cluster": cluster["json"]}),
-            );
+            let (line, cluster) = cluster(paths);
+            text.push_str(&format!("\n  cluster   {line}"));
+            out.result(text, json!({"settings": settings, "cluster": cluster}));
             exit_code::OK
         }
         Err(err) => {
@@ -66,32 +61,34 @@ pub fn show(paths: &Paths, out: &Output) -> u8 {
 }
 
 /// The home's cluster: its major (`PG_VERSION`), the binaries it last ran
-/// on, and an upgrade in progress.
-fn cluster(paths: &Paths) -> serde_json::Value {
+/// on, and an upgrade in progress; as a line and as JSON (null without a
+/// cluster).
+fn cluster(paths: &Paths) -> (String, serde_json::Value) {
     let Some(major) = outboxd::pgbin::cluster_major(paths) else {
-        return json!({"text": format!("none yet ({} has no cluster)", paths.pg_data.display()), "json": null});
+        let line = format!("none yet ({} has no cluster)", paths.pg_data.display());
+        return (line, serde_json::Value::Null);
     };
     let record = outboxd::pgbin::read_record(paths);
     let upgrade = outboxd::pgupgrade::read(paths).ok().flatten();
-    let mut text = format!("PostgreSQL {major} ({})", paths.pg_data.display());
+    let mut line = format!("PostgreSQL {major} ({})", paths.pg_data.display());
     if let Some(record) = &record {
-        text.push_str(&format!(", last run on {}", record.bin_dir.display()));
+        line.push_str(&format!(", last run on {}", record.bin_dir.display()));
     }
     if let Some(upgrade) = &upgrade {
-        text.push_str(&format!(
-            "; an upgrade from {} to {} is {:?}",
-            upgrade.from_major, upgrade.to_major, upgrade.step
+        line.push_str(&format!(
+            "; an upgrade from {} to {} is {}",
+            upgrade.from_major,
+            upgrade.to_major,
+            upgrade.step.as_str()
         ));
     }
-    json!({
-        "text": text,
-        "json": {
-            "major": major,
-            "data_dir": paths.pg_data,
-            "bin_dir": record.map(|r| r.bin_dir),
-            "upgrade": upgrade,
-        }
-    })
+    let json = json!({
+        "major": major,
+        "data_dir": paths.pg_data,
+        "bin_dir": record.map(|r| r.bin_dir),
+        "upgrade": upgrade,
+    });
+    (line, json)
 }
 
 fn describe(origin: &Origin) -> String {

@@ -65,17 +65,7 @@ const FIRST_PAUSE: Duration = Duration::from_millis(200);
 const MAX_PAUSE: Duration = Duration::from_secs(30);
 
 pub fn run(paths: &Paths, args: Args, out: &Output) -> u8 {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            out.error(format!("could not start an async runtime: {e}"));
-            return exit_code::FAILURE;
-        }
-    };
-    match runtime.block_on(consume(paths, args)) {
+    match crate::runtime::block_on(consume(paths, args)) {
         Ok(()) => exit_code::OK,
         Err(err) => {
             let code = err.exit_code();

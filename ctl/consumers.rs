@@ -43,17 +43,7 @@ pub fn parse_position(text: &str) -> Result<Position, String> {
 }
 
 pub fn run(paths: &Paths, action: Action, database_url: Option<&str>, out: &Output) -> u8 {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            out.error(format!("could not start an async runtime: {e}"));
-            return exit_code::FAILURE;
-        }
-    };
-    match runtime.block_on(act(paths, action, database_url, out)) {
+    match crate::runtime::block_on(act(paths, action, database_url, out)) {
         Ok(code) => code,
         Err(err) => {
             let code = err.exit_code();

@@ -240,10 +240,7 @@ pub fn upgrading(paths: &Paths, holder: i32) -> Option<CtlError> {
              start then {}",
             marker.from_major,
             marker.to_major,
-            serde_json::to_value(marker.step)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default(),
+            marker.step.as_str(),
             match marker.step {
                 Step::Copying => "returns to the old cluster",
                 Step::Swapping => "completes the move",

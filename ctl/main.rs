@@ -21,6 +21,7 @@ mod os;
 mod output;
 mod rekey;
 mod retarget;
+mod runtime;
 // The service manager's side is per operating system: systemd and launchd
 // (`service/`), the Windows service control manager (`service_windows.rs`).
 #[cfg(unix)]

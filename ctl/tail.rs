@@ -35,17 +35,7 @@ pub struct Args {
 }
 
 pub fn run(paths: &Paths, args: Args, out: &Output) -> u8 {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            out.error(format!("could not start an async runtime: {e}"));
-            return exit_code::FAILURE;
-        }
-    };
-    match runtime.block_on(tail(paths, args, out)) {
+    match crate::runtime::block_on(tail(paths, args, out)) {
         Ok(()) => exit_code::OK,
         Err(err) => {
             let code = err.exit_code();

@@ -163,9 +163,13 @@ pub struct Consumer {
     notified: mpsc::Receiver<AsyncMessage>,
     /// [`ADVANCE`], prepared once.
     advance: tokio_postgres::Statement,
-    /// The read of the batch after the one last returned, started when
-    /// that one was returned (see [`Consumer::next_batch`]).
-    ahead: Option<ReadAhead>,
+    /// The batch last returned, with the read of the one after it when
+    /// that was started (see [`Consumer::next_batch`]).
+    last: Option<Returned>,
+    /// Whether to read ahead: the caller committed the last batch on this
+    /// consumer's own connection (a caller using `commit_in` would only
+    /// make it read every batch twice).
+    read_ahead: bool,
     /// The cursors this consumer moved on its own connection since it
     /// last returned a batch.
     moved: std::sync::Mutex<BTreeMap<Uuid, i64>>,
@@ -183,19 +187,20 @@ struct Query {
     reads: std::sync::atomic::AtomicU64,
 }
 
-/// A read started before the caller committed the batch it follows: valid
-/// only if the caller then moved the cursors exactly past that batch.
-struct ReadAhead {
-    /// The cursors of the batch it follows, which it reads past.
+/// A batch returned to the caller, and the read past it started before
+/// the caller committed it: that read is valid only if the caller then
+/// moved the cursors past the whole batch.
+struct Returned {
+    /// The batch's cursors, which the read ahead reads past.
     after: BTreeMap<Uuid, i64>,
     max: usize,
-    events: tokio::task::JoinHandle<Result<Vec<Event>, ConsumerError>>,
+    ahead: Option<tokio::task::JoinHandle<Result<Vec<Event>, ConsumerError>>>,
 }
 
 impl Drop for Consumer {
     fn drop(&mut self) {
-        if let Some(ahead) = self.ahead.take() {
-            ahead.events.abort();
+        if let Some(ahead) = self.last.take().and_then(|last| last.ahead) {
+            ahead.abort();
         }
     }
 }
@@ -249,7 +254,8 @@ impl Consumer {
             advance: client.prepare(ADVANCE).await.map_err(&failed)?,
             client: Arc::new(client),
             notified,
-            ahead: None,
+            last: None,
+            read_ahead: true,
             moved: std::sync::Mutex::new(BTreeMap::new()),
         })
     }
@@ -268,29 +274,33 @@ impl Consumer {
     /// [`commit_through`](Consumer::commit_through) or
     /// [`dead_letter`](Consumer::dead_letter), and read again otherwise
     /// (after [`commit_in`](Consumer::commit_in), whose transaction this
-    /// consumer cannot see). So at most two batches are in memory.
+    /// consumer cannot see; it then stops reading ahead until a batch is
+    /// committed on its own connection). So at most two batches are in
+    /// memory.
     pub async fn next_batch(&mut self, max: usize, wait: Duration) -> Result<Batch, ConsumerError> {
         let max = max.max(1);
         let deadline = tokio::time::Instant::now() + wait;
         let moved = std::mem::take(&mut *self.moved.lock().unwrap_or_else(|e| e.into_inner()));
-        if let Some(ahead) = self.ahead.take() {
-            let followed = ahead.max == max
-                && ahead
-                    .after
-                    .iter()
-                    .all(|(source, seq)| moved.get(source).is_some_and(|m| m >= seq));
-            if !followed {
-                ahead.events.abort();
-            } else {
-                let events = ahead.events.await.unwrap_or_else(|e| {
-                    Err(ConsumerError::Postgres {
-                        name: self.query.name.clone(),
-                        message: format!("the read ahead failed: {e}"),
-                    })
-                })?;
-                if !events.is_empty() {
-                    return Ok(self.returning(Batch { events }, max));
+        if let Some(last) = self.last.take() {
+            let followed = last
+                .after
+                .iter()
+                .all(|(source, seq)| moved.get(source).is_some_and(|m| m >= seq));
+            self.read_ahead = followed;
+            match last.ahead {
+                Some(ahead) if followed && last.max == max => {
+                    let events = ahead.await.unwrap_or_else(|e| {
+                        Err(ConsumerError::Postgres {
+                            name: self.query.name.clone(),
+                            message: format!("the read ahead failed: {e}"),
+                        })
+                    })?;
+                    if !events.is_empty() {
+                        return Ok(self.returning(Batch { events }, max));
+                    }
                 }
+                Some(ahead) => ahead.abort(),
+                None => {}
             }
         }
         loop {
@@ -312,15 +322,15 @@ impl Consumer {
         }
     }
 
-    /// Starts reading the batch after `batch`, and returns `batch`.
+    /// Notes `batch` as returned, starts reading the batch after it (when
+    /// reading ahead pays), and returns it.
     fn returning(&mut self, batch: Batch, max: usize) -> Batch {
         let after = batch.cursors();
-        let (client, query, past) = (self.client.clone(), self.query.clone(), after.clone());
-        self.ahead = Some(ReadAhead {
-            after,
-            max,
-            events: tokio::spawn(async move { read(&client, &query, max, &past).await }),
+        let ahead = self.read_ahead.then(|| {
+            let (client, query, past) = (self.client.clone(), self.query.clone(), after.clone());
+            tokio::spawn(async move { read(&client, &query, max, &past).await })
         });
+        self.last = Some(Returned { after, max, ahead });
         batch
     }
 

@@ -25,9 +25,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::error::{Error, IoContext, Origin};
+use crate::error::{Error, Origin};
 use crate::paths::Paths;
-use crate::safefs::{self, Mode, Owner};
+use crate::safefs::{self, Owner};
 
 /// The binaries a cluster runs on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,10 +99,10 @@ pub fn find(config: &Config) -> Result<Result<Found, Missing>, Error> {
             })
             .ok_or(Missing::Nothing { wanted: None }));
     };
-    if let Some(found) = find_major(paths, wanted) {
-        return Ok(Ok(found));
-    }
-    let found = installed();
+    let found = match find_major(paths, wanted) {
+        Ok(found) => return Ok(Ok(found)),
+        Err(installed) => installed,
+    };
     if found.is_empty() && read_record(paths).is_none() {
         return Ok(Err(Missing::Nothing {
             wanted: Some(wanted),
@@ -118,13 +118,14 @@ pub fn newest(found: Vec<(u32, PathBuf)>) -> Option<(u32, PathBuf)> {
 
 /// Binaries of major `wanted` (pg_bin aside): the recorded ones, where
 /// packages put that major, or any installed directory of that major.
-pub fn find_major(paths: &Paths, wanted: u32) -> Option<Found> {
+/// Without them, what is installed (for the message that says so).
+pub fn find_major(paths: &Paths, wanted: u32) -> Result<Found, Vec<(u32, PathBuf)>> {
     if let Some(record) = read_record(paths)
         && record.major == wanted
         && missing_binaries(&record.bin_dir).is_none()
         && identity(&record.bin_dir).as_ref() == Some(&record.postgres)
     {
-        return Some(Found {
+        return Ok(Found {
             dir: record.bin_dir,
             major: wanted,
             source: "recorded by the last start".into(),
@@ -139,12 +140,13 @@ pub fn find_major(paths: &Paths, wanted: u32) -> Option<Found> {
         .into_iter()
         .find(|dir| missing_binaries(dir).is_none())
     {
-        return Some(installed_dir(dir));
+        return Ok(installed_dir(dir));
     }
-    installed()
-        .into_iter()
-        .find(|(major, _)| *major == wanted)
-        .map(|(_, dir)| installed_dir(dir))
+    let found = installed();
+    match found.iter().find(|(major, _)| *major == wanted) {
+        Some((_, dir)) => Ok(installed_dir(dir.clone())),
+        None => Err(found),
+    }
 }
 
 /// `pg_bin` as configured, checked against the cluster's major.
@@ -407,36 +409,22 @@ pub fn has_tool(dir: &Path, name: &str) -> bool {
         .is_file()
 }
 
-/// The identity of `dir/postgres`, if it is there.
+/// The identity of `dir/postgres`, if it is there: device and inode
+/// where the system has them, size and modification time everywhere.
 fn identity(dir: &Path) -> Option<Identity> {
     let meta = fs::metadata(dir.join(format!("postgres{}", std::env::consts::EXE_SUFFIX))).ok()?;
-    Some(file_identity(&meta))
-}
-
-#[cfg(unix)]
-fn file_identity(meta: &fs::Metadata) -> Identity {
-    use std::os::unix::fs::MetadataExt;
-    Identity {
-        dev: meta.dev(),
-        ino: meta.ino(),
-        size: meta.size(),
-        mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
-    }
-}
-
-#[cfg(windows)]
-fn file_identity(meta: &fs::Metadata) -> Identity {
+    let (dev, ino) = safefs::identity(&meta).unwrap_or_default();
     let mtime_ns = meta
         .modified()
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos() as i128);
-    Identity {
-        dev: 0,
-        ino: 0,
+    Some(Identity {
+        dev,
+        ino,
         size: meta.len(),
         mtime_ns,
-    }
+    })
 }
 
 /// The home's record, if it has a readable one.
@@ -464,31 +452,7 @@ pub fn write_record(paths: &Paths, dir: &Path, major: u32) -> Result<(), Error> 
         return Ok(());
     }
     let text = serde_json::to_vec_pretty(&record).expect("a record is JSON");
-    write_atomically(&paths.pg_binaries, &text)
-}
-
-/// Writes `path` whole or not at all: a new file beside it (0600), synced,
-/// renamed over it, and the directory synced.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let fresh = dir.join(format!(
-        ".{}.{}",
-        path.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
-    let _ = fs::remove_file(&fresh);
-    let mut file = safefs::open(
-        &fresh,
-        Mode::CreateNew { mode: 0o600 },
-        Owner::Is(crate::process::euid()),
-    )?
-    .expect("CreateNew creates the file");
-    file.write_all(bytes).at("write", &fresh)?;
-    file.sync_all().at("sync", &fresh)?;
-    fs::rename(&fresh, path).at("replace", path)?;
-    safefs::sync_dir(dir).at("sync", dir)?;
-    Ok(())
+    safefs::replace(&paths.pg_binaries, &text, true)
 }
 
 #[cfg(test)]

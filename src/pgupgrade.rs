@@ -44,6 +44,19 @@ pub enum Step {
     RollingBackSwap,
 }
 
+impl Step {
+    /// As the record spells it: `copying`, `rolling-back-swap`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Step::Copying => "copying",
+            Step::Swapping => "swapping",
+            Step::Done => "done",
+            Step::RollingBackCopy => "rolling-back-copy",
+            Step::RollingBackSwap => "rolling-back-swap",
+        }
+    }
+}
+
 /// The record of an upgrade in progress (`pg/upgrade.json`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Marker {
@@ -120,7 +133,7 @@ pub fn read(paths: &Paths) -> Result<Option<Marker>, Error> {
 /// Records `marker` (whole, or not at all).
 pub fn write(paths: &Paths, marker: &Marker) -> Result<(), Error> {
     let text = serde_json::to_vec_pretty(marker).expect("a marker is JSON");
-    crate::pgbin::write_atomically(&paths.pg_upgrade, &text)
+    safefs::replace(&paths.pg_upgrade, &text, true)
 }
 
 /// Removes the marker: no upgrade is in progress.
@@ -153,22 +166,13 @@ fn clear_scratch(paths: &Paths) {
     };
     for entry in entries.flatten() {
         let ours = entry.file_name().to_string_lossy().starts_with(&prefix)
-            && fs::symlink_metadata(entry.path()).is_ok_and(|meta| meta.is_dir() && owned(&meta));
+            && fs::symlink_metadata(entry.path()).is_ok_and(|meta| {
+                meta.is_dir() && safefs::owner_of(&meta) == crate::process::euid()
+            });
         if ours {
             let _ = fs::remove_dir_all(entry.path());
         }
     }
-}
-
-#[cfg(unix)]
-fn owned(meta: &fs::Metadata) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    meta.uid() == crate::process::euid()
-}
-
-#[cfg(windows)]
-fn owned(_meta: &fs::Metadata) -> bool {
-    true
 }
 
 /// Finishes or undoes an interrupted upgrade (see the module's steps).
@@ -338,10 +342,10 @@ fn broken(paths: &Paths, marker: &Marker) -> Error {
         "PostgreSQL cluster",
         &paths.pg_data,
         format!(
-            "is not the cluster the upgrade from {} to {} expected (step {:?}; see {})",
+            "is not the cluster the upgrade from {} to {} expected (step {}; see {})",
             marker.from_major,
             marker.to_major,
-            marker.step,
+            marker.step.as_str(),
             paths.pg_upgrade.display()
         ),
         format!(

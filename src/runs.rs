@@ -18,15 +18,14 @@
 //! `safefs` with a cap. It is best effort: a daemon that cannot write it
 //! (a full disk) still runs, and says so in its log.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{IoContext, Result};
+use crate::error::Result;
 use crate::paths::Paths;
 use crate::protocol::PreviousRun;
-use crate::safefs::{self, Mode, Owner};
+use crate::safefs::{self, Owner};
 
 /// The record's file name, in the home's `log/` directory.
 pub const FILE: &str = "last-run.json";
@@ -85,20 +84,8 @@ pub fn read(paths: &Paths) -> Option<RunRecord> {
 
 /// Replaces the record (a temporary file renamed into place).
 pub fn write(paths: &Paths, record: &RunRecord) -> Result<()> {
-    let path = path(paths);
-    let temporary = paths.log_dir.join(format!(".{FILE}.tmp"));
-    let _ = std::fs::remove_file(&temporary);
-    let mut file = safefs::open(
-        &temporary,
-        Mode::CreateNew { mode: 0o600 },
-        Owner::Is(crate::process::euid()),
-    )?
-    .expect("CreateNew creates the file");
     let text = serde_json::to_vec(record).expect("a run record serializes");
-    file.write_all(&text)
-        .and_then(|()| file.sync_data())
-        .at("write run record", &temporary)?;
-    std::fs::rename(&temporary, &path).at("replace run record", &path)
+    safefs::replace(&path(paths), &text, false)
 }
 
 /// Notes in the record that `outboxctl stop` killed the daemon `pid` with

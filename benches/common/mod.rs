@@ -41,3 +41,31 @@ pub fn proc_kib(pid: i32, field: &str) -> u64 {
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }
+
+/// A benchmark's setting from the environment, or its default.
+#[allow(dead_code, reason = "not every benchmark has settings")]
+pub fn setting(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A home in a scratch directory with its daemon started and one event
+/// drained (so the schema exists): the scratch directory (removed when
+/// dropped; stop the daemon first) and the home.
+#[allow(dead_code, reason = "not every benchmark needs a drained home")]
+pub fn drained_home() -> (tempfile::TempDir, std::path::PathBuf) {
+    let scratch = tempfile::Builder::new()
+        .prefix("outboxd-bench-")
+        .tempdir()
+        .unwrap();
+    let home = scratch.path().join("home");
+    ctl(&home, &["start"]);
+    ctl(
+        &home,
+        &["enqueue", "--create-home", "--topic", "bench.warmup", "1"],
+    );
+    ctl(&home, &["flush", "--timeout", "60"]);
+    (scratch, home)
+}

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use futures_util::{SinkExt, StreamExt};
 use tokio_postgres::Client;
 
-use super::server::{Server, runtime};
+use super::server::Server;
 use crate::daemon::CtlError;
 
 /// The superuser exists in every new cluster: its `CREATE ROLE` line is
@@ -183,8 +183,7 @@ pub fn pg_upgrade(
 
 /// The row count of every table of the `outbox` schema in `database`.
 pub fn outbox_counts(server: &Server, database: &str) -> Result<Vec<(String, i64)>, CtlError> {
-    let runtime = runtime()?;
-    runtime.block_on(async {
+    crate::runtime::block_on(async {
         let client = connect(server, database).await?;
         let mut counts = Vec::new();
         for table in outbox_tables(&client).await? {
@@ -204,7 +203,7 @@ pub fn outbox_counts(server: &Server, database: &str) -> Result<Vec<(String, i64
 /// `ANALYZE` in every database that takes connections: a restored cluster
 /// has no statistics, and its first plans would be blind.
 pub fn analyze(server: &Server) -> Result<(), CtlError> {
-    runtime()?.block_on(async {
+    crate::runtime::block_on(async {
         let client = connect(server, "postgres").await?;
         let databases: Vec<String> = client
             .query(
@@ -227,7 +226,7 @@ pub fn analyze(server: &Server) -> Result<(), CtlError> {
 /// What the spool records of the database it drains into (as the drain
 /// reads it): `system identifier N, database D`.
 pub fn target(server: &Server, database: &str) -> Result<String, CtlError> {
-    runtime()?.block_on(async {
+    crate::runtime::block_on(async {
         let client = connect(server, database).await?;
         let row = client
             .query_one(
@@ -243,7 +242,7 @@ pub fn target(server: &Server, database: &str) -> Result<String, CtlError> {
 
 /// The encoding and locale of `template1`, which a new cluster takes.
 pub fn locale(server: &Server) -> Result<(String, String, String), CtlError> {
-    runtime()?.block_on(async {
+    crate::runtime::block_on(async {
         let client = connect(server, "postgres").await?;
         let row = client
             .query_one(
@@ -261,7 +260,7 @@ pub fn locale(server: &Server) -> Result<(String, String, String), CtlError> {
 /// those of `from` (the new one), in one transaction, so that the events
 /// drained since the move are not lost. Returns the rows copied.
 pub fn carry_back(from: &Server, to: &Server, database: &str) -> Result<u64, CtlError> {
-    runtime()?.block_on(async {
+    crate::runtime::block_on(async {
         let source = connect(from, database).await?;
         let mut sink = connect(to, database).await?;
         let tables = outbox_tables(&source).await?;

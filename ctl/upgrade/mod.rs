@@ -172,6 +172,15 @@ fn plan(paths: &Paths, to: Option<&Path>) -> Result<Plan, CtlError> {
             paths.pg_data.display()
         ))
     })?;
+    // The old cluster is kept under this name until --finalize.
+    let kept = paths.pg_dir.join(format!("data.{from}"));
+    if std::fs::symlink_metadata(&kept).is_ok() {
+        return Err(CtlError::Failed(format!(
+            "{} exists, and the upgrade keeps the old cluster under that name: move it away (or \
+             remove it, if it is an old copy you no longer need) and upgrade again",
+            kept.display()
+        )));
+    }
     let configured = config.pg_bin.clone();
     let configured_major = configured
         .as_deref()
@@ -182,7 +191,7 @@ fn plan(paths: &Paths, to: Option<&Path>) -> Result<Plan, CtlError> {
         (Some(dir), Some(major)) if major == from => dir.clone(),
         _ => pgbin::find_major(paths, from)
             .map(|found| found.dir)
-            .ok_or_else(|| {
+            .map_err(|_| {
                 CtlError::Failed(format!(
                     "the cluster is PostgreSQL {from}, and no PostgreSQL {from} binaries are \
                      installed: the upgrade starts the old cluster to read it, so install \
@@ -308,8 +317,8 @@ fn forward(paths: &Paths, args: &Args, out: &Output) -> Result<(String, Value), 
     out.progress(plan.text(paths));
     let started = Instant::now();
     let password = secret(paths)?;
-    let (was_running, lock) = take_home(paths, out)?;
     let old_target = spool_target(paths)?;
+    let (was_running, lock) = take_home(paths, out)?;
     let mut marker = Marker {
         step: Step::Copying,
         from_major: plan.from,
@@ -331,16 +340,11 @@ fn forward(paths: &Paths, args: &Args, out: &Output) -> Result<(String, Value), 
             // Nothing was swapped: the old cluster is as it was.
             let _ = pgupgrade::remove_cluster_copy(&marker.new_dir(paths));
             let _ = pgupgrade::clear(paths);
-            drop(lock);
-            let again = match restart_if(paths, was_running, out) {
-                Ok(true) => "; the daemon runs again",
-                Ok(false) => "",
-                Err(_) => "; the daemon could not be started again (see `outboxctl status`)",
-            };
-            return Err(CtlError::Failed(format!(
-                "{err}; the upgrade was abandoned and the cluster is still PostgreSQL {}{again}",
+            let still = format!(
+                "the upgrade was abandoned and the cluster is still PostgreSQL {}",
                 plan.from
-            )));
+            );
+            return Err(given_up(paths, lock, was_running, out, err, &still));
         }
     };
     marker.step = Step::Swapping;
@@ -541,32 +545,19 @@ fn rollback(
     marker.step = Step::RollingBackCopy;
     pgupgrade::write(paths, &marker).map_err(lib)?;
     checkpoint("rollback-copy");
-    let log = paths.log_dir.join("upgrade.log");
-    let scratch = pgupgrade::scratch_prefix(paths);
-    let database = database_of(marker.old_target.as_deref());
-    out.progress(format!(
-        "copying the outbox tables back into PostgreSQL {}",
-        marker.from_major
-    ));
-    let new = Server::start(
-        &marker.new_bin,
-        marker.to_major,
-        &paths.pg_data,
-        &password,
-        &log,
-        &scratch,
-    )?;
-    let old = Server::start(
-        &marker.old_bin,
-        marker.from_major,
-        &kept,
-        &password,
-        &log,
-        &scratch,
-    )?;
-    let rows = copy::carry_back(&new, &old, &database)?;
-    new.stop()?;
-    old.stop()?;
+    let rows = match copy_back(paths, &marker, &password, out) {
+        Ok(rows) => rows,
+        Err(err) => {
+            // The old cluster's transaction did not commit: stay on the new.
+            marker.step = Step::Done;
+            let _ = pgupgrade::write(paths, &marker);
+            let still = format!(
+                "the rollback was abandoned and the cluster is still PostgreSQL {}",
+                marker.to_major
+            );
+            return Err(given_up(paths, lock, was_running, out, err, &still));
+        }
+    };
     marker.step = Step::RollingBackSwap;
     pgupgrade::write(paths, &marker).map_err(lib)?;
     checkpoint("rollback-swap");
@@ -598,6 +589,61 @@ fn failed(paths: &Paths, e: outboxd::Error) -> CtlError {
         true => CtlError::from_lib(paths, e),
         false => CtlError::Failed(e.to_string()),
     }
+}
+
+/// `--rollback`'s copy: both clusters' servers, and the outbox tables of
+/// the new one copied back into the old one in one transaction.
+fn copy_back(
+    paths: &Paths,
+    marker: &Marker,
+    password: &str,
+    out: &Output,
+) -> Result<u64, CtlError> {
+    let log = paths.log_dir.join("upgrade.log");
+    let scratch = pgupgrade::scratch_prefix(paths);
+    out.progress(format!(
+        "copying the outbox tables back into PostgreSQL {}",
+        marker.from_major
+    ));
+    let new = Server::start(
+        &marker.new_bin,
+        marker.to_major,
+        &paths.pg_data,
+        password,
+        &log,
+        &scratch,
+    )?;
+    let old = Server::start(
+        &marker.old_bin,
+        marker.from_major,
+        &marker.kept_dir(paths),
+        password,
+        &log,
+        &scratch,
+    )?;
+    let rows = copy::carry_back(&new, &old, &database_of(marker.old_target.as_deref()))?;
+    new.stop()?;
+    old.stop()?;
+    Ok(rows)
+}
+
+/// A step before the swap failed and was undone: releases the home,
+/// starts the daemon again if it ran, and says so.
+fn given_up(
+    paths: &Paths,
+    lock: PidLock,
+    was_running: bool,
+    out: &Output,
+    err: CtlError,
+    still: &str,
+) -> CtlError {
+    drop(lock);
+    let again = match restart_if(paths, was_running, out) {
+        Ok(true) => "; the daemon runs again",
+        Ok(false) => "",
+        Err(_) => "; the daemon could not be started again (see `outboxctl status`)",
+    };
+    CtlError::Failed(format!("{err}; {still}{again}"))
 }
 
 /// Stops the daemon if it runs and takes the home's lock, so that no

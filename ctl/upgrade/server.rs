@@ -76,7 +76,6 @@ impl Server {
 
     fn wait_ready(&mut self, log: &Path) -> Result<(), CtlError> {
         let deadline = Instant::now() + LIMIT;
-        let runtime = runtime()?;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(CtlError::Failed(format!(
@@ -87,7 +86,7 @@ impl Server {
                 )));
             }
             let target = self.target("postgres");
-            if runtime.block_on(target.connect(None)).is_ok() {
+            if crate::runtime::block_on(async { Ok(target.connect(None).await.is_ok()) })? {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -177,14 +176,6 @@ pub fn scratch_dir(prefix: &str) -> Result<tempfile::TempDir, CtlError> {
         .permissions(std::fs::Permissions::from_mode(0o700))
         .tempdir()
         .map_err(|e| CtlError::Failed(format!("could not make a temporary directory: {e}")))
-}
-
-/// A small runtime for the upgrade's queries.
-pub fn runtime() -> Result<tokio::runtime::Runtime, CtlError> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CtlError::Failed(format!("could not start an async runtime: {e}")))
 }
 
 fn set_owner_only(path: &Path) -> Result<(), CtlError> {

@@ -73,8 +73,6 @@ pub async fn prepare(
     status.send_modify(|s| {
         s.bin_dir = Some(bin_dir.clone());
         s.binaries = Some(source);
-        s.cluster_major = pgbin::cluster_major(paths).or(major);
-
         s.user = Some(outboxd::account::name_of(uid));
     });
     // Where it will listen, checked before initdb (a data directory
@@ -90,18 +88,31 @@ pub async fn prepare(
     if !has_cluster {
         notifier.status("initializing the PostgreSQL cluster (initdb)");
         init_cluster(paths, &bin_dir, &password, config.pg_port()).await?;
-        status.send_modify(|s| s.cluster_major = pgbin::cluster_major(paths));
     }
-    // Remembered, so that the next start finds these binaries without
-    // asking them their version, wherever they are.
-    if let Some(major) = pgbin::cluster_major(paths) {
+    // The cluster's major, remembered with these binaries so that the next
+    // start finds them without asking their version, wherever they are;
+    // and an upgrade that awaits --finalize or --rollback, for `status`.
+    let (cluster_major, upgrade) = blocking({
         let (paths, dir) = (paths.clone(), bin_dir.clone());
-        if let Err(e) =
-            blocking(move || pgbin::write_record(&paths, &dir, major).map_err(PgError::from)).await
-        {
-            warn!(error = %e, "could not record the PostgreSQL binaries");
+        move || {
+            let major = pgbin::cluster_major(&paths).or(major);
+            if let Some(major) = major
+                && let Err(e) = pgbin::write_record(&paths, &dir, major)
+            {
+                warn!(error = %e, "could not record the PostgreSQL binaries");
+            }
+            let upgrade = outboxd::pgupgrade::read(&paths)
+                .ok()
+                .flatten()
+                .map(|marker| marker.note(&paths));
+            Ok((major, upgrade))
         }
-    }
+    })
+    .await?;
+    status.send_modify(|s| {
+        s.cluster_major = cluster_major;
+        s.upgrade = upgrade;
+    });
     Ok(Embedded {
         bin_dir,
         data: paths.pg_data.clone(),

@@ -17,8 +17,8 @@ pub async fn status(ctx: &Context) -> Status {
     let paths = &config.paths;
     let mut postgres = ctx.postgres.status();
     let embedded = postgres.mode == PgMode::Embedded;
-    if embedded {
-        // Read now: `upgrade postgres --finalize` runs beside the daemon.
+    if embedded && postgres.upgrade.is_some() {
+        // Read again: `upgrade postgres --finalize` runs beside the daemon.
         let paths = paths.clone();
         postgres.upgrade = tokio::task::spawn_blocking(move || {
             outboxd::pgupgrade::read(&paths)

@@ -231,6 +231,36 @@ pub fn link_count(meta: &std::fs::Metadata) -> u64 {
     os::link_count(meta)
 }
 
+/// Replaces `path` whole or not at all: a new file of this account beside
+/// it (0600, never through a link), synced, then renamed over it. With
+/// `durable`, the directory is synced too, so the new name survives a
+/// power loss (a record that later steps rely on).
+pub fn replace(path: &Path, bytes: &[u8], durable: bool) -> Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    // One writer at a time (the holder of the home's lock), so one name:
+    // a writer killed half-way leaves a file the next write clears.
+    let fresh = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let _ = std::fs::remove_file(&fresh);
+    let mut file = open(
+        &fresh,
+        Mode::CreateNew { mode: 0o600 },
+        Owner::Is(crate::process::euid()),
+    )?
+    .expect("CreateNew creates the file");
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .at("write", &fresh)?;
+    std::fs::rename(&fresh, path).at("replace", path)?;
+    if durable {
+        sync_dir(dir).at("sync", dir)?;
+    }
+    Ok(())
+}
+
 /// Creates the new file `path` with `mode` (Unix), never through a link;
 /// fails if it exists.
 pub fn create_new(path: &Path, mode: u32) -> io::Result<File> {
