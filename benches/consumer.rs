@@ -40,13 +40,22 @@ fn main() {
     runtime.block_on(async {
         let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(connection);
-        // Four sources' events, as four drains would have committed them.
+        // Four sources' events, as four drains would have committed them
+        // (with each source's payload bytes through each event).
         client
             .batch_execute(&format!(
-                "INSERT INTO outbox.events (source_id, seq, topic, payload, enqueued_at)
-                 SELECT ('00000000-0000-0000-0000-00000000000' || (n % 4))::uuid, n / 4 + 1,
-                        'bench.read', jsonb_build_object('n', n, 'text', repeat('x', 100)), now()
-                 FROM generate_series(0, {} - 1) n;
+                "INSERT INTO outbox.events
+                     (source_id, seq, topic, payload, enqueued_at, bytes_through)
+                 SELECT source_id, seq, 'bench.read', payload, now(),
+                        sum(octet_length(payload::text))
+                            OVER (PARTITION BY source_id ORDER BY seq)
+                 FROM (
+                     SELECT ('00000000-0000-0000-0000-00000000000' || (n % 4))::uuid
+                                AS source_id,
+                            n / 4 + 1 AS seq,
+                            jsonb_build_object('n', n, 'text', repeat('x', 100)) AS payload
+                     FROM generate_series(0, {} - 1) n
+                 ) e;
                  INSERT INTO outbox.cursors (source_id, seq)
                  SELECT source_id, max(seq) FROM outbox.events
                  WHERE topic = 'bench.read' GROUP BY source_id;

@@ -258,18 +258,27 @@ pub fn locale(server: &Server) -> Result<(String, String, String), CtlError> {
 
 /// `--rollback`: replaces the outbox tables of `to` (the old cluster) with
 /// those of `from` (the new one), in one transaction, so that the events
-/// drained since the move are not lost. Returns the rows copied.
+/// drained since the move are not lost; the columns copied are those of
+/// `to`'s tables, and `to` keeps its own `outbox.migrations`. Returns the
+/// rows copied.
 pub fn carry_back(from: &Server, to: &Server, database: &str) -> Result<u64, CtlError> {
     crate::runtime::block_on(async {
         let source = connect(from, database).await?;
         let mut sink = connect(to, database).await?;
-        let tables = outbox_tables(&source).await?;
+        // The old cluster keeps its own schema record: its tables have the
+        // columns of its schema step, and a daemon newer than that step
+        // migrates them at its next start (the new cluster's record may be
+        // past them, when a newer outboxd ran on it).
+        let not_record = |tables: Vec<String>| -> Vec<String> {
+            tables.into_iter().filter(|t| t != "migrations").collect()
+        };
+        let tables = not_record(outbox_tables(&source).await?);
         let transaction = sink.transaction().await.map_err(failed)?;
         transaction
             .batch_execute("SET LOCAL session_replication_role = replica")
             .await
             .map_err(failed)?;
-        let kept = outbox_tables(&transaction).await?;
+        let kept = not_record(outbox_tables(&transaction).await?);
         if !kept.is_empty() {
             let list: Vec<String> = kept
                 .iter()

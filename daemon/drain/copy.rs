@@ -10,7 +10,9 @@
 //! connection's write buffer).
 //!
 //! Row layout, matching [`COPY_SQL`]: `source_id uuid, seq int8, topic
-//! text, key text, payload jsonb, id text, enqueued_at timestamptz`.
+//! text, key text, payload jsonb, id text, enqueued_at timestamptz,
+//! bytes_through int8` (the source's payload bytes through this event: the
+//! batch starts where the cursor's count ends, see `schema`).
 
 use std::ops::Range;
 
@@ -20,7 +22,7 @@ use uuid::Uuid;
 
 /// The statement the encoded rows are sent with.
 pub const COPY_SQL: &str = "COPY outbox.events (source_id, seq, topic, key, payload, id, \
-                            enqueued_at) FROM STDIN (FORMAT binary)";
+                            enqueued_at, bytes_through) FROM STDIN (FORMAT binary)";
 
 /// Binary COPY's signature, flags and header extension length.
 const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
@@ -44,6 +46,10 @@ pub struct Batch {
     /// Where each row ends in `rows`.
     ends: Vec<usize>,
     pub seqs: Vec<i64>,
+    /// Each row's `bytes_through`: the source's payload bytes through it.
+    pub bytes_through: Vec<i64>,
+    /// The source's payload bytes before this batch.
+    bytes_before: i64,
     /// The events' text bytes ([`EventRef::size`]), what the byte bound
     /// counts.
     pub size: usize,
@@ -62,6 +68,24 @@ impl Batch {
         self.seqs.last().copied()
     }
 
+    /// An empty batch whose events follow `bytes_before` payload bytes of
+    /// their source.
+    pub fn after_bytes(bytes_before: i64) -> Batch {
+        Batch {
+            bytes_before,
+            ..Batch::default()
+        }
+    }
+
+    /// The source's payload bytes through the last event (where the next
+    /// batch starts).
+    pub fn bytes_end(&self) -> i64 {
+        self.bytes_through
+            .last()
+            .copied()
+            .unwrap_or(self.bytes_before)
+    }
+
     /// The bytes of the encoded rows.
     #[cfg(test)]
     pub fn bytes(&self) -> usize {
@@ -70,9 +94,10 @@ impl Batch {
 
     /// Appends one event.
     pub fn push(&mut self, source: &Uuid, event: EventRef<'_>) {
+        let bytes_through = self.bytes_end() + event.payload.len() as i64;
         let buf = &mut self.building;
-        buf.reserve(64 + event.topic.len() + event.payload.len());
-        buf.put_i16(7);
+        buf.reserve(72 + event.topic.len() + event.payload.len());
+        buf.put_i16(8);
         buf.put_i32(16);
         buf.put_slice(source.as_bytes());
         buf.put_i32(8);
@@ -85,7 +110,10 @@ impl Batch {
         text(buf, event.id);
         buf.put_i32(8);
         buf.put_i64(event.enqueued_at - PG_EPOCH_MICROS);
+        buf.put_i32(8);
+        buf.put_i64(bytes_through);
         self.ends.push(buf.len());
+        self.bytes_through.push(bytes_through);
         self.size += event.size();
         self.seqs.push(event.seq);
     }
@@ -170,9 +198,26 @@ mod tests {
         let one = joined(batch.pieces(1..2).collect());
         let row = one.len() - HEADER.len() - TRAILER.len();
         assert_eq!(all.len() - HEADER.len() - TRAILER.len(), 3 * row);
-        assert_eq!(&one[HEADER.len()..HEADER.len() + 2], &[0, 7]);
+        assert_eq!(&one[HEADER.len()..HEADER.len() + 2], &[0, 8]);
         assert_eq!(batch.seqs[0], 1);
         assert_eq!(batch.last_seq(), Some(3));
+    }
+
+    #[test]
+    fn each_row_carries_its_sources_payload_bytes_through_it() {
+        let source = Uuid::nil();
+        let mut batch = Batch::after_bytes(1000);
+        assert_eq!(batch.bytes_end(), 1000);
+        for seq in 1..=3 {
+            batch.push(&source, event(seq));
+        }
+        // "{}" is two bytes.
+        assert_eq!(batch.bytes_through, vec![1002, 1004, 1006]);
+        assert_eq!(batch.bytes_end(), 1006);
+        let batch = batch.seal();
+        let row: Vec<u8> = batch.pieces(2..3).collect::<Vec<_>>().concat();
+        let field = &row[row.len() - TRAILER.len() - 8..row.len() - TRAILER.len()];
+        assert_eq!(i64::from_be_bytes(field.try_into().unwrap()), 1006);
     }
 
     #[test]

@@ -188,8 +188,8 @@ struct Drain {
     failures: u32,
     retry_at: Option<tokio::time::Instant>,
     /// The next batch, being read while the current one is committed:
-    /// (the seq it reads after, the read).
-    prefetched: Option<(i64, tokio::task::JoinHandle<outboxd::Result<Batch>>)>,
+    /// where it starts, and the read.
+    prefetched: Option<(Start, tokio::task::JoinHandle<outboxd::Result<Batch>>)>,
     wake: Arc<Notify>,
     drained_total: u64,
     /// (when, drained_total) over the last minute, for the rate.
@@ -212,6 +212,14 @@ struct Drain {
     migrated: bool,
     /// Set while batches are smaller after a connection lost mid-batch.
     lost: Option<Lost>,
+}
+
+/// Where a batch begins: after seq `after`, whose source's payload bytes
+/// through it are `bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Start {
+    after: i64,
+    bytes: i64,
 }
 
 /// Connections lost in the middle of a batch at one cursor.
@@ -419,12 +427,17 @@ impl Drain {
             self.known_cursor = Some(cursor);
             self.status.send_modify(|s| s.cursor = Some(cursor));
         }
-        let cursor = self.sink.as_ref().expect("connected").cursor;
+        let sink = self.sink.as_ref().expect("connected");
+        let cursor = sink.cursor;
+        let start = Start {
+            after: cursor,
+            bytes: sink.bytes,
+        };
         // The batch after the cursor: read ahead while the previous batch
         // was being committed, or read now.
         let batch = match self.prefetched.take() {
-            Some((after, read)) if after == cursor => read.await.expect("reads do not panic"),
-            _ => self.read_after(cursor).await,
+            Some((from, read)) if from == start => read.await.expect("reads do not panic"),
+            _ => self.read_from(start).await,
         };
         let batch = match batch {
             Ok(batch) => batch,
@@ -445,9 +458,11 @@ impl Drain {
         if batch.len() == self.config.drain_batch_max
             || batch.size + outboxd::spool::MAX_PAYLOAD >= self.config.drain_batch_bytes
         {
-            let after = batch.last_seq().expect("not empty");
-            let read = self.read_after(after);
-            self.prefetched = Some((after, tokio::spawn(read)));
+            let next = Start {
+                after: batch.last_seq().expect("not empty"),
+                bytes: batch.bytes_end(),
+            };
+            self.prefetched = Some((next, tokio::spawn(self.read_from(next))));
         }
         self.set_state();
         let mut deferred = None;
@@ -540,10 +555,11 @@ impl Drain {
         }
     }
 
-    /// Reads (and encodes) the batch after `after` on the spool thread.
-    fn read_after(
+    /// Reads (and encodes) the batch that begins at `start` on the spool
+    /// thread.
+    fn read_from(
         &self,
-        after: i64,
+        Start { after, bytes }: Start,
     ) -> impl std::future::Future<Output = outboxd::Result<Batch>> + Send + 'static {
         let worker = self.worker.clone();
         let limit = self.lost.map_or(self.config.drain_batch_max, |l| l.limit);
@@ -552,7 +568,7 @@ impl Drain {
         async move {
             worker
                 .run(move |spool| {
-                    let mut batch = Batch::default();
+                    let mut batch = Batch::after_bytes(bytes);
                     spool.visit_batch_within(after, limit, max_bytes, |event| {
                         batch.push(&source, event)
                     })?;

@@ -7,8 +7,15 @@
 //! - `outbox.events`: every drained event, `(source_id, seq)` its key; a
 //!   unique index on `(source_id, id)` makes an idempotency id land once
 //!   per source for as long as its event is kept.
-//! - `outbox.cursors`: per source, the highest seq committed, updated in
-//!   the same transaction as the events.
+//! - `outbox.cursors`: per source, the highest seq committed and the
+//!   payload bytes the drain sent through it, updated in the same
+//!   transaction as the events.
+//! - `outbox.events.bytes_through`: the source's payload bytes (JSON text
+//!   as enqueued) the drain sent up to and including this event, counting
+//!   those set aside as dead letters or duplicates; NULL for events drained
+//!   by an outboxd before step 4. A consumer bounds a batch's bytes with it
+//!   in a comparison per row, where a running sum (a window) doubled the
+//!   read's cost.
 //! - `outbox.consumers`, `outbox.consumer_cursors`: named consumers and
 //!   their cursor per source (`outboxd::consumer`);
 //!   `outbox.consumer_dead_letters`: the events a consumer gave up on
@@ -65,6 +72,12 @@ const MIGRATIONS: &[&str] = &[
          failed_at timestamptz NOT NULL DEFAULT now(),
          PRIMARY KEY (consumer, source_id, seq)
      );",
+    // 4: each event's place in its source's stream of payload bytes, so
+    // that a consumer bounds a batch's bytes without a running sum.
+    // (Adding a nullable column, or one with a constant default, rewrites
+    // nothing.)
+    "ALTER TABLE outbox.events ADD COLUMN IF NOT EXISTS bytes_through bigint;
+     ALTER TABLE outbox.cursors ADD COLUMN IF NOT EXISTS bytes bigint NOT NULL DEFAULT 0;",
 ];
 
 /// The name of the idempotency index, which the drain recognises in a

@@ -87,6 +87,9 @@ pub struct Sink {
     source: Uuid,
     /// The highest seq of this source committed in PostgreSQL.
     pub cursor: i64,
+    /// The source's payload bytes sent through the cursor (where the next
+    /// batch's `bytes_through` counts from).
+    pub bytes: i64,
     /// The PostgreSQL connected to: its system identifier and the
     /// database's name (see [`Sink::connect`]); `None` when the server
     /// does not say.
@@ -133,12 +136,13 @@ impl Sink {
             )
             .await
             .map_err(classify)?;
-        let cursor = read_cursor(&client, source).await?;
+        let (cursor, bytes) = read_cursor(&client, source).await?;
         Ok(Sink {
             client,
             connection: connection.clone(),
             source,
             cursor,
+            bytes,
             target,
         })
     }
@@ -414,7 +418,7 @@ impl Sink {
         if self.cursor < last {
             // The batch ended with rows set aside: the cursor passes them.
             heartbeat.beat();
-            self.skip_to(last).await?;
+            self.skip_to(last, batch.bytes_end()).await?;
         }
         Ok(landed)
     }
@@ -431,6 +435,7 @@ impl Sink {
         heartbeat: &Heartbeat,
     ) -> Result<(), Attempt> {
         let last = batch.seqs[range.end - 1];
+        let bytes = batch.bytes_through[range.end - 1];
         let tx = self.client.transaction().await?;
         lock_cursor(&tx, self.source, self.cursor).await?;
         let sink = tx.copy_in(COPY_SQL).await?;
@@ -440,19 +445,20 @@ impl Sink {
             heartbeat.beat();
         }
         sink.finish().await?;
-        advance(&tx, self.source, last).await?;
+        advance(&tx, self.source, last, bytes).await?;
         tx.commit().await?;
         self.cursor = last;
+        self.bytes = bytes;
         Ok(())
     }
 
     /// Moves the cursor to `last` without rows (those after the cursor were
     /// dead-lettered or had landed before).
-    async fn skip_to(&mut self, last: i64) -> Result<(), Failure> {
+    async fn skip_to(&mut self, last: i64, bytes: i64) -> Result<(), Failure> {
         let moved = async {
             let tx = self.client.transaction().await?;
             lock_cursor(&tx, self.source, self.cursor).await?;
-            advance(&tx, self.source, last).await?;
+            advance(&tx, self.source, last, bytes).await?;
             tx.commit().await?;
             Ok::<(), Attempt>(())
         };
@@ -462,6 +468,7 @@ impl Sink {
             Err(Attempt::Pg(e)) => return Err(e.into_failure()),
         }
         self.cursor = last;
+        self.bytes = bytes;
         Ok(())
     }
 
@@ -469,7 +476,7 @@ impl Sink {
     /// where this drain left it.
     async fn reconnect(&mut self) -> Result<(), Failure> {
         let client = open(&self.connection).await?;
-        let cursor = read_cursor(&client, self.source).await?;
+        let (cursor, _) = read_cursor(&client, self.source).await?;
         if cursor != self.cursor {
             return Err(Failure::Conflict(format!(
                 "PostgreSQL's cursor for source {} moved from {} to {cursor} under this drain: \
@@ -641,14 +648,16 @@ async fn lock_cursor(tx: &Transaction<'_>, source: Uuid, expected: i64) -> Resul
     Ok(())
 }
 
+/// Moves the cursor to `last`, with the source's payload bytes through it.
 async fn advance(
     tx: &Transaction<'_>,
     source: Uuid,
     last: i64,
+    bytes: i64,
 ) -> Result<(), tokio_postgres::Error> {
     tx.execute(
-        "UPDATE outbox.cursors SET seq = $2, updated_at = now() WHERE source_id = $1",
-        &[&source, &last],
+        "UPDATE outbox.cursors SET seq = $2, bytes = $3, updated_at = now() WHERE source_id = $1",
+        &[&source, &last, &bytes],
     )
     .await?;
     tx.execute(
@@ -675,15 +684,16 @@ async fn read_target(client: &Client) -> Option<String> {
     Some(format!("system identifier {system}, database {database}"))
 }
 
-async fn read_cursor(client: &Client, source: Uuid) -> Result<i64, Failure> {
+/// This source's cursor and the payload bytes sent through it.
+async fn read_cursor(client: &Client, source: Uuid) -> Result<(i64, i64), Failure> {
     let row = client
         .query_one(
-            "SELECT seq FROM outbox.cursors WHERE source_id = $1",
+            "SELECT seq, bytes FROM outbox.cursors WHERE source_id = $1",
             &[&source],
         )
         .await
         .map_err(classify)?;
-    Ok(row.get(0))
+    Ok((row.get(0), row.get(1)))
 }
 
 /// [`PgFailure::kind`] from the error's SQLSTATE, whether the connection

@@ -115,6 +115,63 @@ fn a_poison_row_is_dead_lettered_its_neighbours_land_and_requeue_works() {
     home.stop();
 }
 
+/// `bytes_through`, what a consumer bounds a batch's bytes with: each
+/// event holds its source's payload bytes through it, counting the events
+/// set aside as dead letters, and the count goes on across a restart of
+/// the daemon from `outbox.cursors.bytes`.
+#[test]
+fn each_event_holds_its_sources_payload_bytes_through_it_across_dead_letters_and_restarts() {
+    let home = Home::with_cluster();
+    home.start();
+    // Before the sized events: a first one, whose bytes count too.
+    enqueue_ok(&home, "setup", "{}");
+    flush(&home);
+    let source = source_id(&home);
+    home.query(
+        "ALTER TABLE outbox.events ADD CONSTRAINT no_poison CHECK (NOT (payload ? 'poison'))",
+    );
+    // Compact JSON: its length is the same in the spool as written here.
+    let payload = |n: usize| match n {
+        7 => format!(r#"{{"n":{n},"poison":true}}"#),
+        _ => format!(r#"{{"n":{n},"pad":"{}"}}"#, "x".repeat(n * 37 % 500)),
+    };
+    let line = |n: usize| format!("{{\"topic\":\"sized\",\"payload\":{}}}\n", payload(n));
+    let first: String = (0..12).map(line).collect();
+    let run = enqueue_ndjson(&home, &first, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(flush(&home)["dead_letters"], 1);
+    home.stop();
+    home.start();
+    let second: String = (12..20).map(line).collect();
+    let run = enqueue_ndjson(&home, &second, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    flush(&home);
+
+    let mut through = 2; // "{}"
+    let mut expected = vec![format!("1:{through}")];
+    for n in 0..20 {
+        through += payload(n).len();
+        if n != 7 {
+            expected.push(format!("{}:{through}", n + 2));
+        }
+    }
+    let found = home.query(&format!(
+        "SELECT string_agg(seq || ':' || coalesce(bytes_through::text, 'NULL'), ',' \
+         ORDER BY seq) FROM outbox.events WHERE source_id = {}",
+        lit(&source)
+    ));
+    assert_eq!(found, expected.join(","), "seq:bytes_through");
+    assert_eq!(
+        home.query(&format!(
+            "SELECT seq || ':' || bytes FROM outbox.cursors WHERE source_id = {}",
+            lit(&source)
+        )),
+        format!("21:{through}"),
+        "the cursor's count"
+    );
+    home.stop();
+}
+
 #[test]
 fn listen_gets_a_notification_after_a_drain() {
     let home = Home::with_cluster();
