@@ -319,9 +319,11 @@ fn raw_copy(home: &Path, events: usize) -> f64 {
         let source = uuid::Uuid::new_v4();
         let mut data = BytesMut::new();
         data.put_slice(b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0");
+        let mut bytes_through = 0;
         for i in 0..events {
             let payload = payload(i);
-            data.put_i16(7);
+            bytes_through += payload.len() as i64;
+            data.put_i16(8);
             data.put_i32(16);
             data.put_slice(source.as_bytes());
             data.put_i32(8);
@@ -335,14 +337,16 @@ fn raw_copy(home: &Path, events: usize) -> f64 {
             data.put_i32(-1);
             data.put_i32(8);
             data.put_i64(0);
+            data.put_i32(8);
+            data.put_i64(bytes_through);
         }
         data.put_i16(-1);
         let data = data.freeze();
         let started = Instant::now();
         let sink = client
             .copy_in(
-                "COPY public.bench_raw (source_id, seq, topic, key, payload, id, enqueued_at) \
-                 FROM STDIN (FORMAT binary)",
+                "COPY public.bench_raw (source_id, seq, topic, key, payload, id, enqueued_at, \
+                 bytes_through) FROM STDIN (FORMAT binary)",
             )
             .await
             .unwrap();
