@@ -252,7 +252,7 @@ impl Consumer {
                 exact,
                 prefixes,
                 max_batch_bytes: options.max_batch_bytes.max(1),
-                statement: client.prepare(READ).await.map_err(&failed)?,
+                statement: client.prepare(READ).await.map_err(schema_error(&name))?,
                 reads: std::sync::atomic::AtomicU64::new(0),
             }),
             advance: client.prepare(ADVANCE).await.map_err(&failed)?,
@@ -542,17 +542,7 @@ async fn register(client: &Client, name: &str, start: Start) -> Result<(), Consu
             &[&name],
         )
         .await
-        .map_err(
-            |e| match e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) {
-                true => ConsumerError::Postgres {
-                    name: name.to_string(),
-                    message: "outbox.consumers does not exist: start this version of outboxd \
-                          once on the database, which migrates its schema"
-                        .into(),
-                },
-                false => failed(e),
-            },
-        )?;
+        .map_err(schema_error(name))?;
     if created == 1 && start == Start::Now {
         client
             .execute(
@@ -741,6 +731,25 @@ fn split_topics(topics: &[String]) -> Result<Topics, ConsumerError> {
         }
     }
     Ok((Some(exact), Some(prefixes)))
+}
+
+/// As [`postgres_error`], and a table or column missing from the `outbox`
+/// schema (migrated by an older outboxd) says how to migrate it.
+fn schema_error(name: &str) -> impl Fn(tokio_postgres::Error) -> ConsumerError + '_ {
+    use tokio_postgres::error::SqlState;
+    move |e| match e.code() {
+        Some(code) if *code == SqlState::UNDEFINED_TABLE || *code == SqlState::UNDEFINED_COLUMN => {
+            ConsumerError::Postgres {
+                name: name.to_string(),
+                message: format!(
+                    "the outbox schema is older than this consumer ({}): start this version \
+                     of outboxd once on the database, which migrates its schema",
+                    crate::pgconn::describe(&e)
+                ),
+            }
+        }
+        _ => postgres_error(name)(e),
+    }
 }
 
 fn postgres_error(name: &str) -> impl Fn(tokio_postgres::Error) -> ConsumerError + '_ {

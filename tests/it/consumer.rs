@@ -268,6 +268,34 @@ async fn a_batch_holds_at_most_its_byte_budget_however_many_sources() {
     home.stop();
 }
 
+/// A database whose `outbox` schema an older outboxd migrated: the
+/// consumer says how to bring it up to date, whatever part is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_on_an_older_schema_says_how_to_migrate_it() {
+    let home = Home::with_cluster();
+    home.start();
+    enqueue(&home, "warm", 1);
+    assert_eq!(home.ctl(&["stop", "drain"]).code, 0);
+    let target = Target::plain(config(&home));
+    for older in [
+        "ALTER TABLE outbox.events DROP COLUMN bytes_through",
+        "DROP TABLE outbox.consumer_dead_letters, outbox.consumer_cursors, outbox.consumers",
+    ] {
+        home.query(older);
+        let refused = Consumer::connect_to(&target, Options::new("late"))
+            .await
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            refused.contains("the outbox schema is older than this consumer")
+                && refused.contains("start this version of outboxd once on the database"),
+            "{older}: {refused}"
+        );
+    }
+    home.stop();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topic_filters_take_names_and_prefixes() {
     let home = Home::with_cluster();
