@@ -79,20 +79,33 @@ pub fn try_lock(file: &File) -> io::Result<bool> {
     Ok(false)
 }
 
+/// How many times an unreadable record is read while the lock is held,
+/// 2 ms apart, before it counts as naming nobody.
+const RECORD_READS: u32 = 50;
+
 /// The pid the record names when the lock is held (0 when the record does
 /// not say); `None` when nobody holds it.
+///
+/// The daemon rewrites its record in place (emptied, then written), and
+/// writes the first one just after it takes the lock: a reader in between
+/// finds nothing to parse, and would name pid 0 as the holder of a live
+/// daemon (twenty concurrent `start`s under Wine refused the daemon's pipe
+/// so). An unreadable record is read again for up to 100 ms.
 pub fn holder(file: &File) -> io::Result<Option<i32>> {
-    if lock_once(file)? {
-        unlock(file);
-        return Ok(None);
-    }
     let mut buffer = vec![0u8; 64 * 1024];
-    let len = file.seek_read(&mut buffer, 0).unwrap_or(0);
-    let text = String::from_utf8_lossy(&buffer[..len]);
-    let pid = serde_json::from_str::<LockInfo>(text.trim())
-        .map(|info| info.pid)
-        .unwrap_or(0);
-    Ok(Some(pid))
+    for _ in 0..RECORD_READS {
+        if lock_once(file)? {
+            unlock(file);
+            return Ok(None);
+        }
+        let len = file.seek_read(&mut buffer, 0).unwrap_or(0);
+        let text = String::from_utf8_lossy(&buffer[..len]);
+        if let Ok(info) = serde_json::from_str::<LockInfo>(text.trim()) {
+            return Ok(Some(info.pid));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(Some(0))
 }
 
 /// Sends `signal` to the verified holder: [`Signal::Kill`] ends it, and
