@@ -438,9 +438,17 @@ fn latency(home: &Path, owner: Option<(u32, u32)>, load: Load, target: &str) {
                             .unwrap()
                     })
                     .collect();
+                // Every producer's output is read at once: read one after
+                // another, the others filled their pipes (64 KiB, about
+                // 2.6 s of lines) and stalled in `writeln!`, then caught
+                // up in bursts, far from a steady rate.
+                let readers: Vec<_> = children
+                    .into_iter()
+                    .map(|child| std::thread::spawn(move || child.wait_with_output().unwrap()))
+                    .collect();
                 let mut lines = String::new();
-                for child in children {
-                    let output = child.wait_with_output().unwrap();
+                for reader in readers {
+                    let output = reader.join().unwrap();
                     assert!(output.status.success());
                     lines.push_str(&String::from_utf8(output.stdout).unwrap());
                 }

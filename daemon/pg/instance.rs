@@ -47,6 +47,8 @@ pub struct Embedded {
     pub log_max_bytes: u64,
     /// The uid PostgreSQL runs as: this daemon's.
     pub uid: u32,
+    /// The cluster's major version.
+    pub major: Option<u32>,
 }
 
 /// A postmaster this supervisor owns: its child, or one it adopted.
@@ -81,6 +83,13 @@ impl Embedded {
         ];
         args.extend(self.address.listen_args(self.tcp));
         args.extend(["-c".into(), "fsync=on".into()]);
+        // A new WAL segment is created without writing its 16 MiB of zeros
+        // first: a drain commit that crossed into one waited 55 ms for
+        // them (every 4 s at 10,000 events/s, until checkpoints recycle
+        // segments), the p99 of the latency at that rate (PostgreSQL 12+).
+        if self.major.is_some_and(|major| major >= 12) {
+            args.extend(["-c".into(), "wal_init_zero=off".into()]);
+        }
         args
     }
 

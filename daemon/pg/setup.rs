@@ -125,6 +125,7 @@ pub async fn prepare(
         log: paths.pg_log.clone(),
         log_max_bytes: config.log_max_bytes,
         uid,
+        major: cluster_major,
     })
 }
 
