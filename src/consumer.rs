@@ -239,11 +239,14 @@ impl Consumer {
         // caller's settings).
         client
             .batch_execute(&format!(
-                "SET jit = off; SET plan_cache_mode = force_generic_plan;
-                 SET synchronous_commit = off; LISTEN {CHANNEL}"
+                "SET jit = off; SET synchronous_commit = off; LISTEN {CHANNEL}"
             ))
             .await
             .map_err(&failed)?;
+        // Best effort: a server before PostgreSQL 12 plans each read.
+        let _ = client
+            .batch_execute("SET plan_cache_mode = force_generic_plan")
+            .await;
         let (exact, prefixes) = split_topics(&options.topics)?;
         register(&client, &name, options.start).await?;
         Ok(Consumer {

@@ -10,7 +10,9 @@
 //! - Server: the postmaster is this daemon's own child, started directly
 //!   (not through `pg_ctl`, which polls every 100 ms and, in
 //!   postgresql_embedded, turns fsync off), listening on its Unix socket in
-//!   `<home>/pg/socket` and on 127.0.0.1 only when a port is configured.
+//!   `<home>/pg/socket` and on 127.0.0.1 only when a port is configured,
+//!   with `fsync=on` and, from PostgreSQL 12, `wal_init_zero=off` (a new
+//!   WAL segment is not zero-filled in the foreground of a drain commit).
 //!   Ready means the child itself answered a query.
 //! - Supervision: restart with capped exponential backoff; health checks;
 //!   `status` shows restarts and the last failure. A postmaster left by a
