@@ -32,7 +32,8 @@ fn main() {
     let events = setting("CONSUMER_BENCH_EVENTS", 200_000);
     let rounds = setting("CONSUMER_BENCH_ROUNDS", 3);
     let latency_secs = setting("CONSUMER_BENCH_LATENCY_SECS", 30) as u64;
-    let (_scratch, home) = drained_home();
+    let scratch = drained_home();
+    let home = scratch.home.clone();
     let url = ctl_output(&home, &["url", "--with-password"]);
     let config: tokio_postgres::Config = url.trim().parse().unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();

@@ -36,7 +36,8 @@ fn main() {
     }
     let events = setting("UPGRADE_BENCH_EVENTS", 1_000_000);
     let rounds = setting("UPGRADE_BENCH_ROUNDS", 1);
-    let (scratch, home) = drained_home();
+    let scratch = drained_home();
+    let home = scratch.home.clone();
     ctl(
         &home,
         &[

@@ -51,21 +51,53 @@ pub fn setting(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// A home in a scratch directory with its daemon started and one event
-/// drained (so the schema exists): the scratch directory (removed when
-/// dropped; stop the daemon first) and the home.
+/// A scratch directory holding a home whose daemon runs: stopped, then
+/// removed, when dropped, also when the benchmark panics (a daemon left
+/// running skews every later measurement on the machine).
 #[allow(dead_code, reason = "not every benchmark needs a drained home")]
-pub fn drained_home() -> (tempfile::TempDir, std::path::PathBuf) {
-    let scratch = tempfile::Builder::new()
+pub struct Scratch {
+    pub home: std::path::PathBuf,
+    dir: tempfile::TempDir,
+}
+
+#[allow(dead_code, reason = "not every benchmark needs a drained home")]
+impl Scratch {
+    /// The scratch directory (the home is `home` in it).
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        // Not running (already stopped) is fine.
+        let _ = Command::new(CTL)
+            .arg("--home")
+            .arg(&self.home)
+            .args(["stop", "--timeout", "30"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A home in a scratch directory with its daemon started and one event
+/// drained (so the schema exists).
+#[allow(dead_code, reason = "not every benchmark needs a drained home")]
+pub fn drained_home() -> Scratch {
+    let dir = tempfile::Builder::new()
         .prefix("outboxd-bench-")
         .tempdir()
         .unwrap();
-    let home = scratch.path().join("home");
-    ctl(&home, &["start"]);
+    let scratch = Scratch {
+        home: dir.path().join("home"),
+        dir,
+    };
+    ctl(&scratch.home, &["start"]);
     ctl(
-        &home,
+        &scratch.home,
         &["enqueue", "--create-home", "--topic", "bench.warmup", "1"],
     );
-    ctl(&home, &["flush", "--timeout", "60"]);
-    (scratch, home)
+    ctl(&scratch.home, &["flush", "--timeout", "60"]);
+    scratch
 }
