@@ -402,6 +402,19 @@ enum ConsumersCommand {
         #[arg(long, env = "OUTBOXD_DATABASE_URL", hide_env_values = true)]
         database_url: Option<String>,
     },
+    /// Create a login role with the least rights a consumer needs: read
+    /// events, move its own cursors, record dead letters
+    AddRole {
+        /// The role's name (lower case letters, digits and _)
+        role: String,
+        /// Read its password from this file (`-`: standard input)
+        /// [default: generate one and print it once]
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+        /// An external PostgreSQL [default: the daemon's]
+        #[arg(long, env = "OUTBOXD_DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -660,6 +673,17 @@ fn main() -> ExitCode {
                 ConsumersCommand::Delete { name, database_url } => {
                     (consumers::Action::Delete { name }, database_url)
                 }
+                ConsumersCommand::AddRole {
+                    role,
+                    password_file,
+                    database_url,
+                } => (
+                    consumers::Action::AddRole {
+                        role,
+                        password_file,
+                    },
+                    database_url,
+                ),
             };
             consumers::run(&paths, action, database_url.as_deref(), &out)
         }

@@ -812,3 +812,60 @@ async fn a_consumer_role_with_the_least_rights_reads_and_commits_and_nothing_mor
     assert!(refused.is_err(), "the role cannot delete events");
     home.stop();
 }
+
+/// `outboxctl consumers add-role`: the same least rights as the README's
+/// SQL, a password given or generated (shown once), and neither in the
+/// server's log; an existing role or a name that needs quoting is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_role_makes_a_login_with_the_least_rights_a_consumer_needs() {
+    let home = Home::with_cluster();
+    home.start();
+    enqueue(&home, "audit", 2);
+    let file = home.paths().home.join("mailer.password");
+    std::fs::write(&file, "s3cret-pass\n").unwrap();
+    let file = file.display().to_string();
+    let made = home.ctl(&["consumers", "add-role", "mailer", "--password-file", &file]);
+    assert_eq!(made.code, 0, "{made:?}");
+    assert!(made.stdout.contains("created role mailer"), "{made:?}");
+    assert!(!made.stdout.contains("s3cret-pass"), "{made:?}");
+
+    let mut config = config(&home);
+    config.user("mailer").password("s3cret-pass");
+    let mut consumer = Consumer::connect_to(&Target::plain(config.clone()), Options::new("mailer"))
+        .await
+        .unwrap();
+    assert_eq!(read_all(&mut consumer, 10).await, vec![1, 2]);
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    assert!(
+        client
+            .execute("DELETE FROM outbox.events", &[])
+            .await
+            .is_err(),
+        "the role cannot delete events"
+    );
+
+    let again = home.ctl(&["consumers", "add-role", "mailer", "--password-file", &file]);
+    assert_eq!(again.code, 1, "{again:?}");
+    assert!(again.stderr.contains("it exists"), "{again:?}");
+    let odd = home.ctl(&["consumers", "add-role", "Mailer\"; DROP TABLE x; --"]);
+    assert_eq!(odd.code, 1, "{odd:?}");
+    assert!(odd.stderr.contains("is not a role name"), "{odd:?}");
+
+    let generated = home.ctl(&["--json", "consumers", "add-role", "reader"]);
+    assert_eq!(generated.code, 0, "{generated:?}");
+    let password = generated.json()["password"].as_str().unwrap().to_string();
+    assert!(password.len() >= 32, "{generated:?}");
+    config.user("reader").password(password.as_str());
+    let mut reader = Consumer::connect_to(&Target::plain(config), Options::new("reader"))
+        .await
+        .unwrap();
+    assert_eq!(read_all(&mut reader, 10).await, vec![1, 2]);
+
+    let log = std::fs::read_to_string(home.paths().pg_log).unwrap_or_default();
+    assert!(
+        !log.contains("s3cret-pass") && !log.contains(&password),
+        "a password in the server's log"
+    );
+    home.stop();
+}
