@@ -48,11 +48,7 @@ pub fn run(
             );
             exit_code::OK
         }
-        Err(err) => {
-            let code = err.exit_code();
-            out.error(&err);
-            code
-        }
+        Err(err) => out.failed(&err),
     }
 }
 
@@ -88,10 +84,6 @@ pub fn reload(paths: &Paths, out: &Output) -> u8 {
             out.result(text, json!(reloaded));
             exit_code::OK
         }
-        Err(err) => {
-            let code = err.exit_code();
-            out.error(&err);
-            code
-        }
+        Err(err) => out.failed(&err),
     }
 }

@@ -52,11 +52,7 @@ pub fn show(paths: &Paths, out: &Output) -> u8 {
             out.result(text, json!({"settings": settings, "cluster": cluster}));
             exit_code::OK
         }
-        Err(err) => {
-            let code = err.exit_code();
-            out.error(&err);
-            code
-        }
+        Err(err) => out.failed(&err),
     }
 }
 

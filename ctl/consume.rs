@@ -67,11 +67,7 @@ const MAX_PAUSE: Duration = Duration::from_secs(30);
 pub fn run(paths: &Paths, args: Args, out: &Output) -> u8 {
     match crate::runtime::block_on(consume(paths, args)) {
         Ok(()) => exit_code::OK,
-        Err(err) => {
-            let code = err.exit_code();
-            out.error(&err);
-            code
-        }
+        Err(err) => out.failed(&err),
     }
 }
 

@@ -68,11 +68,7 @@ pub fn parse_position(text: &str) -> Result<Position, String> {
 pub fn run(paths: &Paths, action: Action, database_url: Option<&str>, out: &Output) -> u8 {
     match crate::runtime::block_on(act(paths, action, database_url, out)) {
         Ok(code) => code,
-        Err(err) => {
-            let code = err.exit_code();
-            out.error(&err);
-            code
-        }
+        Err(err) => out.failed(&err),
     }
 }
 

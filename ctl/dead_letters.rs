@@ -22,11 +22,7 @@ pub enum Action {
 pub fn run(paths: &Paths, action: Action, out: &Output) -> u8 {
     match act(paths, action, out) {
         Ok(()) => exit_code::OK,
-        Err(err) => {
-            let code = err.exit_code();
-            out.error(&err);
-            code
-        }
+        Err(err) => out.failed(&err),
     }
 }
 

@@ -37,11 +37,7 @@ pub fn run(paths: &Paths, args: Args, out: &Output) -> u8 {
     };
     match outcome {
         Ok(()) => exit_code::OK,
-        Err(err) => {
-            let code = err.exit_code();
-            out.error(&err);
-            code
-        }
+        Err(err) => out.failed(&err),
     }
 }
 

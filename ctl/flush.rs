@@ -61,11 +61,7 @@ pub fn run(paths: &Paths, timeout: Option<Duration>, out: &Output) -> u8 {
             out.result(text, json!(flushed));
             exit_code::OK
         }
-        Err(err) => {
-            let code = err.exit_code();
-            out.error(&err);
-            code
-        }
+        Err(err) => out.failed(&err),
     }
 }
 

@@ -700,9 +700,7 @@ fn main() -> ExitCode {
 /// one JSON document with both outcomes.
 fn restart(paths: &Paths, timeout: Option<Duration>, out: &Output) -> u8 {
     if let Err(err) = check_restart(paths) {
-        let code = err.exit_code();
-        out.error(&err);
-        return code;
+        return out.failed(&err);
     }
     let stopped = stop::stop(paths, timeout);
     let stop_json = match &stopped {
@@ -830,7 +828,5 @@ fn is_executable(path: &std::path::Path) -> bool {
 }
 
 fn fail(out: &Output, err: CtlError) -> ExitCode {
-    let code = err.exit_code();
-    out.error(&err);
-    ExitCode::from(code)
+    ExitCode::from(out.failed(&err))
 }

@@ -54,6 +54,13 @@ impl Output {
         self.error_with(err, json!({}));
     }
 
+    /// Prints a command's failure ([`Output::error`]) and returns its exit
+    /// code.
+    pub fn failed(&self, err: &crate::daemon::CtlError) -> u8 {
+        self.error(err);
+        err.exit_code()
+    }
+
     /// A failure with more fields for the JSON document.
     pub fn error_with(&self, err: impl Display, mut extra: Value) {
         stderr(format_args!("outboxctl: error: {err}\n"));

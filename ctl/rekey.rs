@@ -20,11 +20,7 @@ pub fn run(paths: &Paths, out: &Output) -> u8 {
             out.result(text, json);
             exit_code::OK
         }
-        Err(err) => {
-            let code = err.exit_code();
-            out.error(&err);
-            code
-        }
+        Err(err) => out.failed(&err),
     }
 }
 

@@ -16,11 +16,7 @@ use crate::output::Output;
 pub fn run(paths: &Paths, out: &Output) -> u8 {
     match retarget(paths, out) {
         Ok(()) => exit_code::OK,
-        Err(err) => {
-            let code = err.exit_code();
-            out.error(&err);
-            code
-        }
+        Err(err) => out.failed(&err),
     }
 }
 

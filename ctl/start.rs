@@ -63,11 +63,7 @@ pub fn run(paths: &Paths, timeout: Option<Duration>, out: &Output) -> u8 {
             out.result(started.text(), started.json());
             exit_code::OK
         }
-        Err(err) => {
-            let code = err.exit_code();
-            out.error(&err);
-            code
-        }
+        Err(err) => out.failed(&err),
     }
 }
 

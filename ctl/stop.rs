@@ -83,11 +83,7 @@ pub fn run(paths: &Paths, grace: Option<Duration>, out: &Output) -> u8 {
             out.result(report.text(), report.json());
             exit_code::OK
         }
-        Err(err) => {
-            let code = err.exit_code();
-            out.error(&err);
-            code
-        }
+        Err(err) => out.failed(&err),
     }
 }
 

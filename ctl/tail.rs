@@ -37,11 +37,7 @@ pub struct Args {
 pub fn run(paths: &Paths, args: Args, out: &Output) -> u8 {
     match crate::runtime::block_on(tail(paths, args, out)) {
         Ok(()) => exit_code::OK,
-        Err(err) => {
-            let code = err.exit_code();
-            out.error(&err);
-            code
-        }
+        Err(err) => out.failed(&err),
     }
 }
 

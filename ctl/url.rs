@@ -43,22 +43,14 @@ pub fn url(paths: &Paths, with_password: bool, tcp: bool, out: &Output) -> u8 {
             out.result(&url, json!({"url": url, "mode": pg.mode}));
             exit_code::OK
         }
-        Err(err) => {
-            let code = err.exit_code();
-            out.error(&err);
-            code
-        }
+        Err(err) => out.failed(&err),
     }
 }
 
 pub fn psql(paths: &Paths, args: &[String], out: &Output) -> u8 {
     let (pg, password) = match connection(paths, true) {
         Ok(found) => found,
-        Err(err) => {
-            let code = err.exit_code();
-            out.error(&err);
-            return code;
-        }
+        Err(err) => return out.failed(&err),
     };
     let program = pg
         .bin_dir
