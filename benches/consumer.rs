@@ -26,7 +26,7 @@ use outboxd::spool::NewEvent;
 
 mod common;
 
-use common::{ctl, ctl_output, drained_home, proc_kib, setting};
+use common::{ctl, ctl_output, drained_home, median, proc_kib, setting, spread};
 
 fn main() {
     let events = setting("CONSUMER_BENCH_EVENTS", 200_000);
@@ -217,18 +217,9 @@ async fn latency(home: &Path, config: &tokio_postgres::Config, secs: u64) {
         .iter()
         .filter_map(|(seq, sent)| Some(received.get(seq)?.saturating_duration_since(*sent)))
         .collect();
-    latencies.sort();
-    let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p) as usize];
     println!(
-        "enqueue-to-consumer latency at 1000/s for {secs} s ({} events): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (target: p99 < 10 ms)",
+        "enqueue-to-consumer latency at 1000/s for {secs} s ({} events): {} (target: p99 < 10 ms)",
         latencies.len(),
-        pct(0.5).as_secs_f64() * 1e3,
-        pct(0.99).as_secs_f64() * 1e3,
-        latencies.last().unwrap().as_secs_f64() * 1e3
+        spread(&mut latencies)
     );
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }

@@ -35,7 +35,7 @@ use futures_util::{SinkExt, StreamExt};
 
 mod common;
 
-use common::{CTL, ctl, ctl_output, proc_kib};
+use common::{CTL, ctl, ctl_output, proc_kib, spread};
 const ENQUEUE_ROUNDS: usize = 200;
 
 /// One latency run: `producers` processes, each enqueuing `batch` events
@@ -118,7 +118,7 @@ fn main() {
         drained.push(rate);
         (idle_rss, peak_rss) = (idle, peak_rss.max(peak));
     }
-    let (raw_rate, drain_rate) = (median_f64(&mut raw), median_f64(&mut drained));
+    let (raw_rate, drain_rate) = (common::median(&mut raw), common::median(&mut drained));
     println!(
         "drain median {drain_rate:.0} rows/s, raw COPY median {raw_rate:.0} rows/s over {rounds} alternating rounds"
     );
@@ -499,18 +499,14 @@ fn latency(home: &Path, owner: Option<(u32, u32)>, load: Load, target: &str) {
             latencies.push(Duration::from_nanos(seen.saturating_sub(at)));
         }
     }
-    latencies.sort();
-    let pct = |p: f64| latencies[((latencies.len() as f64 - 1.0) * p) as usize];
     println!(
-        "end-to-end latency at {}/s ({} producers, {} a commit) for {} s ({} events): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (target: {target})",
+        "end-to-end latency at {}/s ({} producers, {} a commit) for {} s ({} events): {} (target: {target})",
         load.rate,
         load.producers,
         load.batch,
         load.secs,
         latencies.len(),
-        ms(pct(0.5)),
-        ms(pct(0.99)),
-        ms(*latencies.last().unwrap())
+        spread(&mut latencies)
     );
 }
 
@@ -548,11 +544,6 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         ctl(&self.home, &["stop"]);
     }
-}
-
-fn median_f64(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 fn median(times: &mut [Duration]) -> Duration {

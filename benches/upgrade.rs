@@ -93,14 +93,10 @@ fn main() {
         ours.as_secs_f64() / by_hand.as_secs_f64()
     );
     let report = |name: &str, values: &mut Vec<Duration>| {
-        values.sort();
-        let pct = |p: f64| values[((values.len() - 1) as f64 * p) as usize];
         println!(
-            "outboxctl enqueue {name}: {} runs, p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            "outboxctl enqueue {name}: {} runs, {}",
             values.len(),
-            pct(0.5).as_secs_f64() * 1e3,
-            pct(0.99).as_secs_f64() * 1e3,
-            values.last().unwrap().as_secs_f64() * 1e3
+            common::spread(values)
         );
     };
     report("while the home runs normally", &mut normal.clone());

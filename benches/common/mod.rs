@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 pub const CTL: &str = env!("CARGO_BIN_EXE_outboxctl");
 
@@ -40,6 +41,27 @@ pub fn proc_kib(pid: i32, field: &str) -> u64 {
         .find_map(|l| l.strip_prefix(field))
         .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
+}
+
+/// The median of `values` (sorted here).
+#[allow(dead_code, reason = "not every benchmark takes medians")]
+pub fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// `p50 A ms, p99 B ms, max C ms` of `values` (sorted here; not empty).
+#[allow(dead_code, reason = "not every benchmark measures latency")]
+pub fn spread(values: &mut [Duration]) -> String {
+    values.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let pct = |p: f64| values[((values.len() - 1) as f64 * p) as usize];
+    format!(
+        "p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        ms(pct(0.5)),
+        ms(pct(0.99)),
+        ms(values[values.len() - 1])
+    )
 }
 
 /// A benchmark's setting from the environment, or its default.

@@ -343,9 +343,7 @@ fn forward(paths: &Paths, args: &Args, out: &Output) -> Result<(String, Value), 
             return Err(given_up(paths, lock, was_running, out, err, &still));
         }
     };
-    marker.step = Step::Swapping;
-    pgupgrade::write(paths, &marker).map_err(lib)?;
-    checkpoint("swap");
+    enter(paths, &mut marker, Step::Swapping, "swap")?;
     pgupgrade::swap_in(paths, &marker).map_err(lib)?;
     marker.step = Step::Done;
     pgupgrade::write(paths, &marker).map_err(lib)?;
@@ -538,9 +536,7 @@ fn rollback(
     let lib = |e| failed(paths, e);
     let password = secret(paths)?;
     let (was_running, lock) = take_home(paths, out)?;
-    marker.step = Step::RollingBackCopy;
-    pgupgrade::write(paths, &marker).map_err(lib)?;
-    checkpoint("rollback-copy");
+    enter(paths, &mut marker, Step::RollingBackCopy, "rollback-copy")?;
     let rows = match copy_back(paths, &marker, &password, out) {
         Ok(rows) => rows,
         Err(err) => {
@@ -554,9 +550,7 @@ fn rollback(
             return Err(given_up(paths, lock, was_running, out, err, &still));
         }
     };
-    marker.step = Step::RollingBackSwap;
-    pgupgrade::write(paths, &marker).map_err(lib)?;
-    checkpoint("rollback-swap");
+    enter(paths, &mut marker, Step::RollingBackSwap, "rollback-swap")?;
     pgupgrade::swap_back(paths, &marker).map_err(lib)?;
     pgupgrade::clear(paths).map_err(lib)?;
     drop(lock);
@@ -580,6 +574,15 @@ fn rollback(
 
 /// A failure of the upgrade's own files (the record, the clusters'
 /// directories): what failed and what to do, never "untrusted".
+/// Records that the upgrade enters `step` (in `pg/upgrade.json`, which a
+/// recovery after a crash reads), then passes the test hook `at`.
+fn enter(paths: &Paths, marker: &mut Marker, step: Step, at: &str) -> Result<(), CtlError> {
+    marker.step = step;
+    pgupgrade::write(paths, marker).map_err(|e| failed(paths, e))?;
+    checkpoint(at);
+    Ok(())
+}
+
 fn failed(paths: &Paths, e: outboxd::Error) -> CtlError {
     match e.is_permission_denied() {
         true => CtlError::from_lib(paths, e),
